@@ -1,0 +1,1 @@
+"""Data: corpus sources, the CaseOps transform, the shard format and document encoding."""

@@ -1,0 +1,74 @@
+"""Documents as the prepare stage writes them: ``train.jsonl`` / ``val.jsonl`` plus ``manifest.json``.
+
+Each line is ``{"id": ..., "text": ...}``. The manifest records the source, the verified source files and, for
+each output, its document count, UTF-8 bytes and sha256, so later stages and tests can check what they read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class Doc:
+    id: str
+    text: str
+
+
+def split_of(key: str, val_fraction: float) -> str:
+    """``"val"`` for a fixed ~``val_fraction`` of keys, chosen by hash: independent of order and of the other keys."""
+    digest = hashlib.sha256(f"pgolf-split:{key}".encode()).digest()
+    return "val" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_docs(directory: Path, split: str, docs: Iterable[Doc]) -> dict:
+    """Write one split as JSONL; return its summary for the manifest."""
+    path = directory / f"{split}.jsonl"
+    count = nbytes = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for doc in docs:
+            f.write(json.dumps({"id": doc.id, "text": doc.text}, ensure_ascii=False) + "\n")
+            count += 1
+            nbytes += len(doc.text.encode("utf-8"))
+    return {"file": path.name, "docs": count, "text_bytes": nbytes, "sha256": sha256_file(path)}
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    (directory / MANIFEST).write_text(text, encoding="utf-8")
+
+
+def read_manifest(directory: Path | str) -> dict:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: documents manifest missing; run `dvc repro prepare`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_docs(directory: Path | str, split: str) -> Iterator[Doc]:
+    """Stream one split; a malformed line raises naming the file and line number."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    path = Path(directory) / f"{split}.jsonl"
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                record = json.loads(line)
+                yield Doc(id=str(record["id"]), text=record["text"])
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{number}: malformed document line ({err})") from err

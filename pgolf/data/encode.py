@@ -1,0 +1,181 @@
+"""Documents -> token shards (the tokenize stage), with the validation byte sidecar.
+
+Every document becomes ``[BOS] + ids`` (no EOS). Encoding runs on all cores (one SentencePiece per worker
+process), in document order. For validation documents each token also gets the number of *original* UTF-8 bytes
+it accounts for: token ``i`` covers the bytes up to its end offset in the encoded text that the previous tokens
+did not cover, each transformed byte weighted by :func:`pgolf.data.caseops.original_byte_weights` (CaseOps
+operators weigh 0). The last token takes the document's tail, so the counts of a document sum to its UTF-8 length
+exactly, for any tokenizer and normalization; BOS counts 0. (The reference replays the CaseOps decoder over piece
+surfaces and loses bytes that the normalizer drops.)
+
+For ``fineweb_cached`` the published shards are adopted instead: linked, and checked for format, vocabulary range,
+BOS and sidecar alignment.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+from tqdm import tqdm
+
+from pgolf import tokenizer as tok
+from pgolf.data import caseops, docs, shards
+from pgolf.data.sources import CACHED_SHARD_DIR, DataConfig, link_or_copy
+
+BATCH_DOCS = 256
+
+_worker: dict = {}
+
+
+def _init_worker(model_path: str, use_caseops: bool, check_roundtrip: bool) -> None:
+    _worker.update(sp=spm.SentencePieceProcessor(model_file=model_path), caseops=use_caseops, check=check_roundtrip)
+
+
+def doc_byte_counts(original: str, transformed: str, ends: list[int], use_caseops: bool) -> np.ndarray:
+    """Original UTF-8 bytes per token of one document, from the tokens' end byte offsets in ``transformed``."""
+    raw = transformed.encode("utf-8")
+    weights = caseops.original_byte_weights(raw) if use_caseops else np.ones(len(raw), dtype=np.int64)
+    cum = np.concatenate([[0], np.cumsum(weights)])
+    if not ends:
+        return np.zeros(0, dtype=np.int64)
+    stops = np.maximum.accumulate(np.asarray(ends, dtype=np.int64))
+    stops[-1] = len(raw)
+    counts = np.diff(cum[np.concatenate([[0], stops])])
+    if counts.sum() != len(original.encode("utf-8")):
+        raise AssertionError("byte counts do not sum to the document's UTF-8 length; CaseOps transform is broken")
+    return counts
+
+
+def _encode_batch(job: tuple[list[str], bool]) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Encode a batch of documents: (tokens with BOS, per-token bytes or None, round-trip failures)."""
+    texts, with_bytes = job
+    sp, use_caseops = _worker["sp"], _worker["caseops"]
+    transformed = [caseops.encode(t) for t in texts] if use_caseops else texts
+    bos = sp.bos_id()
+    tokens, counts, failures = [], [], 0
+    if with_bytes:
+        for text, encoded in zip(texts, transformed, strict=True):
+            pieces = sp.encode(encoded, out_type="proto").pieces
+            ids = [p.id for p in pieces]
+            doc_counts = doc_byte_counts(text, encoded, [p.end for p in pieces], use_caseops)
+            bos_bytes = len(text.encode("utf-8")) if not ids else 0  # a document with no tokens: bytes on its BOS
+            tokens.append(np.asarray([bos, *ids], dtype=np.int64))
+            counts.append(np.concatenate([[bos_bytes], doc_counts]))
+            if _worker["check"]:
+                decoded = sp.decode(ids)
+                failures += (caseops.decode(decoded) if use_caseops else decoded) != text
+    else:
+        for ids in sp.encode(transformed):
+            tokens.append(np.asarray([bos, *ids], dtype=np.int64))
+    return np.concatenate(tokens), (np.concatenate(counts) if with_bytes else None), failures
+
+
+def _batches(items: Iterable[docs.Doc], size: int) -> Iterator[list[str]]:
+    it = iter(items)
+    while batch := [d.text for d in itertools.islice(it, size)]:
+        yield batch
+
+
+def is_lossless(meta: dict) -> bool:
+    """Whether the tokenizer's options make decode(encode(doc)) == doc."""
+    options = meta.get("options", {})
+    return (
+        options.get("normalization") == "identity"
+        and options.get("remove_extra_whitespaces") is False
+        and options.get("byte_fallback") is True
+    )
+
+
+def encode_split(
+    split: str, docs_dir: Path, model_path: Path, meta: dict, out: Path, shard_tokens: int, workers: int
+) -> dict:
+    """Encode one split of documents into shards (and, for val, the byte sidecar)."""
+    with_bytes = split == "val"
+    writer = shards.ShardWriter(out, split, shard_tokens)
+    sidecar = shards.ShardWriter(out, "val_bytes", shard_tokens) if with_bytes else None
+    failures = 0
+    jobs = ((batch, with_bytes) for batch in _batches(docs.read_docs(docs_dir, split), BATCH_DOCS))
+    init = (str(model_path), bool(meta["caseops"]), with_bytes and is_lossless(meta))
+    progress = tqdm(desc=f"tokenize {split}", unit="tok", unit_scale=True, mininterval=1)
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker, initargs=init) as pool:
+        for tokens, counts, bad in pool.imap(_encode_batch, jobs):
+            writer.append(tokens)
+            if sidecar is not None:
+                sidecar.append(counts)
+            failures += bad
+            progress.update(len(tokens))
+    progress.close()
+    paths = writer.close() + (sidecar.close() if sidecar is not None else [])
+    summary = {"tokens": writer.total, "docs": progress_docs(out, split, meta["bos_id"]), "shards": [p.name for p in paths]}
+    if with_bytes:
+        summary["sidecar_bytes"] = int(sum(shards.read_shard(p).sum(dtype=np.int64) for p in sidecar.paths))
+        if init[2]:
+            summary["roundtrip_failures"] = failures
+    return summary
+
+
+def progress_docs(out: Path, split: str, bos_id: int) -> int:
+    """Documents in the written shards of ``split`` (one BOS each)."""
+    return int(sum((shards.read_shard(p, mmap=True) == bos_id).sum() for p in shards.shard_paths(out, split)))
+
+
+def adopt_cached(docs_dir: Path, meta: dict, out: Path) -> dict:
+    """Link the published shards into ``out`` after checking format, vocabulary, BOS and sidecar alignment."""
+    src = docs_dir / CACHED_SHARD_DIR
+    summary: dict = {}
+    for kind in shards.KINDS:
+        paths = shards.shard_paths(src, kind)
+        vocab = None if kind == "val_bytes" else meta["vocab_size"]
+        for index, path in enumerate(tqdm(paths, desc=f"verify {kind}", unit="shard")):
+            values = shards.read_shard(path, vocab_size=vocab, mmap=True)
+            # Documents straddle shards; only a split's first shard must open with BOS.
+            if index == 0 and kind != "val_bytes" and values.size and values[0] != meta["bos_id"]:
+                raise shards.ShardError(f"{path}: does not start with BOS id {meta['bos_id']}")
+            link_or_copy(path, out / path.name)
+        if paths:
+            summary[kind] = {"tokens": sum(shards.read_header(p) for p in paths), "shards": [p.name for p in paths]}
+    if "val" not in summary or "train" not in summary:
+        raise shards.ShardError(f"{src}: the published variant needs both train and val shards")
+    if "val_bytes" in summary:
+        _, counts = shards.load_val_with_bytes(out, vocab_size=meta["vocab_size"])
+        summary["val"]["sidecar_bytes"] = int(counts.sum(dtype=np.int64))
+    return summary
+
+
+def tokenize(docs_dir: Path | str, tokenizer_dir: Path | str, cfg: DataConfig, out: Path | str) -> dict:
+    """Write train/val shards (and the val byte sidecar) into ``out``; return and write its manifest."""
+    docs_dir, tokenizer_dir, out = Path(docs_dir), Path(tokenizer_dir), Path(out)
+    meta = tok.read_meta(tokenizer_dir)
+    source = docs.read_manifest(docs_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    if source["source"] == "fineweb_cached":
+        splits = adopt_cached(docs_dir, meta, out)
+    else:
+        model = tokenizer_dir / tok.MODEL_FILE
+        workers = max(1, os.cpu_count() or 1)
+        splits = {s: encode_split(s, docs_dir, model, meta, out, cfg.shard_tokens, workers) for s in ("val", "train")}
+        expected = source["splits"]["val"]["text_bytes"]
+        if splits["val"]["sidecar_bytes"] != expected:
+            raise AssertionError(f"val sidecar sums to {splits['val']['sidecar_bytes']} bytes, docs hold {expected}")
+        if splits["val"].get("roundtrip_failures"):
+            raise AssertionError(f"{splits['val']['roundtrip_failures']} val documents do not decode to themselves")
+    manifest = {
+        "source": source["source"],
+        "vocab_size": meta["vocab_size"],
+        "bos_id": meta["bos_id"],
+        "caseops": meta["caseops"],
+        "byte_count": "sidecar" if "sidecar_bytes" in splits["val"] else "tokenizer_luts",
+        "tokenizer_sha256": meta["model_sha256"],
+        "splits": splits,
+    }
+    docs.write_manifest(out, manifest)
+    return manifest

@@ -1,0 +1,95 @@
+"""Shared fixtures: small corpora written like the prepare stage, tokenizers and shards built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pgolf import tokenizer as tok
+from pgolf.config import parse_section
+from pgolf.data import encode
+from pgolf.data.docs import Doc, write_docs, write_manifest
+from pgolf.data.sources import DataConfig, paragraph_docs, read_speeches, sotu_files
+
+# Validation documents that stress byte accounting and lossless decoding.
+EDGE_DOCS = [
+    "  Leading spaces, trailing spaces  ",
+    "Tabs\tand\r\nCRLF lines\n\n\nand blank runs\n",
+    "Unicode: Ünïcödé façade — naïve café, 東京, emoji 😀👍🏽, math ∑ x².",
+    "Literal operators \ue001\ue002\ue003\ue004 in text, and \ue004\ue001 pairs.",
+    "McDonald's iPhone NASA OpenAI A I x X aBC ABc Abc ABC.",
+    "ALLCAPS WORDS AND Title Words and mIxEd CaSe 123456 digits",
+    "ﬁne ligatures, Ａ full-width, ① circled, non\u00a0breaking space",
+    "\n",
+]
+
+
+def data_cfg(**overrides) -> DataConfig:
+    raw = {
+        "source": "sotu",
+        "val_fraction": 0.1,
+        "doc_chars": 4000,
+        "num_val_docs": 3,
+        "max_train_docs": 0,
+        "variant": "sp1024",
+        "train_shards": 1,
+        "shard_tokens": 5000,
+        "hub": {"repo": "willdepueoai/parameter-golf", "root": "datasets", "mirror": ""},
+    }
+    for key, value in overrides.items():
+        raw[key] = value
+    return parse_section(raw, "data", DataConfig)
+
+
+def tokenizer_cfg(**overrides) -> tok.TokenizerConfig:
+    raw = {
+        "vocab_size": 512,
+        "model_type": "bpe",
+        "byte_fallback": True,
+        "normalization": "identity",
+        "remove_extra_whitespaces": False,
+        "split_digits": True,
+        "character_coverage": 0.9995,
+        "caseops": False,
+        "special_ids": {"pad": 0, "bos": 1, "eos": 2, "unk": 3},
+        "max_train_chars": 0,
+        "max_sentence_bytes": 16384,
+    }
+    raw.update(overrides)
+    return parse_section(raw, "tokenizer", tok.TokenizerConfig)
+
+
+@pytest.fixture(scope="session")
+def speeches() -> list[tuple[str, str]]:
+    """Twelve real speeches of the embedded corpus (verified against the package manifest)."""
+    return list(read_speeches(*sotu_files()))[::20]
+
+
+def write_corpus(directory: Path, train: list[Doc], val: list[Doc]) -> Path:
+    """A documents folder as the prepare stage writes it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    splits = {"train": write_docs(directory, "train", train), "val": write_docs(directory, "val", val)}
+    write_manifest(directory, {"source": "sotu", "splits": splits})
+    return directory
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory, speeches) -> Path:
+    """Train: paragraphs runs of 10 speeches; val: two speeches plus the edge-case documents."""
+    docs = [d for sid, text in speeches for d in paragraph_docs(sid, text, 2000)]
+    val_ids = {speeches[3][0], speeches[7][0]}
+    train = [d for d in docs if d.id.split("/")[0] not in val_ids]
+    val = [d for d in docs if d.id.split("/")[0] in val_ids]
+    val += [Doc(f"edge/{i:03d}", text) for i, text in enumerate(EDGE_DOCS)]
+    return write_corpus(tmp_path_factory.mktemp("docs"), train, val)
+
+
+@pytest.fixture(scope="session", params=[False, True], ids=["plain", "caseops"])
+def built(request, tmp_path_factory, corpus) -> tuple[Path, Path, Path]:
+    """(docs, tokenizer, shards) folders for CaseOps off and on."""
+    root = tmp_path_factory.mktemp("built")
+    cfg = tokenizer_cfg(caseops=request.param)
+    tok.build(corpus, cfg, root / "tokenizer", num_threads=2)
+    encode.tokenize(corpus, root / "tokenizer", data_cfg(shard_tokens=20000), root / "shards")
+    return corpus, root / "tokenizer", root / "shards"

@@ -1,0 +1,126 @@
+"""The pipeline's wiring: dvc.yaml lists exactly what each stage reads; house rules; the stages end to end."""
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pgolf.config import read_params
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _module_file(name: str) -> Path | None:
+    base = ROOT / Path(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path) -> set[Path]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] == "pgolf" and (file := _module_file(name)):
+                found.add(file)
+    return found
+
+
+def _closure(script: Path) -> set[str]:
+    todo, seen = [script], set()
+    while todo:
+        for file in _imports(todo.pop()):
+            if file not in seen:
+                seen.add(file)
+                todo.append(file)
+    return {str(f.relative_to(ROOT)) for f in seen if f.name != "__init__.py"}
+
+
+def _script(stage: dict) -> Path:
+    module = re.search(r"-m (stages\.\w+)", stage["cmd"]).group(1)
+    return _module_file(module)
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_stage_deps_are_exactly_the_modules_it_imports(name):
+    stage = STAGES[name]
+    listed = {d for d in stage["deps"] if d.startswith("pgolf/")}
+    needed = _closure(_script(stage))
+    uncovered = {m for m in needed if not any(m == d or m.startswith(d.rstrip("/") + "/") for d in listed)}
+    assert not uncovered, f"dvc.yaml stage {name} misses deps {sorted(uncovered)}"
+    unused = {d for d in listed if not any(m == d or m.startswith(d.rstrip("/") + "/") for m in needed)}
+    assert not unused, f"dvc.yaml stage {name} lists deps it never imports: {sorted(unused)}"
+    assert str(_script(stage).relative_to(ROOT)) in stage["deps"]
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_stage_params_are_exactly_the_sections_it_loads(name):
+    tree = ast.parse(_script(STAGES[name]).read_text())
+    loaded = {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "load_section"
+    }
+    assert loaded == set(STAGES[name]["params"])
+    assert loaded <= set(read_params(ROOT / "params.yaml"))
+
+
+def test_environment_is_read_only_in_dist():
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in [*ROOT.glob("pgolf/**/*.py"), *ROOT.glob("stages/*.py")]
+        if p.name != "dist.py" and re.search(r"os\.environ|getenv\(", p.read_text())
+    ]
+    assert not offenders
+
+
+def test_nothing_loads_with_pickle():
+    for p in [*ROOT.glob("pgolf/**/*.py"), *ROOT.glob("stages/*.py")]:
+        text = p.read_text()
+        assert "import pickle" not in text and not re.search(r"torch\.load\((?![^)]*weights_only=True)", text), p
+
+
+def test_stage_scripts_stay_thin():
+    for p in ROOT.glob("stages/*.py"):
+        assert len(p.read_text().splitlines()) <= 80, p
+
+
+def test_stages_end_to_end(tmp_path):
+    """prepare -> tokenizer -> tokenize as DVC runs them, on the embedded corpus with a small vocabulary."""
+    params = read_params(ROOT / "params.yaml")
+    params["data"].update(doc_chars=0, val_fraction=0.05)
+    params["tokenizer"].update(vocab_size=400, max_train_chars=2_000_000)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    docs, tok, out = tmp_path / "docs", tmp_path / "tok", tmp_path / "shards"
+    runs = [
+        ["stages.prepare", "--out", docs],
+        ["stages.tokenizer", "--docs", docs, "--out", tok],
+        ["stages.tokenize", "--docs", docs, "--tokenizer", tok, "--out", out],
+    ]
+    for module, *args in runs:
+        cmd = [sys.executable, "-m", module, "--params", tmp_path / "params.yaml", *args]
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    manifest = yaml.safe_load((out / "manifest.json").read_text())
+    assert manifest["byte_count"] == "sidecar" and manifest["splits"]["val"]["roundtrip_failures"] == 0
+
+
+def test_unknown_params_key_stops_a_stage(tmp_path):
+    params = read_params(ROOT / "params.yaml")
+    params["tokenizer"]["vocab"] = 10
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, "-m", "stages.tokenizer", "--params", tmp_path / "params.yaml", "--out", tmp_path / "t"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "tokenizer.vocab: unknown key" in result.stderr
