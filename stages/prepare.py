@@ -17,8 +17,11 @@ def main() -> None:
     cfg = load_section("data", DataConfig, args.params)
     start = time.perf_counter()
     manifest = prepare(cfg, args.out)
-    summary = manifest.get("splits") or manifest.get("tokens")
-    print(f"prepare: source={cfg.source} -> {args.out} {summary} in {time.perf_counter() - start:.1f}s")
+    if "splits" in manifest:
+        parts = [f"{name} {s['docs']:,} docs / {s['text_bytes']:,} bytes" for name, s in manifest["splits"].items()]
+    else:
+        parts = [f"{kind} {count:,} tokens" for kind, count in manifest["tokens"].items()]
+    print(f"prepare: {cfg.source} -> {args.out}: {', '.join(parts)} in {time.perf_counter() - start:.1f}s")
 
 
 if __name__ == "__main__":

@@ -187,3 +187,15 @@ def test_fineweb_cached_checks(tmp_path, corpus):
     shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(shards.ShardError, match="truncated"):
         sources.prepare(cfg, tmp_path / "d2")
+
+
+def test_malformed_fineweb_line_names_file_and_line(tmp_path):
+    repo = tmp_path / "mirror" / "datasets"
+    repo.mkdir(parents=True)
+    body = json.dumps({"text": "ok"}) + "\n" + json.dumps({"txt": "bad"}) + "\n"
+    (repo / "docs_selected.jsonl").write_text(body)
+    meta = {"num_docs": 2, "docs_val": 1, "docs_sha256": hashlib.sha256(body.encode()).hexdigest()}
+    (repo / "docs_selected.source_manifest.json").write_text(json.dumps(meta))
+    cfg = _mirror_cfg(tmp_path / "mirror", source="fineweb", num_val_docs=1)
+    with pytest.raises(sources.SourceError, match=r"docs_selected.jsonl:2: not a JSON object with a 'text' field"):
+        sources.prepare(cfg, tmp_path / "docs")

@@ -91,7 +91,10 @@ def read_speeches(folder: Path, expected: dict[str, str]) -> Iterator[tuple[str,
 
 
 def paragraph_docs(speech_id: str, text: str, doc_chars: int) -> list[Doc]:
-    """Cut a speech into documents: runs of whole paragraphs of about ``doc_chars`` characters (0 = whole)."""
+    """Cut a speech into documents: runs of whole paragraphs of about ``doc_chars`` characters (0 = whole).
+
+    Paragraphs are stripped and joined by one blank line; ids are ``{speech_id}/{index:03d}``.
+    """
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     if doc_chars <= 0:
         return [Doc(f"{speech_id}/000", "\n\n".join(paragraphs))] if paragraphs else []
@@ -131,6 +134,14 @@ def prepare_sotu(cfg: DataConfig, out: Path) -> dict:
 # ---------------------------------------------------------------------------------------------- fineweb
 
 
+def _jsonl_docs(path: Path, lines: Iterable[str]) -> Iterator[Doc]:
+    for index, line in enumerate(lines):
+        try:
+            yield Doc(f"fineweb/{index:08d}", json.loads(line)["text"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise SourceError(f"{path}:{index + 1}: not a JSON object with a 'text' field ({err})") from err
+
+
 def prepare_fineweb(cfg: DataConfig, out: Path) -> dict:
     hub = Hub(cfg.hub, "fineweb")
     meta = json.loads(hub.fetch("docs_selected.source_manifest.json").read_text(encoding="utf-8"))
@@ -141,8 +152,7 @@ def prepare_fineweb(cfg: DataConfig, out: Path) -> dict:
     if cfg.num_val_docs > meta["num_docs"]:
         raise SourceError(f"data.num_val_docs={cfg.num_val_docs} exceeds the {meta['num_docs']} documents")
     with open(docs_path, encoding="utf-8") as f:
-        records = (Doc(f"fineweb/{i:08d}", json.loads(line)["text"]) for i, line in enumerate(f))
-        records = tqdm(records, desc="fineweb docs", unit="doc", mininterval=2)
+        records = tqdm(_jsonl_docs(docs_path, f), desc="fineweb docs", unit="doc", mininterval=2)
         splits = {"val": write_docs(out, "val", itertools.islice(records, cfg.num_val_docs))}
         splits["train"] = write_docs(out, "train", itertools.islice(records, cfg.max_train_docs or None))
     if splits["val"]["docs"] != cfg.num_val_docs:
