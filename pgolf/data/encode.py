@@ -18,7 +18,10 @@ import itertools
 import multiprocessing
 import os
 import shutil
+from collections import deque
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.pool import Pool
 from pathlib import Path
 
 import numpy as np
@@ -34,53 +37,68 @@ BATCH_DOCS = 256
 _worker: dict = {}
 
 
+@dataclass
+class EncodedBatch:
+    tokens: np.ndarray  # [BOS] + ids for each document, concatenated
+    byte_counts: np.ndarray | None  # original UTF-8 bytes per token (val only)
+    docs: int
+    roundtrip_failures: int
+
+
 def _init_worker(model_path: str, use_caseops: bool, check_roundtrip: bool) -> None:
     _worker.update(sp=spm.SentencePieceProcessor(model_file=model_path), caseops=use_caseops, check=check_roundtrip)
 
 
 def doc_byte_counts(original: str, transformed: str, ends: list[int], use_caseops: bool) -> np.ndarray:
     """Original UTF-8 bytes per token of one document, from the tokens' end byte offsets in ``transformed``."""
+    if not ends:
+        return np.zeros(0, dtype=np.int64)
     raw = transformed.encode("utf-8")
     weights = caseops.original_byte_weights(raw) if use_caseops else np.ones(len(raw), dtype=np.int64)
     cum = np.concatenate([[0], np.cumsum(weights)])
-    if not ends:
-        return np.zeros(0, dtype=np.int64)
     stops = np.maximum.accumulate(np.asarray(ends, dtype=np.int64))
     stops[-1] = len(raw)
     counts = np.diff(cum[np.concatenate([[0], stops])])
     if counts.sum() != len(original.encode("utf-8")):
-        raise AssertionError("byte counts do not sum to the document's UTF-8 length; CaseOps transform is broken")
+        raise AssertionError("byte counts do not sum to the document's UTF-8 length: transform is not lossless")
     return counts
 
 
-def _encode_batch(job: tuple[list[str], bool]) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """Encode a batch of documents: (tokens with BOS, per-token bytes or None, round-trip failures)."""
-    texts, with_bytes = job
+def _encode_batch(texts: list[str], with_bytes: bool) -> EncodedBatch:
     sp, use_caseops = _worker["sp"], _worker["caseops"]
     transformed = [caseops.encode(t) for t in texts] if use_caseops else texts
     bos = sp.bos_id()
+    if not with_bytes:
+        tokens = np.concatenate([np.asarray([bos, *ids], dtype=np.int64) for ids in sp.encode(transformed)])
+        return EncodedBatch(tokens, None, len(texts), 0)
     tokens, counts, failures = [], [], 0
-    if with_bytes:
-        for text, encoded in zip(texts, transformed, strict=True):
-            pieces = sp.encode(encoded, out_type="proto").pieces
-            ids = [p.id for p in pieces]
-            doc_counts = doc_byte_counts(text, encoded, [p.end for p in pieces], use_caseops)
-            bos_bytes = len(text.encode("utf-8")) if not ids else 0  # a document with no tokens: bytes on its BOS
-            tokens.append(np.asarray([bos, *ids], dtype=np.int64))
-            counts.append(np.concatenate([[bos_bytes], doc_counts]))
-            if _worker["check"]:
-                decoded = sp.decode(ids)
-                failures += (caseops.decode(decoded) if use_caseops else decoded) != text
-    else:
-        for ids in sp.encode(transformed):
-            tokens.append(np.asarray([bos, *ids], dtype=np.int64))
-    return np.concatenate(tokens), (np.concatenate(counts) if with_bytes else None), failures
+    for text, encoded in zip(texts, transformed, strict=True):
+        pieces = sp.encode(encoded, out_type="proto").pieces
+        ids = [p.id for p in pieces]
+        bos_bytes = 0 if ids else len(text.encode("utf-8"))  # a document without tokens: its bytes on its BOS
+        tokens.append(np.asarray([bos, *ids], dtype=np.int64))
+        counts.append(np.concatenate([[bos_bytes], doc_byte_counts(text, encoded, [p.end for p in pieces], use_caseops)]))
+        if _worker["check"]:
+            decoded = sp.decode(ids)
+            failures += (caseops.decode(decoded) if use_caseops else decoded) != text
+    return EncodedBatch(np.concatenate(tokens), np.concatenate(counts), len(texts), failures)
 
 
 def _batches(items: Iterable[docs.Doc], size: int) -> Iterator[list[str]]:
     it = iter(items)
     while batch := [d.text for d in itertools.islice(it, size)]:
         yield batch
+
+
+def _ordered(pool: Pool, jobs: Iterator[list[str]], with_bytes: bool, window: int) -> Iterator[EncodedBatch]:
+    """Results in job order with at most ``window`` batches in flight (``Pool.imap`` would read all input)."""
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(pool.apply_async(_encode_batch, (job, with_bytes)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def is_lossless(meta: dict) -> bool:
@@ -93,37 +111,34 @@ def is_lossless(meta: dict) -> bool:
     )
 
 
-def encode_split(
-    split: str, docs_dir: Path, model_path: Path, meta: dict, out: Path, shard_tokens: int, workers: int
-) -> dict:
-    """Encode one split of documents into shards (and, for val, the byte sidecar)."""
+def encode_split(split: str, docs_dir: Path, tokenizer_dir: Path, out: Path, shard_tokens: int, workers: int) -> dict:
+    """Encode one split of documents into shards (and, for val, the byte sidecar); return its summary."""
+    meta = tok.read_meta(tokenizer_dir)
     with_bytes = split == "val"
+    check = with_bytes and is_lossless(meta)
     writer = shards.ShardWriter(out, split, shard_tokens)
-    sidecar = shards.ShardWriter(out, "val_bytes", shard_tokens) if with_bytes else None
-    failures = 0
-    jobs = ((batch, with_bytes) for batch in _batches(docs.read_docs(docs_dir, split), BATCH_DOCS))
-    init = (str(model_path), bool(meta["caseops"]), with_bytes and is_lossless(meta))
-    progress = tqdm(desc=f"tokenize {split}", unit="tok", unit_scale=True, mininterval=1)
-    with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker, initargs=init) as pool:
-        for tokens, counts, bad in pool.imap(_encode_batch, jobs):
-            writer.append(tokens)
-            if sidecar is not None:
-                sidecar.append(counts)
-            failures += bad
-            progress.update(len(tokens))
-    progress.close()
-    paths = writer.close() + (sidecar.close() if sidecar is not None else [])
-    summary = {"tokens": writer.total, "docs": progress_docs(out, split, meta["bos_id"]), "shards": [p.name for p in paths]}
+    sidecar = shards.ShardWriter(out, "val_bytes", shard_tokens)
+    ndocs = nbytes = failures = 0
+    init = (str(tokenizer_dir / tok.MODEL_FILE), bool(meta["caseops"]), check)
+    jobs = _batches(docs.read_docs(docs_dir, split), BATCH_DOCS)
+    with (
+        multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker, initargs=init) as pool,
+        tqdm(desc=f"tokenize {split}", unit="tok", unit_scale=True, mininterval=1) as progress,
+    ):
+        for batch in _ordered(pool, jobs, with_bytes, window=4 * workers):
+            writer.append(batch.tokens)
+            if batch.byte_counts is not None:
+                sidecar.append(batch.byte_counts)
+                nbytes += int(batch.byte_counts.sum())
+            ndocs += batch.docs
+            failures += batch.roundtrip_failures
+            progress.update(len(batch.tokens))
+    summary = {"tokens": writer.total, "docs": ndocs, "shards": [p.name for p in writer.close() + sidecar.close()]}
     if with_bytes:
-        summary["sidecar_bytes"] = int(sum(shards.read_shard(p).sum(dtype=np.int64) for p in sidecar.paths))
-        if init[2]:
-            summary["roundtrip_failures"] = failures
+        summary["sidecar_bytes"] = nbytes
+    if check:
+        summary["roundtrip_failures"] = failures
     return summary
-
-
-def progress_docs(out: Path, split: str, bos_id: int) -> int:
-    """Documents in the written shards of ``split`` (one BOS each)."""
-    return int(sum((shards.read_shard(p, mmap=True) == bos_id).sum() for p in shards.shard_paths(out, split)))
 
 
 def adopt_cached(docs_dir: Path, meta: dict, out: Path) -> dict:
@@ -160,9 +175,8 @@ def tokenize(docs_dir: Path | str, tokenizer_dir: Path | str, cfg: DataConfig, o
     if source["source"] == "fineweb_cached":
         splits = adopt_cached(docs_dir, meta, out)
     else:
-        model = tokenizer_dir / tok.MODEL_FILE
         workers = max(1, os.cpu_count() or 1)
-        splits = {s: encode_split(s, docs_dir, model, meta, out, cfg.shard_tokens, workers) for s in ("val", "train")}
+        splits = {s: encode_split(s, docs_dir, tokenizer_dir, out, cfg.shard_tokens, workers) for s in ("val", "train")}
         expected = source["splits"]["val"]["text_bytes"]
         if splits["val"]["sidecar_bytes"] != expected:
             raise AssertionError(f"val sidecar sums to {splits['val']['sidecar_bytes']} bytes, docs hold {expected}")
