@@ -1,22 +1,27 @@
-"""Process-group setup for torchrun, and rank-0 printing.
+"""Process-group setup for torchrun, rank-0 printing and the few collectives the stages need.
 
 This is the only module that reads the environment: torchrun's RANK, WORLD_SIZE and LOCAL_RANK. A run without
-torchrun is a single process of rank 0.
+torchrun is a single process of rank 0 and needs no process group; every helper here is then a no-op.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
 
 
 @dataclass(frozen=True)
 class DistInfo:
-    """Where this process sits in the job."""
+    """Where this process sits in the job, and the device it computes on."""
 
     rank: int
     world_size: int
     local_rank: int
+    device: torch.device
 
     @property
     def is_main(self) -> bool:
@@ -24,14 +29,69 @@ class DistInfo:
 
 
 def dist_info() -> DistInfo:
-    """Read torchrun's variables; defaults describe a single process."""
-    if "RANK" not in os.environ:
-        return DistInfo(rank=0, world_size=1, local_rank=0)
-    return DistInfo(
-        rank=int(os.environ["RANK"]),
-        world_size=int(os.environ["WORLD_SIZE"]),
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-    )
+    """Read torchrun's variables (defaults describe a single process) and pick the device."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def init() -> DistInfo:
+    """Set up the process group when launched by torchrun with more than one process (nccl on CUDA, else gloo)."""
+    info = dist_info()
+    if info.device.type == "cuda":
+        torch.cuda.set_device(info.device)
+    if info.world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if info.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, device_id=info.device if backend == "nccl" else None)
+    return info
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def active() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_mean(tensors: list[torch.Tensor]) -> None:
+    """Average tensors across ranks in place, flattened into one buffer per dtype (one collective each)."""
+    if not active():
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= dist.get_world_size()
+        for t, chunk in zip(group, flat.split([t.numel() for t in group]), strict=True):
+            t.copy_(chunk.view_as(t))
+
+
+def all_max(value: float, device: torch.device) -> float:
+    """The largest ``value`` over ranks, on every rank (so ranks agree on time-driven decisions)."""
+    if not active():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def any_true(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (NaN aborts)."""
+    return all_max(1.0 if flag else 0.0, device) > 0
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; full precision on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def print0(*args: object, **kwargs: object) -> None:

@@ -93,3 +93,24 @@ def built(request, tmp_path_factory, corpus) -> tuple[Path, Path, Path]:
     tok.build(corpus, cfg, root / "tokenizer", num_threads=2)
     encode.tokenize(corpus, root / "tokenizer", data_cfg(shard_tokens=20000), root / "shards")
     return corpus, root / "tokenizer", root / "shards"
+
+
+RECORD_MODEL = {
+    "vocab_size": 8192, "bos_id": 1, "num_layers": 11, "model_dim": 512, "num_heads": 8, "num_kv_heads": 4,
+    "mlp_mult": 4.0, "mlp_activation": "leaky_relu2", "tied_embed_init_std": 0.005, "logit_softcap": 30.0,
+    "rope_base": 10000.0, "rope_dims": 16, "rope_ntk_scale": False, "rope_train_seq_len": 2048, "ln_scale": True,
+    "qk_gain_init": 5.0, "xsa_last_n": 11, "attn_gate": True, "attn_gate_scale": 0.5, "attn_gate_init_std": 0.0,
+    "gate_window": 12, "smear_gate": True, "skip_gates": True, "parallel_mode": "two_lane",
+    "parallel_start_layer": 8, "num_loops": 2, "loop_start": 3, "loop_end": 5,
+}  # fmt: skip
+
+
+def model_cfg(**overrides):
+    """The record's architecture at toy size: 6 layers of width 32, vocab 64 (overrides apply on top)."""
+    from pgolf.model.config import ModelConfig
+
+    raw = {**RECORD_MODEL, "vocab_size": 64, "num_layers": 6, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2,
+           "rope_dims": 4, "gate_window": 4, "parallel_start_layer": 4, "loop_start": 1, "loop_end": 2,
+           "num_loops": 1, "xsa_last_n": 6}  # fmt: skip
+    raw.update(overrides)
+    return parse_section(raw, "model", ModelConfig)

@@ -1,0 +1,98 @@
+"""The export stage: pick the final weights (EMA, SWA or raw), cast them to their final dtypes, and measure the
+pre-quantization val_bpb of the raw and the chosen weights through :mod:`pgolf.eval.bpb`.
+
+The model is rebuilt from the configuration stored with the checkpoint, never from params.yaml, and evaluated with
+the layer schedule it finished training with (recurrence on if it was switched on).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from pgolf import dist
+from pgolf.config import ConfigError, Section
+from pgolf.dist import autocast
+from pgolf.eval.bpb import evaluate, load_val
+from pgolf.model.config import ModelConfig
+from pgolf.model.gpt import GPT
+from pgolf.train import checkpoint as ckpt
+from pgolf.train.checkpoint import META_FILE, RAW_FILE
+
+MODEL_FILE = "model.safetensors"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ExportConfig(Section):
+    weights: Literal["ema", "swa", "raw"]
+    """Which weights leave training (the record: ema)."""
+    dtype: Literal["float32", "bfloat16", "float16"]
+    """Final dtype of every floating tensor but the embedding."""
+    embedding_dtype: Literal["float32", "bfloat16", "float16"]
+    """Final dtype of the tied embedding (the record keeps it in bf16)."""
+    eval_seq_len: int
+    """Window of the doc-isolated, non-overlapping pre-quantization evaluation."""
+    eval_batch_windows: int
+
+
+def load_trained(train_dir: Path, which: str) -> tuple[GPT, dict]:
+    """A model holding the ``which`` weights of the train stage, and the train meta."""
+    meta = json.loads((train_dir / META_FILE).read_text())
+    if which != "raw" and which != meta["averaging"]:
+        raise ConfigError(
+            f"export.weights={which} but training kept {meta['averaging']} weights "
+            f"(train.averaging.kind); set export.weights to raw or {meta['averaging']}"
+        )
+    tensors, _ = ckpt.load_tensors(train_dir / (RAW_FILE if which == "raw" else f"{which}.safetensors"))
+    model = GPT(ModelConfig.model_validate(meta["model_config"]))
+    model.load_state_dict(tensors)
+    return model, meta
+
+
+def cast_final(model: GPT, cfg: ExportConfig) -> GPT:
+    """Cast parameters to the final dtypes (embedding apart)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.data = p.data.to(DTYPES[cfg.embedding_dtype if name == "tok_emb.weight" else cfg.dtype])
+    return model
+
+
+def score(model: GPT, val, cfg: ExportConfig, looped: bool, device: torch.device) -> dict:
+    """val_loss / val_bpb of ``model`` on the whole validation stream."""
+    model = model.to(device).eval()
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
+        with autocast(device):
+            return model(x, y, cu_seqlens=cu, looped=looped, reduction="none")
+
+    start = time.perf_counter()
+    info = dist.dist_info()
+    totals = evaluate(loss_fn, val, seq_len=cfg.eval_seq_len, batch_windows=cfg.eval_batch_windows,
+                      bos_id=model.cfg.bos_id, rank=info.rank, world_size=info.world_size, device=device,
+                      progress=True)  # fmt: skip
+    return {"val_loss": totals.val_loss, "val_bpb": totals.val_bpb, "tokens": totals.tokens,
+            "bytes": totals.bytes, "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
+
+
+def export(cfg: ExportConfig, train_dir: Path, shards: Path, tokenizer: Path, out: Path) -> dict:
+    """Write the chosen weights + meta into ``out``; return the metrics (pre-quant bpb of raw and chosen)."""
+    device = dist.dist_info().device
+    chosen, meta = load_trained(train_dir, cfg.weights)
+    chosen = cast_final(chosen, cfg)
+    looped = meta["looping_from_step"] is not None
+    val = load_val(shards, tokenizer)
+    metrics = {"weights": cfg.weights, "byte_count": val.byte_count, "looped": looped}
+    metrics[f"prequant_{cfg.weights}"] = score(chosen, val, cfg, looped, device)
+    if cfg.weights != "raw":
+        raw, _ = load_trained(train_dir, "raw")
+        metrics["prequant_raw"] = score(raw, val, cfg, looped, device)
+    if dist.dist_info().is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        export_meta = {**meta, "weights": cfg.weights, "dtype": cfg.dtype, "embedding_dtype": cfg.embedding_dtype}
+        ckpt.save_tensors(out / MODEL_FILE, chosen.state_dict(), export_meta)
+        (out / META_FILE).write_text(json.dumps(export_meta, indent=2) + "\n")
+    return metrics

@@ -1,0 +1,1 @@
+"""The model: configuration, layers, layer schedule (recurrence + U-Net), the GPT, and LoRA adapters."""

@@ -1,0 +1,83 @@
+"""The ``model`` section of params.yaml: every architectural knob of the record, each with its record value
+available (see ``presets/``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pgolf.config import ConfigError, Section
+
+
+class ModelConfig(Section):
+    vocab_size: int
+    """Must equal the tokenizer's vocabulary (checked by the train stage)."""
+    bos_id: int
+    """Document separator id; must equal the tokenizer's BOS (checked by the train stage)."""
+    num_layers: int
+    model_dim: int
+    num_heads: int
+    num_kv_heads: int
+    """Grouped-query attention: each K/V head serves num_heads / num_kv_heads query heads."""
+    mlp_mult: float
+    """MLP hidden width = int(mlp_mult * model_dim)."""
+    mlp_activation: Literal["leaky_relu2", "relu2"]
+    """(LeakyReLU(0.5))^2 as in the record, or ReLU^2."""
+    tied_embed_init_std: float
+    logit_softcap: float
+    """logits = c * tanh(z / c); 0 disables."""
+    rope_base: float
+    rope_dims: int
+    """Rotated dimensions per head (partial RoPE); the rest carry no position."""
+    rope_ntk_scale: bool
+    """NTK-style base rescale for sequences longer than rope_train_seq_len (the record: off)."""
+    rope_train_seq_len: int
+    ln_scale: bool
+    """Scale each block's normed inputs by 1/sqrt(layer + 1)."""
+    qk_gain_init: float
+    """Initial per-head gain on the RMS-normed queries."""
+    xsa_last_n: int
+    """Exclusive self-attention on the last n physical layers (0 = none)."""
+    attn_gate: bool
+    """Sparse attention-output gate: sigmoid(scale * G n[:gate_window]) per head."""
+    attn_gate_scale: float
+    attn_gate_init_std: float
+    gate_window: int
+    """Leading residual dims read by the attention gate and the SmearGate."""
+    smear_gate: bool
+    """Add lambda * sigmoid(w e_t[:gate_window]) * e_(t-1) to each embedding, masked at BOS."""
+    skip_gates: bool
+    """U-Net skips merged by a sigmoid lerp (true) or added with a learned weight (false)."""
+    parallel_mode: Literal["none", "two_lane", "gptj"]
+    """Decoder layers >= parallel_start_layer: two-lane parallel block (record) or GPT-J parallel residual."""
+    parallel_start_layer: int
+    num_loops: int
+    """Extra passes of the loop segment [loop_start, loop_end] once recurrence is on (0 = no recurrence)."""
+    loop_start: int
+    loop_end: int
+
+    def model_post_init(self, _context: object) -> None:
+        problems = []
+        if self.model_dim % self.num_heads:
+            problems.append("model.model_dim must be a multiple of model.num_heads")
+        elif self.num_heads % self.num_kv_heads:
+            problems.append("model.num_heads must be a multiple of model.num_kv_heads")
+        elif self.rope_dims % 2 or self.rope_dims > self.head_dim:
+            problems.append(f"model.rope_dims must be even and at most head_dim={self.head_dim}")
+        if self.num_loops and not 0 <= self.loop_start <= self.loop_end < self.num_layers:
+            problems.append("model.loop_start..loop_end must lie inside 0..num_layers-1")
+        if self.gate_window > self.model_dim:
+            problems.append("model.gate_window must not exceed model.model_dim")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.mlp_mult * self.model_dim)

@@ -1,0 +1,209 @@
+"""Blocks of the record's transformer: attention (QK-norm, partial RoPE, q gain, GQA, XSA, sparse output gate),
+the squared-activation MLP, the SmearGate and the pre-norm block with resid_mix.
+
+Shapes: B batch rows, T positions, H query heads, G KV heads, Dh head dim, D model dim. Attention is confined to
+documents: ``cu_seqlens`` (int32, offsets into the flattened B*T stream, padded by repeating the total) gives the
+segment starts; on CPU the exact masked path builds a block-diagonal causal mask.
+
+Adapters (TTT LoRA) enter through ``adapters.delta(site, slot, x)``, a tensor to add or ``None``: ``q``/``k``/``v``
+are added to the projections before the q/k norms, ``o`` (input: the block's normed input) to the attention
+output before ``attn_scale``, ``mlp`` (input: the MLP's normed input) to the MLP output before ``mlp_scale``.
+
+References: XSA (exclusive self-attention), PR #1855 and its ancestors for the gate, SmearGate and resid_mix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pgolf.model.config import ModelConfig
+
+Role = Literal["embedding", "attn", "mlp", "attn_gate", "control"]
+Site = Literal["q", "k", "v", "o", "mlp", "head"]
+
+
+class Adapters(Protocol):
+    def delta(self, site: Site, slot: int, x: Tensor) -> Tensor | None: ...
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    """RMSNorm over the last dim without a learned weight (computed in fp32, returned in x's dtype)."""
+    return F.rms_norm(x.float(), (x.size(-1),)).to(x.dtype)
+
+
+def _adapt(y: Tensor, adapters: Adapters | None, site: Site, slot: int, x: Tensor) -> Tensor:
+    if adapters is None:
+        return y
+    delta = adapters.delta(site, slot, x)
+    return y if delta is None else y + delta.to(y.dtype)
+
+
+def segment_ids(cu_seqlens: Tensor, rows: int, length: int) -> Tensor:
+    """Segment index of every position of a [rows, length] batch from flattened-stream offsets."""
+    positions = torch.arange(rows * length, device=cu_seqlens.device)
+    return torch.searchsorted(cu_seqlens[1:].long(), positions, right=True).view(rows, length)
+
+
+def doc_causal_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None) -> Tensor:
+    """Causal attention that never crosses a segment boundary. q [B,T,H,Dh], k/v [B,T,G,Dh] -> [B,T,H,Dh].
+
+    The exact path of every device: segments are gathered into rows of their own (padded at the end, which causal
+    attention never looks at), attended with plain causal SDPA, and scattered back, like varlen flash attention.
+    """
+    if cu_seqlens is None:
+        y = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True, enable_gqa=True)
+        return y.transpose(1, 2)
+    B, T, H, Dh = q.shape
+    cu = cu_seqlens.long()
+    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
+    starts, lengths = starts[lengths > 0], lengths[lengths > 0]
+    offsets = torch.arange(int(lengths.max()), device=q.device)
+    index = (starts[:, None] + offsets).clamp(max=B * T - 1)  # (segments, longest)
+    valid = offsets < lengths[:, None]
+    rows = [t.reshape(B * T, *t.shape[2:])[index].transpose(1, 2) for t in (q, k, v)]  # (S, heads, L, Dh)
+    y = F.scaled_dot_product_attention(*rows, is_causal=True, enable_gqa=True).transpose(1, 2)  # (S, L, H, Dh)
+    out = q.new_zeros(B * T, H, Dh).index_put((index[valid],), y[valid])
+    return out.view(B, T, H, Dh)
+
+
+class Rotary(nn.Module):
+    """Partial rotary embedding on the first ``rope_dims`` of each head (half-split pairing j, j + rope_dims/2)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dims, self.base = cfg.rope_dims, cfg.rope_base
+        self.ntk, self.train_len = cfg.rope_ntk_scale, cfg.rope_train_seq_len
+
+    def angles(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos, sin of shape (1, T, 1, dims/2), computed in ``dtype`` (fp32 at least)."""
+        base = self.base
+        if self.ntk and length > self.train_len:
+            base = base * (length / self.train_len) ** (self.dims / (self.dims - 2))
+        inv_freq = 1.0 / base ** (torch.arange(0, self.dims, 2, device=device, dtype=dtype) / self.dims)
+        theta = torch.outer(torch.arange(length, device=device, dtype=dtype), inv_freq)  # (T, dims/2)
+        return theta.cos()[None, :, None, :], theta.sin()[None, :, None, :]
+
+    def forward(self, x: Tensor) -> Tensor:  # x (B, T, heads, Dh)
+        if not self.dims:
+            return x
+        cos, sin = self.angles(x.size(1), x.device, torch.promote_types(x.dtype, torch.float32))
+        half = self.dims // 2
+        x1, x2, rest = x[..., :half], x[..., half : self.dims], x[..., self.dims :]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        return torch.cat([x1 * cos + x2 * sin, -x1 * sin + x2 * cos, rest], dim=-1)
+
+
+class Attention(nn.Module):
+    ROLES: dict[str, Role] = {"wq": "attn", "wk": "attn", "wv": "attn", "wo": "attn", "q_gain": "control",
+                              "gate_w": "attn_gate"}  # fmt: skip
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        D, H = cfg.model_dim, cfg.num_heads
+        self.H, self.G, self.Dh = H, cfg.num_kv_heads, cfg.head_dim
+        self.wq = nn.Parameter(torch.empty(D, D))
+        self.wk = nn.Parameter(torch.empty(cfg.kv_dim, D))
+        self.wv = nn.Parameter(torch.empty(cfg.kv_dim, D))
+        self.wo = nn.Parameter(torch.zeros(D, D))  # zero init: every block starts as the identity
+        self.q_gain = nn.Parameter(torch.full((H,), cfg.qk_gain_init))
+        self.rotary = Rotary(cfg)
+        self.xsa = layer >= cfg.num_layers - cfg.xsa_last_n
+        self.gate_w = nn.Parameter(torch.zeros(H, cfg.gate_window)) if cfg.attn_gate else None
+        self.gate_scale, self.gate_window = cfg.attn_gate_scale, cfg.gate_window
+        for w in (self.wq, self.wk, self.wv):
+            nn.init.orthogonal_(w)
+        if self.gate_w is not None and cfg.attn_gate_init_std > 0:
+            nn.init.normal_(self.gate_w, std=cfg.attn_gate_init_std)
+
+    def forward(self, n: Tensor, cu_seqlens: Tensor | None, adapters: Adapters | None, slot: int) -> Tensor:
+        B, T, _ = n.shape
+        q = _adapt(F.linear(n, self.wq.to(n.dtype)), adapters, "q", slot, n).view(B, T, self.H, self.Dh)
+        k = _adapt(F.linear(n, self.wk.to(n.dtype)), adapters, "k", slot, n).view(B, T, self.G, self.Dh)
+        v = _adapt(F.linear(n, self.wv.to(n.dtype)), adapters, "v", slot, n).view(B, T, self.G, self.Dh)
+        q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
+        q = q * self.q_gain.to(q.dtype)[:, None]
+        y = doc_causal_attention(q, k, v, cu_seqlens)  # (B, T, H, Dh)
+        if self.xsa:  # remove each head's component along its own position's (normalized) value
+            y = y.view(B, T, self.G, self.H // self.G, self.Dh)
+            v_hat = F.normalize(v, dim=-1)[:, :, :, None]
+            y = (y - (y * v_hat).sum(-1, keepdim=True) * v_hat).view(B, T, self.H, self.Dh)
+        if self.gate_w is not None:
+            gate = torch.sigmoid(self.gate_scale * F.linear(n[..., : self.gate_window], self.gate_w.to(n.dtype)))
+            y = y * gate[..., None]
+        out = F.linear(y.reshape(B, T, -1), self.wo.to(n.dtype))
+        return _adapt(out, adapters, "o", slot, n)
+
+
+class MLP(nn.Module):
+    ROLES: dict[str, Role] = {"w_up": "mlp", "w_down": "mlp"}
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.w_up = nn.Parameter(torch.empty(cfg.mlp_dim, cfg.model_dim))
+        self.w_down = nn.Parameter(torch.zeros(cfg.model_dim, cfg.mlp_dim))
+        nn.init.orthogonal_(self.w_up)
+        self.slope = 0.5 if cfg.mlp_activation == "leaky_relu2" else 0.0
+
+    def forward(self, n: Tensor) -> Tensor:
+        h = F.linear(n, self.w_up.to(n.dtype))
+        return F.linear(F.leaky_relu(h, self.slope).square(), self.w_down.to(n.dtype))
+
+
+class SmearGate(nn.Module):
+    """e'_t = e_t + lambda * sigmoid(w . e_t[:window]) * e_(t-1), except where token t is BOS (no leak across docs)."""
+
+    ROLES: dict[str, Role] = {"weight": "control", "lam": "control"}
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1, cfg.gate_window))
+        self.lam = nn.Parameter(torch.zeros(1))
+        self.bos_id, self.window = cfg.bos_id, cfg.gate_window
+
+    def forward(self, e: Tensor, ids: Tensor) -> Tensor:
+        gate = self.lam.to(e.dtype) * torch.sigmoid(F.linear(e[:, 1:, : self.window], self.weight.to(e.dtype)))
+        keep = (ids[:, 1:] != self.bos_id).unsqueeze(-1).to(e.dtype)
+        return torch.cat([e[:, :1], e[:, 1:] + gate * keep * e[:, :-1]], dim=1)
+
+
+class Block(nn.Module):
+    """Pre-norm block with resid_mix; ``gptj`` runs attention and MLP side by side on the same normed input.
+
+    sequential:  u = m0*x + m1*x0;  v = u + a*Attn(N(u) s);  out = v + b*MLP(N(v) s)
+    gptj:        u = m0*x + m1*x0;  out = u + a*Attn(N(u) s) + b*MLP(N(u) s)
+    """
+
+    ROLES: dict[str, Role] = {"attn_scale": "control", "mlp_scale": "control", "resid_mix": "control"}
+
+    def __init__(self, cfg: ModelConfig, layer: int, gptj: bool) -> None:
+        super().__init__()
+        D = cfg.model_dim
+        self.attn, self.mlp = Attention(cfg, layer), MLP(cfg)
+        self.attn_scale = nn.Parameter(torch.ones(D))
+        self.mlp_scale = nn.Parameter(torch.ones(D))
+        self.resid_mix = nn.Parameter(torch.stack([torch.ones(D), torch.zeros(D)]))
+        self.scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
+        self.gptj = gptj
+
+    def attend(self, u: Tensor, cu: Tensor | None, adapters: Adapters | None, slot: int) -> Tensor:
+        return self.attn_scale.to(u.dtype) * self.attn(rms_norm(u) * self.scale, cu, adapters, slot)
+
+    def feed(self, v: Tensor, adapters: Adapters | None, slot: int) -> Tensor:
+        n = rms_norm(v) * self.scale
+        return self.mlp_scale.to(v.dtype) * _adapt(self.mlp(n), adapters, "mlp", slot, n)
+
+    def mix(self, x: Tensor, x0: Tensor) -> Tensor:
+        m = self.resid_mix.to(x.dtype)
+        return m[0] * x + m[1] * x0
+
+    def forward(self, x: Tensor, x0: Tensor, cu: Tensor | None, adapters: Adapters | None, slot: int) -> Tensor:
+        u = self.mix(x, x0)
+        if self.gptj:
+            return u + self.attend(u, cu, adapters, slot) + self.feed(u, adapters, slot)
+        v = u + self.attend(u, cu, adapters, slot)
+        return v + self.feed(v, adapters, slot)

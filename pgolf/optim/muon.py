@@ -1,0 +1,266 @@
+"""Muon: momentum SGD whose update is orthogonalized by a Newton–Schulz iteration, for 2-D hidden matrices.
+
+Per matrix (``muon_update``): momentum, optional Nesterov, optional per-row L2 normalization, Newton–Schulz
+orthogonalization (Polar-Express or classic coefficients) and the shape scale ``sqrt(max(1, rows/cols))``.
+``Muon`` applies it with decoupled weight decay ``p <- p (1 - lr wd) - lr update``. One class serves 1 and N
+ranks: with a process group of more than one rank, parameter i is owned by rank ``i % world_size``, which keeps its
+momentum buffer and computes its update, then broadcasts the update to the other ranks. Without a process group
+(or with one rank) everything runs locally and no communication happens.
+
+References:
+    * K. Jordan et al., "Muon: An optimizer for hidden layers in neural networks" (2024),
+      https://kellerjordan.github.io/posts/muon/ and KellerJordan/Muon ``muon.py`` (classic NS5 coefficients).
+    * N. Amsel et al., "The Polar Express: Optimal Matrix Sign Methods and Their Application to the Muon
+      Algorithm" (2025), arXiv:2505.16932 (the Polar-Express coefficients).
+    * openai/parameter-golf PR #1855 ``train_gpt.py`` L1720-1884 (Polar-Express NS5, row normalization, the
+      record's Muon), PR #374 (classic coefficients, no row normalization).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from pydantic import model_validator
+from torch import Tensor
+
+from pgolf.config import Section
+
+NSCoeffs = Literal["polar_express", "classic"]
+
+POLAR_EXPRESS_COEFFS: tuple[tuple[float, float, float], ...] = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+"""Per-iteration (a, b, c) of the record's Polar-Express iteration; iteration k uses tuple k."""
+
+CLASSIC_COEFFS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
+"""The classic quintic (a, b, c), applied at every iteration."""
+
+_NORM_EPS = 1e-7
+
+
+def ns_coefficients(steps: int, coeffs: NSCoeffs) -> tuple[tuple[float, float, float], ...]:
+    """The (a, b, c) sequence that ``newton_schulz`` runs for ``steps`` iterations.
+
+    ``polar_express`` takes the first ``min(steps, 5)`` tuples: asking for more than 5 still runs 5 iterations,
+    exactly as the record does (``MuonConfig`` rejects that combination). ``classic`` repeats its one tuple.
+    """
+    if steps < 1:
+        raise ValueError(f"Newton-Schulz needs at least one step, got {steps}")
+    if coeffs == "polar_express":
+        return POLAR_EXPRESS_COEFFS[:steps]
+    if coeffs == "classic":
+        return (CLASSIC_COEFFS,) * steps
+    raise ValueError(f"unknown Newton-Schulz coefficients {coeffs!r} (expected 'polar_express' or 'classic')")
+
+
+def newton_schulz(G: Tensor, steps: int, coeffs: NSCoeffs, dtype: torch.dtype) -> Tensor:
+    """Approximate the orthogonal polar factor U V^T of each matrix in ``G`` (shape [..., m, n]).
+
+    The iteration runs in ``dtype`` (bf16 on CUDA as in the record; fp32/fp64 for CPU tests) on the wide
+    orientation (transposed when m > n so that X X^T is the small Gram matrix), after scaling each matrix to unit
+    Frobenius norm. Each (a, b, c) maps every singular value s to ``a s + b s^3 + c s^5``. The result has G's dtype.
+    """
+    if G.ndim < 2:
+        raise ValueError(f"newton_schulz needs [..., m, n] matrices, got shape {tuple(G.shape)}")
+    X = G.to(dtype)
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:
+        X = X.mT
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + _NORM_EPS)
+    for a, b, c in ns_coefficients(steps, coeffs):
+        A = X @ X.mT
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    if transposed:
+        X = X.mT
+    return X.to(G.dtype)
+
+
+def nesterov_momentum(grad: Tensor, buf: Tensor, momentum: float, nesterov: bool) -> Tensor:
+    """Update ``buf <- momentum buf + grad`` in place; return ``grad + momentum buf`` (Nesterov) or ``buf``."""
+    buf.mul_(momentum).add_(grad)
+    return grad + momentum * buf if nesterov else buf
+
+
+def normalize_rows(U: Tensor) -> Tensor:
+    """Divide each row (over the last dim) by ``max(||row||_2, 1e-7)``, the norm taken in fp32; keeps U's dtype."""
+    norms = torch.linalg.vector_norm(U.float(), dim=-1, keepdim=True).clamp_min(_NORM_EPS)
+    return (U.float() / norms).to(U.dtype)
+
+
+def shape_scale(rows: int, cols: int) -> float:
+    """``sqrt(max(1, rows/cols))`` with rows = output dim, cols = input dim (2 for a 2048x512 matrix)."""
+    return math.sqrt(max(1.0, rows / cols))
+
+
+def muon_update(
+    grad: Tensor,
+    buf: Tensor,
+    *,
+    momentum: float,
+    nesterov: bool,
+    row_normalize: bool,
+    ns_steps: int,
+    coeffs: NSCoeffs,
+    ns_dtype: torch.dtype,
+) -> Tensor:
+    """The Muon direction for one matrix (or a batch [..., rows, cols]); updates the momentum ``buf`` in place.
+
+    Momentum (``buf``), Nesterov, optional row normalization, Newton–Schulz, then the shape scale. The result has
+    the dtype of the (Nesterov) momentum, i.e. the promotion of grad's and buf's dtypes.
+    """
+    U = nesterov_momentum(grad, buf, momentum, nesterov)
+    if row_normalize:
+        U = normalize_rows(U)
+    ortho = newton_schulz(U, ns_steps, coeffs, ns_dtype)
+    return ortho * shape_scale(grad.size(-2), grad.size(-1))
+
+
+class MuonConfig(Section):
+    """The Muon knobs of params.yaml (the hidden-matrix optimizer)."""
+
+    lr: float
+    """Base learning rate of the matrices (multiplied by the schedule's LR multiplier every step)."""
+    momentum: float
+    """Final momentum, reached after ``momentum_warmup_steps`` optimizer steps."""
+    momentum_warmup_start: float
+    """Momentum at step 0; it ramps linearly to ``momentum``."""
+    momentum_warmup_steps: int
+    """Length of the linear momentum ramp in optimizer steps (0 = ``momentum`` from the start)."""
+    ns_steps: int
+    """Newton–Schulz iterations (1-5 for polar_express, which has 5 tuples; any >= 1 for classic)."""
+    ns_coeffs: NSCoeffs
+    """``polar_express``: the record's per-iteration coefficients; ``classic``: (3.4445, -4.7750, 2.0315)."""
+    row_normalize: bool
+    """L2-normalize each row of the (Nesterov) momentum before Newton–Schulz."""
+    nesterov: bool
+    """Use the Nesterov form ``grad + momentum buf`` instead of ``buf``."""
+    weight_decay: float
+    """Decoupled weight decay: ``p <- p (1 - lr wd)`` with the scheduled lr, before the update."""
+
+    @model_validator(mode="after")
+    def _check(self) -> MuonConfig:
+        for name in ("momentum", "momentum_warmup_start"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.momentum_warmup_steps < 0:
+            raise ValueError(f"momentum_warmup_steps must be >= 0, got {self.momentum_warmup_steps}")
+        if self.ns_steps < 1:
+            raise ValueError(f"ns_steps must be >= 1, got {self.ns_steps}")
+        if self.ns_coeffs == "polar_express" and self.ns_steps > len(POLAR_EXPRESS_COEFFS):
+            raise ValueError(
+                f"ns_steps={self.ns_steps} with polar_express would silently run only "
+                f"{len(POLAR_EXPRESS_COEFFS)} iterations (it has 5 tuples): set ns_steps <= 5 or ns_coeffs=classic"
+            )
+        if self.lr < 0 or self.weight_decay < 0:
+            raise ValueError(f"lr and weight_decay must be >= 0, got {self.lr} and {self.weight_decay}")
+        return self
+
+
+def _rank_and_world() -> tuple[int, int]:
+    """(rank, world_size) of the default process group, or (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for the 2-D hidden matrices of the model (attention and MLP weights, or banks of them).
+
+    Embeddings, the output head and every scalar, gain, gate and bias belong in AdamW: Newton–Schulz
+    orthogonalization only makes sense for matrices that map one hidden space to another. A parameter with more
+    than two dims is treated as a batch of matrices over its last two dims (a "bank").
+
+    ``step()`` assumes gradients are already averaged across ranks. With a process group of N > 1 ranks, the i-th
+    parameter that has a gradient (counted over all groups, in order) is owned by rank ``i % N``: only the owner
+    keeps its momentum buffer (so ``state_dict()`` differs between ranks) and computes the update, which is then
+    broadcast to all ranks in the parameter's dtype. Every rank applies the same update to its replica. The
+    decision to skip a parameter whose grad is None must be the same on every rank (it is, for a replicated model).
+
+    Each group's ``lr``, ``momentum``, ``weight_decay``, ``nesterov``, ``row_normalize``, ``ns_steps`` and
+    ``ns_coeffs`` are read at every step, so a schedule may rewrite ``lr`` and ``momentum`` between steps.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        *,
+        lr: float,
+        momentum: float,
+        weight_decay: float,
+        nesterov: bool,
+        row_normalize: bool,
+        ns_steps: int,
+        ns_coeffs: NSCoeffs,
+        ns_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        params = list(params)
+        for p in params:
+            if isinstance(p, Tensor) and p.ndim < 2:
+                raise ValueError(f"Muon is for matrices; got a parameter of shape {tuple(p.shape)} (use AdamW)")
+        ns_coefficients(ns_steps, ns_coeffs)  # validates steps and the coefficient name
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            row_normalize=row_normalize,
+            ns_steps=ns_steps,
+            ns_coeffs=ns_coeffs,
+        )
+        super().__init__(params, defaults)
+        self.ns_dtype = ns_dtype
+        """dtype of the momentum buffers and of the Newton–Schulz iteration (bf16 on CUDA in the record)."""
+
+    def _update(self, p: Tensor, group: dict) -> Tensor:
+        """This rank's update for ``p`` (owner only), contiguous and in p's dtype."""
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=self.ns_dtype)
+        update = muon_update(
+            p.grad,
+            state["momentum_buffer"],
+            momentum=group["momentum"],
+            nesterov=group["nesterov"],
+            row_normalize=group["row_normalize"],
+            ns_steps=group["ns_steps"],
+            coeffs=group["ns_coeffs"],
+            ns_dtype=self.ns_dtype,
+        )
+        return update.to(p.dtype).contiguous()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One Muon step over all groups (see the class docstring for the multi-rank split)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        rank, world = _rank_and_world()
+        pending: list[tuple[Tensor, Tensor, dict, object]] = []
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                owner = index % world
+                index += 1
+                update = self._update(p, group) if owner == rank else torch.empty_like(p)
+                handle = dist.broadcast(update, src=owner, async_op=True) if world > 1 else None
+                pending.append((p, update, group, handle))
+        for p, update, group, handle in pending:
+            if handle is not None:
+                handle.wait()  # type: ignore[attr-defined]
+            lr, wd = group["lr"], group["weight_decay"]
+            if wd != 0.0:
+                p.mul_(1.0 - lr * wd)
+            p.add_(update, alpha=-lr)
+        return loss

@@ -1,0 +1,1 @@
+"""Training: the document-packing loader, the training loop, checkpoints."""

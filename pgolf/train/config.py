@@ -1,0 +1,76 @@
+"""The ``train`` section of params.yaml."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pgolf.config import ConfigError, Section
+from pgolf.optim.muon import MuonConfig
+
+
+class AdamConfig(Section):
+    """AdamW for the tied embedding and for the control tensors (scalars, gains, gates)."""
+
+    embed_lr: float
+    scalar_lr: float
+    beta1: float
+    beta2: float
+    eps: float
+    embed_wd: float
+    scalar_wd: float
+
+
+class AveragingConfig(Section):
+    kind: Literal["ema", "swa"]
+    """Averaged weights kept beside the raw ones: EMA (the record) or Tight SWA (#374)."""
+    ema_decay: float
+    swa_every: int
+    """swa: snapshot every this many steps ..."""
+    swa_start_below_lr: float
+    """... once the LR multiplier has fallen below this."""
+
+
+class TrainConfig(Section):
+    launcher: str
+    """How DVC starts the stage: ``python`` or e.g. ``torchrun --standalone --nproc_per_node=8``."""
+    seed: int
+    max_wallclock_seconds: float
+    """Training budget; progress = elapsed / budget drives the schedule (0 = step budget ``iterations``)."""
+    iterations: int
+    """Step cap (and the schedule's denominator when there is no wall-clock budget)."""
+    global_batch_tokens: int
+    """Tokens per optimizer step over all ranks; gradient accumulation = global / (world * micro)."""
+    micro_batch_tokens: int
+    """Tokens per rank per forward (one packed row)."""
+    seq_len: int
+    """Longest attention segment: documents are cut into chunks of at most this many tokens."""
+    warmup_steps: int
+    """Compile/warm-up steps run unlooped and looped, then thrown away (weights and optimizer state restored)."""
+    enable_looping_at: float
+    """Progress at which depth recurrence switches on (>= 1: never)."""
+    warmdown_frac: float
+    min_lr: float
+    """Floor of the LR multiplier during the linear warm-down."""
+    grad_clip_norm: float
+    """Global L2 clip of the rank-averaged gradient (0 = off)."""
+    muon: MuonConfig
+    adam: AdamConfig
+    averaging: AveragingConfig
+    log_every: int
+    val_every: int
+    """Steps between validation losses during training (0 = none)."""
+    val_max_tokens: int
+    """Validation tokens scored during training (0 = all); the export stage always scores all."""
+    checkpoint_seconds: float
+    """Wall-clock seconds between resumable checkpoints (0 = none)."""
+    compile: bool
+    """torch.compile the model (CUDA only; ignored on CPU)."""
+
+    def grad_accum(self, world_size: int) -> int:
+        per_step = world_size * self.micro_batch_tokens
+        if self.global_batch_tokens % per_step:
+            raise ConfigError(
+                f"train.global_batch_tokens={self.global_batch_tokens} is not a multiple of world_size "
+                f"({world_size}) x train.micro_batch_tokens ({self.micro_batch_tokens})"
+            )
+        return self.global_batch_tokens // per_step

@@ -1,0 +1,194 @@
+"""The deterministic document-packing training loader, and the varlen ``cu_seqlens`` it feeds attention.
+
+The training shards are one stream of documents, each ``BOS, tok_1, ..., tok_k`` (no EOS). The loader walks that
+stream in order, with no shuffling, so the data order is identical for every seed and every run:
+
+* One :meth:`PackingLoader.next_batch` call serves one micro-step. With ``n = tokens_per_rank``, every rank holds
+  the same ``cursor`` and rank ``r`` takes the slab ``[cursor + r (n+1), cursor + (r+1) (n+1))``: inputs are
+  ``slab[:-1]``, targets ``slab[1:]``, one packed row ``[1, n]``. The cursor then moves by ``world_size (n+1)``, so
+  one micro-step reads one contiguous window of one shard cut into ``world_size`` consecutive slabs. The last token
+  of each slab is only a target.
+* Gradient accumulation is the caller's: it calls ``next_batch`` ``grad_accum`` times per optimizer step, so the
+  global batch is ``world_size * grad_accum * tokens_per_rank`` tokens.
+* When a window does not fit in the rest of the shard, the rest is dropped and the next shard starts at its first
+  BOS (its leading tokens are the tail of a document of the previous shard). After the last shard the loader
+  wraps to shard 0 and counts an epoch.
+* Attention is document-isolated through ``cu_seqlens``: segment starts at the slab start and at every BOS, and
+  long documents are cut into independent ``seq_len`` chunks aligned to the document start (:func:`build_cu_seqlens`).
+  No loss masking: the position before a BOS predicts the BOS (the end of the document).
+
+Differences from the reference, on purpose: no prefetch threads (one memory-mapped shard at a time is fast enough
+for the CPU default and keeps the state exact for resume, which :meth:`PackingLoader.state_dict` provides); a shard
+too small for one window is an error naming the knob (the reference loops over such shards, forever when all are
+too small), except the last shard, which is short by construction and is skipped like any dropped tail.
+
+References: the record's ``DocumentPackingLoader`` and ``_build_cu_seqlens`` (train_gpt.py L592–698); spec
+record-model-training.md §2.2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pgolf.data import shards
+from pgolf.data.shards import ShardError
+
+
+def build_cu_seqlens(bos_offsets: np.ndarray, length: int, max_seq_len: int, pad_multiple: int) -> torch.Tensor:
+    """Varlen segment boundaries (int32) of a packed row of ``length`` tokens.
+
+    ``bos_offsets`` are the sorted positions of the BOS tokens in the row. Segments start at 0 (the first segment
+    may be the tail of a document that began before the row), at every BOS, and every ``max_seq_len`` tokens after
+    a document's start (``max_seq_len <= 0``: no cutting). The boundaries end with ``length`` and are padded with
+    repeats of ``length`` (empty segments) to a multiple of ``pad_multiple`` entries, for a few static shapes.
+    """
+    if length <= 0 or pad_multiple <= 0:
+        raise ValueError(f"length and pad_multiple must be positive, got {length} and {pad_multiple}")
+    starts = np.asarray(bos_offsets, dtype=np.int64).reshape(-1)
+    if starts.size and (starts[0] < 0 or starts[-1] >= length or np.any(np.diff(starts) <= 0)):
+        raise ValueError(f"bos_offsets must be strictly increasing positions in [0, {length})")
+    if starts.size == 0 or starts[0] != 0:
+        starts = np.concatenate([[0], starts])
+    if max_seq_len > 0:
+        ends = np.append(starts[1:], length)
+        starts = np.concatenate([np.arange(s, e, max_seq_len) for s, e in zip(starts, ends, strict=True)])
+    boundaries = np.append(starts, length)
+    padded = -(-boundaries.size // pad_multiple) * pad_multiple
+    cu = np.full(padded, length, dtype=np.int32)
+    cu[: boundaries.size] = boundaries
+    return torch.from_numpy(cu)
+
+
+@dataclass
+class Batch:
+    """One micro-step of one rank: a packed row and its document boundaries."""
+
+    inputs: torch.Tensor  # [1, T] int64
+    targets: torch.Tensor  # [1, T] int64, inputs shifted by one
+    cu_seqlens: torch.Tensor  # int32, boundaries of the flattened row, padded (see build_cu_seqlens)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """The same batch on ``device``."""
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in (self.inputs, self.targets, self.cu_seqlens)))
+
+
+@dataclass
+class _Shard:
+    """The installed shard: its tokens (memory-mapped) and the sorted positions of its BOS tokens."""
+
+    index: int
+    tokens: np.ndarray
+    bos_idx: np.ndarray
+
+
+class PackingLoader:
+    """Deterministic document-packing loader over ``shard_dir/train_*.bin`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        shard_dir: Path | str,
+        *,
+        tokens_per_rank: int,
+        seq_len: int,
+        rank: int,
+        world_size: int,
+        bos_id: int,
+        pad_multiple: int = 64,
+    ) -> None:
+        if tokens_per_rank <= 0 or seq_len <= 0 or world_size <= 0 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"bad loader geometry: tokens_per_rank={tokens_per_rank}, seq_len={seq_len}, "
+                f"rank={rank}, world_size={world_size}"
+            )
+        self.tokens_per_rank = tokens_per_rank
+        self.seq_len = seq_len
+        self.rank = rank
+        self.world_size = world_size
+        self.bos_id = bos_id
+        self.pad_multiple = pad_multiple
+        self.span = world_size * (tokens_per_rank + 1)
+        self.paths = self._usable_paths(Path(shard_dir))
+        self.epoch = 0
+        self._install(0)
+
+    def _too_small(self, what: str) -> ShardError:
+        return ShardError(
+            f"{what}, but one micro-step reads world_size * (tokens_per_rank + 1) = {self.world_size} * "
+            f"({self.tokens_per_rank} + 1) = {self.span} consecutive tokens of one shard; lower the training "
+            "batch tokens (tokens_per_rank = batch tokens / (world_size * grad_accum)) or raise data.shard_tokens "
+            "and re-run the tokenize stage"
+        )
+
+    def _usable_paths(self, shard_dir: Path) -> list[Path]:
+        """The training shards; a short last shard that cannot hold one window is left out."""
+        paths = shards.shard_paths(shard_dir, "train")
+        if not paths:
+            raise ShardError(f"{shard_dir}: no train_*.bin shards; run `dvc repro tokenize`")
+        counts = [shards.read_header(p) for p in paths]
+        if counts[-1] < self.span and len(paths) > 1:
+            paths, counts = paths[:-1], counts[:-1]
+        for path, count in zip(paths, counts, strict=True):
+            if count < self.span:
+                raise self._too_small(f"{path}: the shard holds {count} tokens")
+        return paths
+
+    def _install(self, index: int) -> None:
+        """Make shard ``index`` current, with the cursor at its first BOS."""
+        path = self.paths[index]
+        tokens = shards.read_shard(path, mmap=True)
+        bos_idx = np.flatnonzero(tokens == self.bos_id)
+        if bos_idx.size == 0:
+            raise ShardError(f"{path}: no BOS (id {self.bos_id}) in the shard; a document is longer than a shard")
+        if bos_idx[0] + self.span > tokens.size:
+            raise self._too_small(f"{path}: the shard holds {tokens.size - bos_idx[0]} tokens after its first BOS")
+        self._shard = _Shard(index, tokens, bos_idx)
+        self.cursor = int(bos_idx[0])
+
+    def _advance(self) -> None:
+        """Drop the rest of the shard and install the next one, wrapping to shard 0 after the last."""
+        index = self._shard.index + 1
+        if index == len(self.paths):
+            index = 0
+            self.epoch += 1
+        self._install(index)
+
+    def next_batch(self) -> Batch:
+        """This rank's slab of the next window (one micro-step); the cursor moves past the whole window."""
+        if self.cursor + self.span > self._shard.tokens.size:
+            self._advance()
+        n = self.tokens_per_rank
+        start = self.cursor + self.rank * (n + 1)
+        slab = torch.from_numpy(np.array(self._shard.tokens[start : start + n + 1], dtype=np.int64))
+        bos_idx = self._shard.bos_idx
+        lo, hi = np.searchsorted(bos_idx, [start, start + n], side="left")
+        cu_seqlens = build_cu_seqlens(bos_idx[lo:hi] - start, n, self.seq_len, self.pad_multiple)
+        self.cursor += self.span
+        return Batch(inputs=slab[:-1][None], targets=slab[1:][None], cu_seqlens=cu_seqlens)
+
+    def state_dict(self) -> dict:
+        """Position in the stream (shard, cursor, epoch) plus the geometry it is valid for."""
+        return {
+            "shard": self._shard.index,
+            "cursor": self.cursor,
+            "epoch": self.epoch,
+            "num_shards": len(self.paths),
+            "span": self.span,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume exactly where :meth:`state_dict` was taken (same shards and same window geometry)."""
+        if (state["num_shards"], state["span"]) != (len(self.paths), self.span):
+            raise ValueError(
+                f"loader state is for {state['num_shards']} shards and {state['span']}-token windows, this loader "
+                f"has {len(self.paths)} shards and {self.span}-token windows (world_size * (tokens_per_rank + 1)); "
+                "resume with the same shards, world size and batch geometry"
+            )
+        if not 0 <= state["shard"] < len(self.paths):
+            raise ValueError(f"loader state names shard {state['shard']} of {len(self.paths)}")
+        self._install(int(state["shard"]))
+        self.cursor = int(state["cursor"])
+        self.epoch = int(state["epoch"])

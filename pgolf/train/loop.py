@@ -1,0 +1,276 @@
+"""The training loop of the train stage: wall-clock budget, schedule, recurrence switch, averaging, logging,
+resumable checkpoints, NaN abort, and the weights it leaves (raw + averaged, safetensors, with meta.json).
+
+Time: ``progress`` = training seconds / budget, where training seconds exclude the compile warm-up, validation
+and checkpoint writes, and survive a resume. The step that crosses the budget is the last one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pgolf import dist
+from pgolf.dist import autocast
+from pgolf.eval.bpb import ValData, evaluate
+from pgolf.model.config import ModelConfig
+from pgolf.model.gpt import GPT
+from pgolf.optim.averaging import EMA, TightSWA
+from pgolf.optim.schedule import looping_active, lr_multiplier, momentum_at, progress
+from pgolf.train import checkpoint as ckpt
+from pgolf.train.checkpoint import META_FILE, RAW_FILE
+from pgolf.train.config import TrainConfig
+from pgolf.train.loader import PackingLoader
+from pgolf.train.step import Optimizers, TrainingDiverged, build_optimizers, compile_warmup, train_step
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    train_seconds: float = 0.0
+    tokens: int = 0
+    looping_from_step: int | None = None
+    last_loss: float = float("nan")
+    history: list = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """Everything the loop mutates, built once by :func:`setup`."""
+
+    model: GPT
+    opts: Optimizers
+    loader: PackingLoader
+    averager: EMA | TightSWA
+    cfg: TrainConfig
+    info: dist.DistInfo
+    grad_accum: int
+    fingerprint: str
+    forward: object = None
+    state: Progress = field(default_factory=Progress)
+
+
+def fingerprint(model_cfg: ModelConfig, cfg: TrainConfig, data_manifest: dict, world_size: int) -> str:
+    """What a resumable checkpoint must match: configs, data and world size (the launcher is irrelevant)."""
+    train = cfg.model_dump(exclude={"launcher", "checkpoint_seconds", "log_every"})
+    payload = json.dumps([model_cfg.model_dump(), train, data_manifest, world_size], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def setup(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, data_manifest: dict, info: dist.DistInfo) -> Run:
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model = GPT(model_cfg).to(info.device)
+    opts = build_optimizers(model, cfg)
+    loader = PackingLoader(shard_dir, tokens_per_rank=cfg.micro_batch_tokens, seq_len=cfg.seq_len,
+                           rank=info.rank, world_size=info.world_size, bos_id=model_cfg.bos_id)  # fmt: skip
+    if cfg.averaging.kind == "ema":
+        averager: EMA | TightSWA = EMA(model, cfg.averaging.ema_decay)
+    else:
+        averager = TightSWA(model, cfg.averaging.swa_every, cfg.averaging.swa_start_below_lr)
+    run = Run(model, opts, loader, averager, cfg, info, cfg.grad_accum(info.world_size),
+              fingerprint(model_cfg, cfg, data_manifest, info.world_size))  # fmt: skip
+    use_compile = cfg.compile and info.device.type == "cuda"
+    run.forward = torch.compile(model, dynamic=False) if use_compile else model
+    return run
+
+
+def _step(run: Run, looped: bool) -> float:
+    return train_step(run.forward, run.model, run.opts, run.loader, grad_accum=run.grad_accum, looped=looped,
+                      clip=run.cfg.grad_clip_norm, device=run.info.device)  # fmt: skip
+
+
+def warmup(run: Run) -> float:
+    """The thrown-away compile warm-up; returns its seconds. The loader restarts afterwards."""
+    if run.cfg.warmup_steps <= 0:
+        return 0.0
+    start = time.perf_counter()
+    loader_state = run.loader.state_dict()
+
+    def steps(looped: bool) -> None:
+        for _ in range(run.cfg.warmup_steps):
+            _step(run, looped)
+
+    compile_warmup(steps, run.model, run.opts)
+    run.loader.load_state_dict(loader_state)
+    return time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(run: Run, directory: Path) -> None:
+    """Rank 0 writes weights, averager and progress; every rank writes its own optimizer state (Muon's momentum
+    lives on the parameter's owner rank)."""
+    tensors, info = {}, {}
+    for name, opt in zip(("muon", "embed", "scalar"), run.opts.all(), strict=True):
+        t, meta = ckpt.optimizer_tensors(opt, name)
+        tensors.update(t)
+        info[name] = meta
+    ckpt.save_tensors(directory / f"optim_rank{run.info.rank}.safetensors", tensors, info)
+    if run.info.is_main:
+        state = {f"model.{k}": v for k, v in run.model.state_dict().items()}
+        averaged = run.averager.state_dict() if isinstance(run.averager, EMA) else run.averager.resume_state()
+        state.update({f"avg.{k}": v for k, v in averaged.items() if isinstance(v, torch.Tensor)})
+        extra = {k: v for k, v in averaged.items() if not isinstance(v, torch.Tensor)}
+        meta = {"fingerprint": run.fingerprint, "progress": asdict(run.state), "loader": run.loader.state_dict(),
+                "averager_extra": extra}  # fmt: skip
+        ckpt.save_tensors(directory / "state.safetensors", state, meta)
+
+
+def try_resume(run: Run, directory: Path) -> bool:
+    """Restore the run from ``directory`` when a checkpoint of the same fingerprint is there."""
+    path = directory / "state.safetensors"
+    if not path.is_file():
+        return False
+    tensors, meta = ckpt.load_tensors(path)
+    if meta.get("fingerprint") != run.fingerprint:
+        dist.print0(f"train: ignoring {directory}: it belongs to another configuration")
+        return False
+    run.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    averaged = {k[4:]: v for k, v in tensors.items() if k.startswith("avg.")}
+    if isinstance(run.averager, EMA):
+        run.averager.load_state_dict(averaged)
+    else:
+        run.averager.load_state_dict({**averaged, **meta["averager_extra"]})
+    opt_tensors, opt_info = ckpt.load_tensors(directory / f"optim_rank{run.info.rank}.safetensors")
+    for name, opt in zip(("muon", "embed", "scalar"), run.opts.all(), strict=True):
+        ckpt.load_optimizer(opt, name, opt_tensors, opt_info[name])
+    run.loader.load_state_dict(meta["loader"])
+    run.state = Progress(**meta["progress"])
+    dist.print0(f"train: resumed from {directory} at step {run.state.step}")
+    return True
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+class Logger:
+    """dvclive metrics (rank 0; ``dvcyaml=False`` so dvc.yaml is never rewritten) and a progress bar."""
+
+    def __init__(self, live_dir: Path, resumed: bool, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.live = None
+        if enabled:
+            from dvclive import Live
+
+            self.live = Live(str(live_dir), resume=resumed, dvcyaml=False, save_dvc_exp=False)
+        self.bar = tqdm(total=total, unit="%", desc="train", disable=not enabled, mininterval=1)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.live is not None:
+            self.live.step = step
+            for name, value in metrics.items():
+                self.live.log_metric(name, value)
+            self.live.sync()
+
+    def progress(self, frac: float, loss: float) -> None:
+        self.bar.update(max(0, min(self.bar.total, int(frac * self.bar.total)) - self.bar.n))
+        self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.live is not None:
+            self.live.end()
+
+
+def validate(run: Run, val: ValData, looped: bool) -> tuple[float, float]:
+    """(val_loss, val_bpb) of the live weights, through the package's one BPB module."""
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
+        with autocast(run.info.device):
+            return run.model(x, y, cu_seqlens=cu, looped=looped, reduction="none")
+
+    totals = evaluate(loss_fn, val, seq_len=run.cfg.seq_len, batch_windows=max(1, run.cfg.micro_batch_tokens //
+                      run.cfg.seq_len), bos_id=run.model.cfg.bos_id, rank=run.info.rank,
+                      world_size=run.info.world_size, device=run.info.device)  # fmt: skip
+    return totals.val_loss, totals.val_bpb
+
+
+def _one_step(run: Run, logger: Logger, val: ValData | None) -> bool:
+    """Run one optimizer step unless the budget is spent; return whether training goes on."""
+    s, cfg, device = run.state, run.cfg, run.info.device
+    frac = dist.all_max(progress(s.train_seconds, s.step, cfg.max_wallclock_seconds, cfg.iterations), device)
+    if s.step >= cfg.iterations or frac >= 1.0:
+        return False
+    lr_mul = lr_multiplier(frac, cfg.warmdown_frac, cfg.min_lr)
+    looped = looping_active(frac, cfg.enable_looping_at) or s.looping_from_step is not None
+    if looped and s.looping_from_step is None:
+        s.looping_from_step = s.step
+        dist.print0(f"train: depth recurrence on at step {s.step} (progress {frac:.3f})")
+    run.opts.set_schedule(lr_mul, momentum_at(s.step, cfg.muon.momentum_warmup_start, cfg.muon.momentum,
+                                              cfg.muon.momentum_warmup_steps))  # fmt: skip
+    start = time.perf_counter()
+    loss = _step(run, looped)
+    elapsed = time.perf_counter() - start
+    if dist.any_true(not math.isfinite(loss), device):
+        raise TrainingDiverged(f"train: loss is {loss} at step {s.step}; lower train.muon.lr / train.adam.*_lr or "
+                               "check the data (weights were not written)")  # fmt: skip
+    if isinstance(run.averager, EMA):
+        run.averager.update(run.model)
+    else:
+        run.averager.maybe_update(run.model, s.step, lr_mul)
+    s.step, s.train_seconds, s.tokens, s.last_loss = (
+        s.step + 1,
+        s.train_seconds + elapsed,
+        s.tokens + cfg.global_batch_tokens,
+        loss,
+    )
+    if s.step <= 5 or s.step % cfg.log_every == 0:
+        rate = s.tokens / max(s.train_seconds, 1e-9)
+        logger.log(s.step, {"train/loss": loss, "train/lr_mul": lr_mul, "train/tokens_per_s": rate,
+                            "train/looped": float(looped)})  # fmt: skip
+    if val is not None and cfg.val_every and s.step % cfg.val_every == 0:
+        val_loss, val_bpb = validate(run, val, looped)
+        logger.log(s.step, {"val/loss": val_loss, "val/bpb": val_bpb})
+    logger.progress(frac, loss)
+    return True
+
+
+def train(run: Run, *, val: ValData | None, resume_dir: Path, live_dir: Path) -> dict:
+    """Warm up, resume if possible, train until the budget is spent; returns the summary for meta.json."""
+    warm_seconds = warmup(run)
+    resumed = try_resume(run, resume_dir)
+    logger = Logger(live_dir, resumed, run.info.is_main, total=100)
+    last_save = time.perf_counter()
+    try:
+        while _one_step(run, logger, val):
+            if run.cfg.checkpoint_seconds and time.perf_counter() - last_save >= run.cfg.checkpoint_seconds:
+                save_checkpoint(run, resume_dir)
+                last_save = time.perf_counter()
+    finally:
+        logger.close()
+    s = run.state
+    return {"steps": s.step, "tokens": s.tokens, "train_seconds": round(s.train_seconds, 3),
+            "warmup_seconds": round(warm_seconds, 3), "looping_from_step": s.looping_from_step,
+            "final_train_loss": s.last_loss, "resumed": resumed, "world_size": run.info.world_size,
+            "grad_accum": run.grad_accum, "averaging": run.cfg.averaging.kind, "commit": code_version()}  # fmt: skip
+
+
+def code_version() -> str:
+    """The git commit of the code (``unknown`` outside a checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def write_outputs(run: Run, out_dir: Path, summary: dict) -> None:
+    """raw.safetensors, <averaging>.safetensors and meta.json (with the resolved model config)."""
+    if not run.info.is_main:
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"model_config": run.model.cfg.model_dump(), **summary}
+    ckpt.save_tensors(out_dir / RAW_FILE, run.model.state_dict(), meta)
+    ckpt.save_tensors(out_dir / f"{run.cfg.averaging.kind}.safetensors", run.averager.state_dict(), meta)
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")

@@ -1,0 +1,57 @@
+"""The train stage from configs to files: checks against the tokenizer, the run, its outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgolf import dist
+from pgolf import tokenizer as tok
+from pgolf.config import ConfigError
+from pgolf.eval.bpb import ValData, load_val
+from pgolf.model.config import ModelConfig
+from pgolf.train.config import TrainConfig
+from pgolf.train.loop import setup, train, write_outputs
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    shards: Path
+    tokenizer: Path
+    out: Path
+    resume: Path
+    live: Path
+
+
+def check_tokenizer(model_cfg: ModelConfig, tokenizer_dir: Path) -> None:
+    meta = tok.read_meta(tokenizer_dir)
+    for key, have in (("vocab_size", meta["vocab_size"]), ("bos_id", meta["bos_id"])):
+        if getattr(model_cfg, key) != have:
+            raise ConfigError(f"model.{key}={getattr(model_cfg, key)} but the tokenizer has {key} {have}; "
+                              f"set model.{key}: {have}")  # fmt: skip
+
+
+def val_subset(val: ValData, max_tokens: int) -> ValData:
+    """The first ``max_tokens`` targets of the val stream (all when 0)."""
+    if not max_tokens or max_tokens + 1 >= len(val.tokens):
+        return val
+    return ValData(val.tokens[: max_tokens + 1], val.target_bytes[: max_tokens + 1], val.byte_count)
+
+
+def run_train(model_cfg: ModelConfig, cfg: TrainConfig, paths: TrainPaths) -> dict:
+    """Train, write raw + averaged weights and meta.json; a finished run removes its resume checkpoint."""
+    check_tokenizer(model_cfg, paths.tokenizer)
+    info = dist.init()
+    try:
+        manifest = json.loads((paths.shards / "manifest.json").read_text())
+        run = setup(model_cfg, cfg, paths.shards, manifest, info)
+        val = val_subset(load_val(paths.shards, paths.tokenizer), cfg.val_max_tokens) if cfg.val_every else None
+        summary = train(run, val=val, resume_dir=paths.resume, live_dir=paths.live)
+        write_outputs(run, paths.out, summary)
+        if info.is_main:
+            shutil.rmtree(paths.resume, ignore_errors=True)
+    finally:
+        dist.shutdown()
+    return summary

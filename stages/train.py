@@ -1,0 +1,40 @@
+"""Stage train: the record's training run (wall-clock budget, Muon + AdamW, recurrence, EMA/SWA) ->
+artifacts/train/{raw,<averaging>}.safetensors + meta.json; dvclive curves in metrics/train/.
+
+Launched plainly (``python -m stages.train``) or with ``torchrun ... -m stages.train`` (``train.launcher``). A
+killed run resumes from artifacts/.resume/train (written every ``train.checkpoint_seconds``).
+"""
+
+import argparse
+from pathlib import Path
+
+from pgolf import dist
+from pgolf.cli import run
+from pgolf.config import load_section
+from pgolf.model.config import ModelConfig
+from pgolf.train.config import TrainConfig
+from pgolf.train.stage import TrainPaths, run_train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--shards", default="data/shards")
+    parser.add_argument("--tokenizer", default="artifacts/tokenizer")
+    parser.add_argument("--out", default="artifacts/train")
+    parser.add_argument("--resume", default="artifacts/.resume/train")
+    parser.add_argument("--live", default="metrics/train")
+    args = parser.parse_args()
+
+    model_cfg = load_section("model", ModelConfig, args.params)
+    cfg = load_section("train", TrainConfig, args.params)
+    paths = TrainPaths(*(Path(p) for p in (args.shards, args.tokenizer, args.out, args.resume, args.live)))
+    summary = run_train(model_cfg, cfg, paths)
+    dist.print0(
+        f"train: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['train_seconds']:.1f}s "
+        f"(+{summary['warmup_seconds']:.1f}s warm-up), final loss {summary['final_train_loss']:.4f} -> {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    run(main)

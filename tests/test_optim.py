@@ -1,0 +1,402 @@
+"""Muon (Newton–Schulz, update pieces, 1 and 2 ranks), the schedule functions, EMA and Tight SWA (CPU)."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from pydantic import ValidationError
+from torch import Tensor, nn
+
+from pgolf.optim import muon as muon_mod
+from pgolf.optim.averaging import COUNT_KEY, EMA, AveragingError, TightSWA
+from pgolf.optim.muon import (
+    CLASSIC_COEFFS,
+    POLAR_EXPRESS_COEFFS,
+    Muon,
+    MuonConfig,
+    muon_update,
+    nesterov_momentum,
+    newton_schulz,
+    normalize_rows,
+    ns_coefficients,
+    shape_scale,
+)
+from pgolf.optim.schedule import looping_active, lr_multiplier, momentum_at, progress
+
+# Polar-Express maps every normalized singular value in [1e-3, 1] into [0.8589, 1.1411] (the composed scalar
+# polynomial, checked on a fine grid); classic NS5 maps [1e-2, 1] into [0.6818, 1.2024].
+PE_BAND = (0.855, 1.145)
+CLASSIC_BAND = (0.675, 1.21)
+
+
+def _with_spectrum(shape: tuple[int, ...], lo: float, hi: float, seed: int) -> Tensor:
+    """Random matrices (float64) whose singular values are log-spaced in [lo, hi]."""
+    g = torch.Generator().manual_seed(seed)
+    *batch, m, n = shape
+    k = min(m, n)
+    U, _ = torch.linalg.qr(torch.randn(*batch, m, k, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(*batch, n, k, generator=g, dtype=torch.float64))
+    s = torch.logspace(math.log10(lo), math.log10(hi), k, dtype=torch.float64)
+    return U @ torch.diag_embed(s.expand(*batch, k)) @ V.mT
+
+
+def _scalar_map(s: Tensor, coeffs) -> Tensor:
+    for a, b, c in coeffs:
+        s = a * s + b * s**3 + c * s**5
+    return s
+
+
+# ------------------------------------------------------------------------------------------- Newton-Schulz
+
+
+def test_coefficient_tables():
+    assert len(POLAR_EXPRESS_COEFFS) == 5
+    assert POLAR_EXPRESS_COEFFS[0] == (8.156554524902461, -22.48329292557795, 15.878769915207462)
+    assert POLAR_EXPRESS_COEFFS[4] == (2.3465413258596377, -1.7097828382687081, 0.42323551169305323)
+    assert CLASSIC_COEFFS == (3.4445, -4.7750, 2.0315)
+    assert ns_coefficients(3, "polar_express") == POLAR_EXPRESS_COEFFS[:3]
+    assert ns_coefficients(9, "polar_express") == POLAR_EXPRESS_COEFFS  # the record's cap
+    assert ns_coefficients(7, "classic") == (CLASSIC_COEFFS,) * 7
+    with pytest.raises(ValueError):
+        ns_coefficients(0, "classic")
+
+
+@pytest.mark.parametrize("coeffs", ["polar_express", "classic"])
+def test_ns_on_diagonal_matches_scalar_polynomial(coeffs):
+    d = torch.tensor([1.0, 0.5, 0.2, 0.05, 0.01], dtype=torch.float64)
+    out = newton_schulz(torch.diag(d), 5, coeffs, torch.float64)
+    expected = _scalar_map(d / (d.norm() + 1e-7), ns_coefficients(5, coeffs))
+    torch.testing.assert_close(out, torch.diag(expected), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(64, 32), (32, 64), (3, 48, 48)])
+def test_polar_express_orthogonalizes(shape):
+    G = _with_spectrum(shape, 1e-2, 3.0, seed=1).float()
+    X = newton_schulz(G, 5, "polar_express", torch.float32)
+    assert X.shape == G.shape and X.dtype == G.dtype
+    s = torch.linalg.svdvals(X.double())
+    assert PE_BAND[0] <= s.min() and s.max() <= PE_BAND[1], (s.min(), s.max())
+    k = min(shape[-2:])
+    wide = X if shape[-2] <= shape[-1] else X.mT
+    Gw = G if shape[-2] <= shape[-1] else G.mT
+    Gn = Gw / torch.linalg.matrix_norm(Gw, keepdim=True)
+    eye = torch.eye(k)
+    err_out = torch.linalg.matrix_norm(wide @ wide.mT - eye, ord=2)
+    err_in = torch.linalg.matrix_norm(Gn @ Gn.mT - eye, ord=2)
+    assert (err_out < 0.31).all() and (err_in > 0.9).all()
+    # Same singular vectors as the input: X = U f(S) V^T, so U^T X V is diagonal.
+    U, _, Vh = torch.linalg.svd(G.double(), full_matrices=False)
+    D = U.mT @ X.double() @ Vh.mT
+    off = D - torch.diag_embed(torch.diagonal(D, dim1=-2, dim2=-1))
+    assert off.abs().max() < 1e-4
+
+
+def test_classic_ns_band():
+    G = _with_spectrum((96, 40), 0.1, 1.0, seed=2).float()
+    s = torch.linalg.svdvals(newton_schulz(G, 5, "classic", torch.float32).double())
+    assert CLASSIC_BAND[0] <= s.min() and s.max() <= CLASSIC_BAND[1], (s.min(), s.max())
+    assert s.min() < PE_BAND[0]  # classic is visibly looser than Polar-Express on the same input
+
+
+def test_ns_float32_matches_float64_and_bf16_runs():
+    G = torch.randn(40, 72, generator=torch.Generator().manual_seed(3))
+    x64 = newton_schulz(G.double(), 5, "polar_express", torch.float64)
+    x32 = newton_schulz(G, 5, "polar_express", torch.float32)
+    torch.testing.assert_close(x32.double(), x64, rtol=0, atol=2e-5)
+    xbf = newton_schulz(G, 5, "polar_express", torch.bfloat16)
+    assert xbf.dtype == torch.float32 and (xbf - x32).abs().max() < 0.1
+
+
+def test_ns_transpose_equivariant():
+    G = torch.randn(2, 24, 56, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for coeffs in ("polar_express", "classic"):
+        a = newton_schulz(G, 5, coeffs, torch.float64)
+        b = newton_schulz(G.mT, 5, coeffs, torch.float64)
+        torch.testing.assert_close(b, a.mT, rtol=1e-10, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- Muon update
+
+
+def test_nesterov_momentum_by_hand():
+    grad, buf = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 0.25]])
+    u = nesterov_momentum(grad, buf, 0.9, nesterov=True)
+    torch.testing.assert_close(buf, torch.tensor([[1.45, -1.775]]))
+    torch.testing.assert_close(u, torch.tensor([[1.0 + 0.9 * 1.45, -2.0 + 0.9 * -1.775]]))
+    buf2 = torch.tensor([[0.5, 0.25]])
+    u2 = nesterov_momentum(grad, buf2, 0.9, nesterov=False)
+    assert u2 is buf2
+    torch.testing.assert_close(u2, torch.tensor([[1.45, -1.775]]))
+
+
+def test_normalize_rows():
+    U = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1e-3, 0.0]]).to(torch.bfloat16)
+    out = normalize_rows(U)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), torch.tensor([[0.6, 0.8], [0.0, 0.0], [1.0, 0.0]]), atol=4e-3, rtol=0)
+
+
+def test_shape_scale():
+    assert shape_scale(2048, 512) == 2.0 and shape_scale(8, 2) == 2.0
+    assert shape_scale(512, 512) == 1.0 and shape_scale(256, 512) == 1.0
+
+
+@pytest.mark.parametrize("row_norm", [False, True])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_muon_update_composition_with_identity_ns(monkeypatch, row_norm, nesterov):
+    seen = {}
+
+    def identity_ns(U, steps, coeffs, dtype):
+        seen["args"] = (steps, coeffs, dtype)
+        return U.clone()
+
+    monkeypatch.setattr(muon_mod, "newton_schulz", identity_ns)
+    g = torch.Generator().manual_seed(5)
+    grad, buf0 = torch.randn(8, 2, generator=g), torch.randn(8, 2, generator=g)
+    buf = buf0.clone()
+    out = muon_update(
+        grad, buf, momentum=0.9, nesterov=nesterov, row_normalize=row_norm, ns_steps=3, coeffs="classic",
+        ns_dtype=torch.float64,
+    )  # fmt: skip
+    new_buf = 0.9 * buf0 + grad
+    u = grad + 0.9 * new_buf if nesterov else new_buf
+    if row_norm:
+        u = u / u.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(buf, new_buf)
+    torch.testing.assert_close(out, 2.0 * u)  # rows/cols = 4 -> scale 2
+    assert seen["args"] == (3, "classic", torch.float64)
+
+
+def test_muon_update_is_scaled_orthogonal():
+    g = torch.Generator().manual_seed(6)
+    out = muon_update(
+        torch.randn(32, 8, generator=g), torch.zeros(32, 8), momentum=0.95, nesterov=True, row_normalize=True,
+        ns_steps=5, coeffs="polar_express", ns_dtype=torch.float32,
+    )  # fmt: skip
+    s = torch.linalg.svdvals(out.double()) / 2.0  # 32x8 -> scale 2
+    assert PE_BAND[0] <= s.min() and s.max() <= PE_BAND[1]
+
+
+# ------------------------------------------------------------------------------------------- Muon optimizer
+
+
+def _muon(params, **over) -> Muon:
+    kw = dict(lr=0.05, momentum=0.9, weight_decay=0.0, nesterov=True, row_normalize=False, ns_steps=5)
+    return Muon(params, **{**kw, "ns_coeffs": "polar_express", **over})
+
+
+def test_muon_decreases_quadratic_loss():
+    g = torch.Generator().manual_seed(7)
+    target = torch.randn(16, 12, generator=g)
+    W = nn.Parameter(torch.zeros(16, 12))
+    opt = _muon([W], lr=0.2, row_normalize=True)
+    losses = []
+    for i in range(60):
+        opt.param_groups[0]["lr"] = 0.2 * (1 - i / 60)  # a linear decay, rewritten in the group every step
+        opt.zero_grad()
+        loss = 0.5 * (W - target).pow(2).sum()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[1] < losses[0] and losses[-1] < 0.01 * losses[0]
+
+
+def test_muon_decoupled_weight_decay_with_zero_grad():
+    W = nn.Parameter(torch.randn(6, 4, generator=torch.Generator().manual_seed(8)))
+    before = W.detach().clone()
+    opt = _muon([W], lr=0.1, weight_decay=0.5)
+    opt.param_groups[0]["lr"] = 0.2  # the current group lr is what decays the weights
+    W.grad = torch.zeros_like(W)
+    opt.step()
+    torch.testing.assert_close(W.detach(), before * (1 - 0.2 * 0.5), rtol=0, atol=0)
+
+
+def test_muon_rejects_vectors_and_bad_coeffs():
+    with pytest.raises(ValueError, match="AdamW"):
+        _muon([nn.Parameter(torch.zeros(4))])
+    with pytest.raises(ValueError):
+        _muon([nn.Parameter(torch.zeros(4, 4))], ns_coeffs="cubic")
+
+
+def test_muon_momentum_buffer_dtype_and_group_momentum():
+    W = nn.Parameter(torch.zeros(4, 4))
+    opt = _muon([W], ns_dtype=torch.float64, momentum=0.5)
+    W.grad = torch.ones(4, 4)
+    opt.step()
+    opt.param_groups[0]["momentum"] = 0.25
+    opt.step()
+    torch.testing.assert_close(opt.state[W]["momentum_buffer"], torch.full((4, 4), 1.25, dtype=torch.float64))
+
+
+def _dist_params() -> list[nn.Parameter]:
+    g = torch.Generator().manual_seed(9)
+    shapes = [(16, 8), (8, 16), (3, 12, 12), (20, 5), (6, 6)]
+    return [nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
+
+
+def _run_three_steps(params: list[nn.Parameter]) -> Muon:
+    opt = _muon(params, lr=0.02, weight_decay=0.1, row_normalize=True)
+    for step in range(3):
+        g = torch.Generator().manual_seed(100 + step)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.param_groups[0]["lr"] = 0.02 * (1 - 0.2 * step)
+        opt.param_groups[0]["momentum"] = momentum_at(step, 0.85, 0.95, 2)
+        opt.step()
+    return opt
+
+
+def _dist_worker(rank: int, world: int, store_path: str, out_dir: str) -> None:
+    store = dist.FileStore(store_path, world)
+    # A short timeout turns a mismatched collective into a failure instead of a hung test.
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=30))
+    try:
+        params = _dist_params()
+        opt = _run_three_steps(params)
+        owned = [i for i, p in enumerate(params) if p in opt.state]
+        torch.save({"params": [p.detach() for p in params], "owned": owned}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_muon_two_ranks_match_single_process(tmp_path):
+    mp.spawn(_dist_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    single_params = _dist_params()
+    _run_three_steps(single_params)
+    single = [p.detach() for p in single_params]
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert results[0]["owned"] == [0, 2, 4] and results[1]["owned"] == [1, 3]
+    for r in results:
+        for got, want in zip(r["params"], single, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert any((p - q).abs().max() > 1e-3 for p, q in zip(single, _dist_params(), strict=True))
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+def _muon_cfg(**over) -> dict:
+    raw = dict(
+        lr=0.026, momentum=0.97, momentum_warmup_start=0.92, momentum_warmup_steps=1500, ns_steps=5,
+        ns_coeffs="polar_express", row_normalize=True, nesterov=True, weight_decay=0.095,
+    )  # fmt: skip
+    raw.update(over)
+    return raw
+
+
+def test_muon_config():
+    cfg = MuonConfig.model_validate(_muon_cfg())
+    assert cfg.ns_coeffs == "polar_express" and cfg.momentum_warmup_steps == 1500
+    MuonConfig.model_validate(_muon_cfg(ns_steps=7, ns_coeffs="classic"))
+    for bad in (dict(ns_steps=6), dict(ns_coeffs="cubic"), dict(momentum=1.0), dict(ns_steps=0), dict(extra=1)):
+        with pytest.raises(ValidationError):
+            MuonConfig.model_validate(_muon_cfg(**bad))
+    with pytest.raises(ValidationError, match="weight_decay"):
+        MuonConfig.model_validate({k: v for k, v in _muon_cfg().items() if k != "weight_decay"})
+
+
+# ------------------------------------------------------------------------------------------- schedule
+
+
+def test_lr_multiplier_record_values():
+    assert lr_multiplier(0.1, 0.85, 0.1) == 1.0
+    assert lr_multiplier(0.15, 0.85, 0.1) == pytest.approx(1.0)
+    assert lr_multiplier(0.5, 0.85, 0.1) == pytest.approx(0.5 / 0.85)
+    assert lr_multiplier(0.95, 0.85, 0.1) == 0.1
+    assert lr_multiplier(0.9, 0.85, 0.0) == pytest.approx(0.1 / 0.85)
+    assert lr_multiplier(0.99, 0.0, 0.1) == 1.0 and lr_multiplier(1.5, 0.0, 0.0) == 1.0
+    grid = [lr_multiplier(i / 1000, 0.85, 0.1) for i in range(1201)]
+    assert all(b <= a for a, b in zip(grid, grid[1:], strict=False))
+    assert min(grid) == 0.1 and max(grid) == 1.0
+
+
+def test_momentum_at_record_values():
+    assert momentum_at(0, 0.92, 0.97, 1500) == 0.92
+    assert momentum_at(750, 0.92, 0.97, 1500) == pytest.approx(0.945)
+    assert momentum_at(1500, 0.92, 0.97, 1500) == 0.97 and momentum_at(3000, 0.92, 0.97, 1500) == 0.97
+    assert momentum_at(0, 0.92, 0.97, 0) == 0.97
+
+
+def test_progress_and_looping():
+    assert progress(299.75, 10, 599.5, 20000) == 0.5
+    assert progress(123.0, 50, 0.0, 200) == 0.25
+    with pytest.raises(ValueError):
+        progress(1.0, 1, 0.0, 0)
+    assert not looping_active(0.3499, 0.35) and looping_active(0.35, 0.35)
+    assert looping_active(0.0, 0.0)
+    assert not looping_active(1.0, 1.0) and not looping_active(5.0, 1.5)
+
+
+# ------------------------------------------------------------------------------------------- EMA / SWA
+
+
+class _Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+        self.emb = nn.Parameter(torch.zeros(4, 3, dtype=torch.bfloat16))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+
+def _set_weights(model: nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+
+
+def test_ema_matches_float64_recurrence():
+    model = _Tiny()
+    _set_weights(model, 0)
+    ema = EMA(model, decay=0.9)
+    ref = {k: v.double().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    assert set(ema.state_dict()) == set(ref) and "steps" not in ema.state_dict()
+    for seed in range(1, 6):
+        _set_weights(model, seed)
+        ema.update(model)
+        for k, v in model.state_dict().items():
+            if k in ref:
+                ref[k] = 0.9 * ref[k] + 0.1 * v.double()
+    for k, v in ema.state_dict().items():
+        assert v.dtype == torch.float32
+        torch.testing.assert_close(v.double(), ref[k], rtol=1e-6, atol=1e-6)
+    ema.copy_to(model)
+    assert model.emb.dtype == torch.bfloat16
+    torch.testing.assert_close(model.emb.detach(), ref["emb"].to(torch.bfloat16))
+    torch.testing.assert_close(model.lin.weight.detach(), ref["lin.weight"].float())
+    saved = {k: v.clone() for k, v in ema.state_dict().items()}
+    other = EMA(_Tiny(), decay=0.9)
+    other.load_state_dict(saved)
+    for k in saved:
+        torch.testing.assert_close(other.state_dict()[k], saved[k])
+
+
+def test_tight_swa_mean_and_schedule():
+    model = _Tiny()
+    swa = TightSWA(model, every=5, start_below_lr=0.2)
+    with pytest.raises(AveragingError, match="no snapshot"):
+        swa.state_dict()
+    taken, snaps = [], []
+    for step, lr_mul in [(5, 0.5), (6, 0.1), (10, 0.19), (15, 0.2), (20, 0.05), (25, 0.1)]:
+        _set_weights(model, step)
+        if swa.maybe_update(model, step, lr_mul):
+            taken.append(step)
+            snaps.append({k: v.double() for k, v in model.state_dict().items() if v.is_floating_point()})
+    assert taken == [10, 20, 25] and swa.count == 3
+    avg = swa.state_dict()
+    for k, v in avg.items():
+        torch.testing.assert_close(v.double(), sum(s[k] for s in snaps) / 3, rtol=1e-6, atol=1e-6)
+    resumed = TightSWA(_Tiny(), every=5, start_below_lr=0.2)
+    saved = swa.resume_state()
+    assert saved[COUNT_KEY] == 3 and set(saved) == set(avg) | {COUNT_KEY}
+    resumed.load_state_dict({k: v.clone() if isinstance(v, Tensor) else v for k, v in saved.items()})
+    assert resumed.count == 3
+    resumed.copy_to(model)
+    assert model.emb.dtype == torch.bfloat16
+    torch.testing.assert_close(model.lin.bias.detach(), avg["lin.bias"])

@@ -1,0 +1,157 @@
+"""Training: a tiny run end to end, exact resume after a kill, the warm-up changes nothing, NaN aborts,
+torchrun with 2 gloo ranks equals 1 rank with gradient accumulation, and the export stage."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import data_cfg, model_cfg, tokenizer_cfg
+
+from pgolf import tokenizer as tok
+from pgolf.config import parse_section, read_params
+from pgolf.data import encode
+from pgolf.export import ExportConfig, export
+from pgolf.train import checkpoint as ckpt
+from pgolf.train import loop
+from pgolf.train.config import TrainConfig
+from pgolf.train.stage import TrainPaths, run_train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_cfg(**overrides) -> TrainConfig:
+    raw = read_params(ROOT / "params.yaml")["train"]
+    raw.update(max_wallclock_seconds=0, iterations=8, global_batch_tokens=512, micro_batch_tokens=256, seq_len=64,
+               warmup_steps=0, log_every=2, val_every=4, val_max_tokens=1024, checkpoint_seconds=0)  # fmt: skip
+    raw["muon"] = {**raw["muon"], "momentum_warmup_steps": 4}
+    raw.update(overrides)
+    return parse_section(raw, "train", TrainConfig)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, corpus):
+    root = tmp_path_factory.mktemp("train_data")
+    tok.build(corpus, tokenizer_cfg(vocab_size=512), root / "tok", num_threads=2)
+    encode.tokenize(corpus, root / "tok", data_cfg(shard_tokens=50_000), root / "shards")
+    return root
+
+
+def paths(data, out: Path) -> TrainPaths:
+    return TrainPaths(data / "shards", data / "tok", out / "train", out / "resume", out / "live")
+
+
+def tiny_model():
+    return model_cfg(vocab_size=512)
+
+
+def _weights(directory: Path, name: str = "raw") -> dict:
+    return ckpt.load_tensors(directory / f"{name}.safetensors")[0]
+
+
+def test_tiny_run_writes_weights_meta_and_curves(data, tmp_path):
+    summary = run_train(tiny_model(), train_cfg(), paths(data, tmp_path))
+    out = tmp_path / "train"
+    meta = json.loads((out / "meta.json").read_text())
+    assert summary["steps"] == meta["steps"] == 8 and meta["tokens"] == 8 * 512
+    assert meta["model_config"]["vocab_size"] == 512 and meta["averaging"] == "ema"
+    assert meta["looping_from_step"] == 3  # enable_looping_at 0.35 of 8 steps
+    raw, ema = _weights(out), _weights(out, "ema")
+    assert raw.keys() == ema.keys() and not torch.equal(raw["tok_emb.weight"], ema["tok_emb.weight"])
+    assert meta["final_train_loss"] < 6.2  # ln 512 = 6.24 at init
+    live = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert "train" in live and "val" in live
+    assert not (tmp_path / "resume").exists()
+
+
+def test_kill_and_resume_gives_the_same_weights(data, tmp_path, monkeypatch):
+    cfg = train_cfg(checkpoint_seconds=1e-9)  # a checkpoint after every step
+    run_train(tiny_model(), cfg, paths(data, tmp_path / "straight"))
+    original = loop._step
+
+    def dies_at_step_5(run, looped):
+        if run.state.step == 5:
+            raise KeyboardInterrupt("killed")
+        return original(run, looped)
+
+    monkeypatch.setattr(loop, "_step", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tiny_model(), cfg, paths(data, tmp_path / "killed"))
+    monkeypatch.setattr(loop, "_step", original)
+    summary = run_train(tiny_model(), cfg, paths(data, tmp_path / "killed"))
+    assert summary["resumed"] and summary["steps"] == 8
+    for name in ("raw", "ema"):
+        a, b = _weights(tmp_path / "straight" / "train", name), _weights(tmp_path / "killed" / "train", name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_warmup_steps_change_nothing(data, tmp_path):
+    run_train(tiny_model(), train_cfg(iterations=3), paths(data, tmp_path / "cold"))
+    run_train(tiny_model(), train_cfg(iterations=3, warmup_steps=2), paths(data, tmp_path / "warm"))
+    a, b = _weights(tmp_path / "cold" / "train"), _weights(tmp_path / "warm" / "train")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_aborts_naming_the_step(data, tmp_path, monkeypatch):
+    original = loop._step
+    monkeypatch.setattr(
+        loop, "_step", lambda run, looped: float("nan") if run.state.step == 2 else original(run, looped)
+    )
+    with pytest.raises(Exception, match="loss is nan at step 2"):
+        run_train(tiny_model(), train_cfg(), paths(data, tmp_path))
+    assert not (tmp_path / "train").exists()
+
+
+def test_vocab_mismatch_names_the_key(data, tmp_path):
+    with pytest.raises(Exception, match=r"model.vocab_size=64 but the tokenizer has vocab_size 512"):
+        run_train(model_cfg(), train_cfg(), paths(data, tmp_path))
+
+
+def _stage_params(tmp_path: Path) -> Path:
+    params = read_params(ROOT / "params.yaml")
+    params["model"] = tiny_model().model_dump()
+    params["train"] = train_cfg(iterations=4, val_every=0, warmup_steps=1).model_dump()
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _run_stage(launcher: list[str], params: Path, data: Path, out: Path) -> None:
+    args = ["--params", params, "--shards", data / "shards", "--tokenizer", data / "tok", "--out", out / "train",
+            "--resume", out / "resume", "--live", out / "live"]  # fmt: skip
+    result = subprocess.run([*launcher, "-m", "stages.train", *map(str, args)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_torchrun_two_ranks_equal_one_rank_with_accumulation(data, tmp_path):
+    params = _stage_params(tmp_path)
+    _run_stage([sys.executable], params, data, tmp_path / "one")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    _run_stage(torchrun, params, data, tmp_path / "two")
+    one, two = (
+        json.loads((tmp_path / "one/train/meta.json").read_text()),
+        json.loads((tmp_path / "two/train/meta.json").read_text()),
+    )
+    assert (one["grad_accum"], one["world_size"]) == (2, 1) and (two["grad_accum"], two["world_size"]) == (1, 2)
+    a, b = _weights(tmp_path / "one" / "train"), _weights(tmp_path / "two" / "train")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_export_scores_raw_and_ema_and_casts(data, tmp_path):
+    run_train(tiny_model(), train_cfg(), paths(data, tmp_path))
+    raw = read_params(ROOT / "params.yaml")["export"]
+    cfg = parse_section({**raw, "eval_seq_len": 64, "embedding_dtype": "bfloat16"}, "export", ExportConfig)
+    metrics = export(cfg, tmp_path / "train", data / "shards", data / "tok", tmp_path / "export")
+    assert metrics["byte_count"] == "sidecar" and metrics["looped"] is True
+    for key in ("prequant_ema", "prequant_raw"):
+        assert 0 < metrics[key]["val_bpb"] < 20 and metrics[key]["tokens"] > 0
+    tensors, meta = ckpt.load_tensors(tmp_path / "export" / "model.safetensors")
+    assert tensors["tok_emb.weight"].dtype == torch.bfloat16 and meta["weights"] == "ema"
+    with pytest.raises(Exception, match="export.weights=swa but training kept ema"):
+        export(parse_section({**raw, "weights": "swa"}, "export", ExportConfig), tmp_path / "train", data / "shards",
+               data / "tok", tmp_path / "x")  # fmt: skip
