@@ -33,8 +33,8 @@ repro: setup
 	dvc repro
 
 lint: setup
-	ruff check pgolf stages tests
-	ruff format --check pgolf stages tests
+	ruff check pgolf stages tests bench
+	ruff format --check pgolf stages tests bench
 
 test: lint
 	python -m pytest -q

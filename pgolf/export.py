@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from pgolf import dist
 from pgolf.config import ConfigError, Section
+from pgolf.data import shards as shard_io
 from pgolf.dist import autocast
 from pgolf.eval.bpb import evaluate, load_val
 from pgolf.model.config import ModelConfig
@@ -24,6 +26,7 @@ from pgolf.train import checkpoint as ckpt
 from pgolf.train.checkpoint import META_FILE, RAW_FILE
 
 MODEL_FILE = "model.safetensors"
+UNIGRAM_MAX_TOKENS = 100_000_000
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -78,6 +81,26 @@ def score(model: GPT, val, cfg: ExportConfig, looped: bool, device: torch.device
             "bytes": totals.bytes, "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
 
 
+def unigram_log_probs(shard_dir: Path, vocab_size: int, max_tokens: int = UNIGRAM_MAX_TOKENS) -> torch.Tensor:
+    """log p(token) of an add-one-smoothed unigram model counted on the training shards (the first max_tokens)."""
+    counts = np.ones(vocab_size, dtype=np.int64)
+    seen = 0
+    for path in shard_io.shard_paths(shard_dir, "train"):
+        tokens = shard_io.read_shard(path, mmap=True)[: max_tokens - seen]
+        counts += np.bincount(tokens, minlength=vocab_size)[:vocab_size]
+        seen += len(tokens)
+        if seen >= max_tokens:
+            break
+    return torch.from_numpy(np.log(counts) - np.log(counts.sum()))
+
+
+def score_unigram(log_probs: torch.Tensor, val, cfg: ExportConfig, bos_id: int) -> dict:
+    """The baseline every model must beat: the same val targets scored by the unigram model."""
+    totals = evaluate(lambda x, y, cu: -log_probs[y], val, seq_len=cfg.eval_seq_len,
+                      batch_windows=cfg.eval_batch_windows, bos_id=bos_id)  # fmt: skip
+    return {"val_loss": totals.val_loss, "val_bpb": totals.val_bpb, "tokens": totals.tokens, "bytes": totals.bytes}
+
+
 def export(cfg: ExportConfig, train_dir: Path, shards: Path, tokenizer: Path, out: Path) -> dict:
     """Write the chosen weights + meta into ``out``; return the metrics (pre-quant bpb of raw and chosen)."""
     device = dist.dist_info().device
@@ -90,6 +113,8 @@ def export(cfg: ExportConfig, train_dir: Path, shards: Path, tokenizer: Path, ou
     if cfg.weights != "raw":
         raw, _ = load_trained(train_dir, "raw")
         metrics["prequant_raw"] = score(raw, val, cfg, looped, device)
+    unigram = unigram_log_probs(shards, chosen.cfg.vocab_size)
+    metrics["unigram_baseline"] = score_unigram(unigram, val, cfg, chosen.cfg.bos_id)
     if dist.dist_info().is_main:
         out.mkdir(parents=True, exist_ok=True)
         export_meta = {**meta, "weights": cfg.weights, "dtype": cfg.dtype, "embedding_dtype": cfg.embedding_dtype}

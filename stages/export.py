@@ -24,7 +24,7 @@ def main() -> None:
     metrics = export(cfg, Path(args.train), Path(args.shards), Path(args.tokenizer), Path(args.out))
     Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
     Path(args.metrics).write_text(json.dumps(metrics, indent=2) + "\n")
-    scores = {k: round(v["val_bpb"], 4) for k, v in metrics.items() if k.startswith("prequant_")}
+    scores = {k: round(v["val_bpb"], 4) for k, v in metrics.items() if isinstance(v, dict)}
     print(f"export: {cfg.weights} weights -> {args.out}; pre-quant val_bpb {scores} ({metrics['byte_count']} bytes)")
 
 

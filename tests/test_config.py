@@ -1,13 +1,20 @@
 """Strict params loading: unknown and missing keys fail naming the key path; params.yaml loads whole."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from pgolf.config import ConfigError, load_section, read_params
 from pgolf.data.sources import DataConfig
+from pgolf.export import ExportConfig
+from pgolf.model.config import ModelConfig
 from pgolf.tokenizer import TokenizerConfig
+from pgolf.train.config import TrainConfig
 
-SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig}
+SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig,
+            "export": ExportConfig}  # fmt: skip
+PRESETS = sorted(Path("presets").glob("*.yaml"))
 
 
 def _params(tmp_path, mutate):
@@ -58,3 +65,10 @@ def test_missing_section_and_file(tmp_path):
         load_section("data", DataConfig, path)
     with pytest.raises(ConfigError, match="not found"):
         load_section("data", DataConfig, tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_presets_hold_every_section_of_params_yaml(preset):
+    assert set(read_params(preset)) == set(read_params("params.yaml"))
+    for name, model in SECTIONS.items():
+        load_section(name, model, preset)

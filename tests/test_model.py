@@ -1,16 +1,19 @@
 """The model: record parameter count and schedules, identity init, document isolation, causality, adapters."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import RECORD_MODEL, model_cfg
 
-from pgolf.config import parse_section
+from pgolf.config import parse_section, read_params
 from pgolf.model.config import ModelConfig
 from pgolf.model.gpt import GPT
 from pgolf.model.lora import BatchedLoRA
 from pgolf.model.schedule import layer_schedule
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _perturbed(cfg, seed=0, dtype=torch.float64) -> GPT:
@@ -24,7 +27,9 @@ def _perturbed(cfg, seed=0, dtype=torch.float64) -> GPT:
 
 
 def test_record_parameter_count_and_roles():
-    model = GPT(parse_section(RECORD_MODEL, "model", ModelConfig))
+    preset = read_params(ROOT / "presets" / "record_1855.yaml")
+    assert preset["model"] == RECORD_MODEL | {"rope_train_seq_len": 2048}
+    model = GPT(parse_section(preset["model"], "model", ModelConfig))
     assert sum(p.numel() for p in model.parameters()) == 35_945_671
     roles = model.param_roles()
     assert set(roles) == {name for name, _ in model.named_parameters()}
@@ -154,3 +159,23 @@ def test_bad_shapes_are_config_errors():
         model_cfg(num_kv_heads=3)
     with pytest.raises(Exception, match="loop_start..loop_end"):
         model_cfg(loop_end=9)
+
+
+def test_changing_any_token_of_one_document_changes_no_logit_of_another():
+    """Packed row of three documents, SmearGate and every feature on, recurrence on."""
+    model = _perturbed(model_cfg())
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(2, 64, (1, 20), generator=g)
+    ids[0, [0, 6, 13]] = 1  # BOS opens each document
+    cu = torch.tensor([0, 6, 13, 20], dtype=torch.int32)
+    base = model(ids, cu_seqlens=cu, looped=True)
+    docs = [(0, 6), (6, 13), (13, 20)]
+    for start, end in docs:
+        for pos in range(start + 1, end):  # every non-BOS token of this document
+            changed = ids.clone()
+            changed[0, pos] = (changed[0, pos] + 7) % 62 + 2
+            out = model(changed, cu_seqlens=cu, looped=True)
+            for other_start, other_end in docs:
+                if other_start != start:
+                    assert torch.equal(out[0, other_start:other_end], base[0, other_start:other_end])
+            assert not torch.equal(out[0, pos:end], base[0, pos:end])

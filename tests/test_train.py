@@ -148,10 +148,23 @@ def test_export_scores_raw_and_ema_and_casts(data, tmp_path):
     cfg = parse_section({**raw, "eval_seq_len": 64, "embedding_dtype": "bfloat16"}, "export", ExportConfig)
     metrics = export(cfg, tmp_path / "train", data / "shards", data / "tok", tmp_path / "export")
     assert metrics["byte_count"] == "sidecar" and metrics["looped"] is True
-    for key in ("prequant_ema", "prequant_raw"):
-        assert 0 < metrics[key]["val_bpb"] < 20 and metrics[key]["tokens"] > 0
+    for key in ("prequant_ema", "prequant_raw", "unigram_baseline"):
+        assert 0 < metrics[key]["val_bpb"] < 20 and metrics[key]["tokens"] == metrics["prequant_ema"]["tokens"]
     tensors, meta = ckpt.load_tensors(tmp_path / "export" / "model.safetensors")
     assert tensors["tok_emb.weight"].dtype == torch.bfloat16 and meta["weights"] == "ema"
     with pytest.raises(Exception, match="export.weights=swa but training kept ema"):
         export(parse_section({**raw, "weights": "swa"}, "export", ExportConfig), tmp_path / "train", data / "shards",
                data / "tok", tmp_path / "x")  # fmt: skip
+
+
+def test_unigram_baseline_is_add_one_counts(tmp_path):
+    from pgolf.data import shards
+    from pgolf.export import unigram_log_probs
+
+    shards.write_shard(tmp_path / "train_000000.bin", [1, 2, 2, 3])
+    shards.write_shard(tmp_path / "train_000001.bin", [1, 2])
+    logp = unigram_log_probs(tmp_path, vocab_size=5)
+    expected = torch.tensor([1, 3, 4, 2, 1], dtype=torch.float64) / 11
+    torch.testing.assert_close(logp.exp(), expected)
+    capped = unigram_log_probs(tmp_path, vocab_size=5, max_tokens=4)  # the first 4 tokens only
+    torch.testing.assert_close(capped.exp(), torch.tensor([1, 2, 3, 2, 1], dtype=torch.float64) / 9)

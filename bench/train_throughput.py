@@ -1,0 +1,149 @@
+"""Training throughput of a preset on this device: ms/step, tokens/s, model FLOPs per token, MFU, peak memory.
+
+    python bench/train_throughput.py --preset presets/record_1855.yaml --micro-batch-tokens 98304 --steps 200
+    python bench/train_throughput.py --preset params.yaml --steps 10            # the CPU default
+
+Steps run on synthetic packed rows (documents of random length, attention segments of at most ``train.seq_len``)
+through the real model, optimizer groups and gradient accumulation of the preset, with recurrence off and on.
+
+Model FLOPs per token (training = 3x forward; embedding lookups and element-wise work not counted):
+
+    forward = 2 * (sum over block applications of its matrix parameters) + 2 * vocab * dim      (matmuls)
+            + 4 * dim * mean_context * applications                                              (QK^T and AV)
+
+with mean_context = (s + 1) / 2 averaged over the segment lengths s of the batch (causal, document-isolated). MFU
+is achieved FLOPs / the peak of a large matmul measured on the same device in the same dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pgolf.config import load_section  # noqa: E402
+from pgolf.dist import autocast  # noqa: E402
+from pgolf.model.config import ModelConfig  # noqa: E402
+from pgolf.model.gpt import GPT  # noqa: E402
+from pgolf.train.config import TrainConfig  # noqa: E402
+from pgolf.train.loader import build_cu_seqlens  # noqa: E402
+from pgolf.train.step import build_optimizers  # noqa: E402
+
+
+def synthetic_batch(cfg: ModelConfig, tokens: int, seq_len: int, rng: np.random.Generator, device: torch.device):
+    ids = rng.integers(2, cfg.vocab_size, size=tokens + 1)
+    bos = np.cumsum(rng.integers(200, 3 * seq_len, size=tokens // 200 + 2))
+    bos = np.concatenate([[0], bos[bos < tokens]])
+    ids[bos] = cfg.bos_id
+    cu = build_cu_seqlens(bos, tokens, seq_len, 64)
+    x, y = torch.from_numpy(ids[:-1])[None], torch.from_numpy(ids[1:])[None]
+    return x.to(device), y.to(device), cu.to(device)
+
+
+def flops_per_token(model: GPT, looped: bool, cu: torch.Tensor) -> float:
+    lengths = (cu[1:] - cu[:-1]).double()
+    mean_context = float(((lengths + 1) / 2 * lengths).sum() / lengths.sum())
+    roles = model.param_roles()
+    per_layer = [sum(p.numel() for n, p in block.named_parameters() if roles[f"blocks.{i}.{n}"] in ("attn", "mlp"))
+                 for i, block in enumerate(model.blocks)]  # fmt: skip
+    order = model.schedule(looped).order
+    cfg = model.cfg
+    forward = 2 * sum(per_layer[i] for i in order) + 2 * cfg.vocab_size * cfg.model_dim
+    forward += 4 * cfg.model_dim * mean_context * len(order)
+    return 3.0 * forward
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    n = 4096 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    reps = 50 if device.type == "cuda" else 5
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(model, opts, forward, batches, steps: int, warmup: int, looped: bool, device) -> float:
+    """Mean seconds per optimizer step (after ``warmup`` steps)."""
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        for x, y, cu in batches:
+            with autocast(device):
+                loss = forward(x, y, cu_seqlens=cu, looped=looped)
+            (loss / len(batches)).backward()
+        opts.step()
+    _sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="params.yaml")
+    parser.add_argument("--micro-batch-tokens", type=int, help="override train.micro_batch_tokens")
+    parser.add_argument("--grad-accum", type=int, help="micro-batches per step (default: the preset's on 1 rank)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    args = parser.parse_args()
+
+    model_cfg = load_section("model", ModelConfig, args.preset)
+    train_cfg = load_section("train", TrainConfig, args.preset)
+    micro = args.micro_batch_tokens or train_cfg.micro_batch_tokens
+    accum = args.grad_accum or train_cfg.global_batch_tokens // micro
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = GPT(model_cfg).to(device)
+    opts = build_optimizers(model, train_cfg)
+    use_compile = train_cfg.compile and device.type == "cuda"
+    forward = torch.compile(model, dynamic=False) if use_compile else model
+    rng = np.random.default_rng(0)
+    batches = [synthetic_batch(model_cfg, micro, train_cfg.seq_len, rng, device) for _ in range(accum)]
+    peak = matmul_peak(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    rows = []
+    for looped in (False, True):
+        seconds = measure(model, opts, forward, batches, args.steps, args.warmup, looped, device)
+        rate = micro * accum / seconds
+        flops = flops_per_token(model, looped, batches[0][2])
+        rows.append((looped, seconds * 1000, rate, flops, rate * flops / peak))
+    memory = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
+    report(args, device, micro, accum, peak, memory, rows)
+
+
+def report(args, device, micro, accum, peak, memory, rows) -> None:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    lines = [f"\n## {datetime.date.today()} {Path(args.preset).name} on {name}\n",
+             f"`python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}`  ",
+             f"tokens/step {micro * accum:,} ({accum} x {micro:,}), matmul peak {peak / 1e12:.3f} TFLOP/s, "
+             f"peak memory {memory:,.0f} MiB\n", "| recurrence | ms/step | tokens/s | model FLOPs/token | MFU |",
+             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for looped, ms, rate, flops, mfu in rows:
+        lines.append(f"| {'on' if looped else 'off'} | {ms:,.1f} | {rate:,.0f} | {flops / 1e6:,.1f} M | {mfu:.1%} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(args.results, "a") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
