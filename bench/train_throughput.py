@@ -32,8 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 from pgolf.config import load_section  # noqa: E402
 from pgolf.dist import autocast  # noqa: E402
-from pgolf.model.config import ModelConfig  # noqa: E402
+from pgolf.model.config import ModelConfig, ModelParams  # noqa: E402
 from pgolf.model.gpt import GPT  # noqa: E402
+from pgolf.tokenizer import TokenizerConfig  # noqa: E402
 from pgolf.train.config import TrainConfig  # noqa: E402
 from pgolf.train.loader import build_cu_seqlens  # noqa: E402
 from pgolf.train.step import build_optimizers  # noqa: E402
@@ -106,7 +107,8 @@ def main() -> None:
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     args = parser.parse_args()
 
-    model_cfg = load_section("model", ModelConfig, args.preset)
+    tokenizer = load_section("tokenizer", TokenizerConfig, args.preset)
+    model_cfg = load_section("model", ModelParams, args.preset).resolve(tokenizer.vocab_size, tokenizer.special_ids.bos)
     train_cfg = load_section("train", TrainConfig, args.preset)
     micro = args.micro_batch_tokens or train_cfg.micro_batch_tokens
     accum = args.grad_accum or train_cfg.global_batch_tokens // micro

@@ -11,7 +11,7 @@ from pathlib import Path
 from pgolf import dist
 from pgolf.cli import run
 from pgolf.config import load_section
-from pgolf.model.config import ModelConfig
+from pgolf.model.config import ModelParams
 from pgolf.train.config import TrainConfig
 from pgolf.train.stage import TrainPaths, run_train
 
@@ -26,10 +26,10 @@ def main() -> None:
     parser.add_argument("--live", default="metrics/train")
     args = parser.parse_args()
 
-    model_cfg = load_section("model", ModelConfig, args.params)
+    model_params = load_section("model", ModelParams, args.params)
     cfg = load_section("train", TrainConfig, args.params)
     paths = TrainPaths(*(Path(p) for p in (args.shards, args.tokenizer, args.out, args.resume, args.live)))
-    summary = run_train(model_cfg, cfg, paths)
+    summary = run_train(model_params, cfg, paths)
     dist.print0(
         f"train: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['train_seconds']:.1f}s "
         f"(+{summary['warmup_seconds']:.1f}s warm-up), final loss {summary['final_train_loss']:.4f} -> {args.out}"

@@ -95,13 +95,36 @@ def built(request, tmp_path_factory, corpus) -> tuple[Path, Path, Path]:
     return corpus, root / "tokenizer", root / "shards"
 
 
+# The record's resolved model configuration (vocab and BOS come from its tokenizer).
 RECORD_MODEL = {
-    "vocab_size": 8192, "bos_id": 1, "num_layers": 11, "model_dim": 512, "num_heads": 8, "num_kv_heads": 4,
-    "mlp_mult": 4.0, "mlp_activation": "leaky_relu2", "tied_embed_init_std": 0.005, "logit_softcap": 30.0,
-    "rope_base": 10000.0, "rope_dims": 16, "rope_ntk_scale": False, "rope_train_seq_len": 2048, "ln_scale": True,
-    "qk_gain_init": 5.0, "xsa_last_n": 11, "attn_gate": True, "attn_gate_scale": 0.5, "attn_gate_init_std": 0.0,
-    "gate_window": 12, "smear_gate": True, "skip_gates": True, "parallel_mode": "two_lane",
-    "parallel_start_layer": 8, "num_loops": 2, "loop_start": 3, "loop_end": 5,
+    "vocab_size": 8192,
+    "bos_id": 1,
+    "num_layers": 11,
+    "model_dim": 512,
+    "num_heads": 8,
+    "num_kv_heads": 4,
+    "mlp_mult": 4.0,
+    "mlp_activation": "leaky_relu2",
+    "tied_embed_init_std": 0.005,
+    "logit_softcap": 30.0,
+    "rope_base": 10000.0,
+    "rope_dims": 16,
+    "rope_ntk_scale": False,
+    "rope_train_seq_len": 2048,
+    "ln_scale": True,
+    "qk_gain_init": 5.0,
+    "xsa_last_n": 11,
+    "attn_gate": True,
+    "attn_gate_scale": 0.5,
+    "attn_gate_init_std": 0.0,
+    "gate_window": 12,
+    "smear_gate": True,
+    "skip_gates": True,
+    "parallel_mode": "two_lane",
+    "parallel_start_layer": 8,
+    "num_loops": 2,
+    "loop_start": 3,
+    "loop_end": 5,
 }  # fmt: skip
 
 

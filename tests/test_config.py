@@ -8,11 +8,11 @@ import yaml
 from pgolf.config import ConfigError, load_section, read_params
 from pgolf.data.sources import DataConfig
 from pgolf.export import ExportConfig
-from pgolf.model.config import ModelConfig
+from pgolf.model.config import ModelParams
 from pgolf.tokenizer import TokenizerConfig
 from pgolf.train.config import TrainConfig
 
-SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelConfig, "train": TrainConfig,
+SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelParams, "train": TrainConfig,
             "export": ExportConfig}  # fmt: skip
 PRESETS = sorted(Path("presets").glob("*.yaml"))
 

@@ -8,7 +8,7 @@ import torch
 from conftest import RECORD_MODEL, model_cfg
 
 from pgolf.config import parse_section, read_params
-from pgolf.model.config import ModelConfig
+from pgolf.model.config import ModelParams
 from pgolf.model.gpt import GPT
 from pgolf.model.lora import BatchedLoRA
 from pgolf.model.schedule import layer_schedule
@@ -28,8 +28,9 @@ def _perturbed(cfg, seed=0, dtype=torch.float64) -> GPT:
 
 def test_record_parameter_count_and_roles():
     preset = read_params(ROOT / "presets" / "record_1855.yaml")
-    assert preset["model"] == RECORD_MODEL | {"rope_train_seq_len": 2048}
-    model = GPT(parse_section(preset["model"], "model", ModelConfig))
+    params = parse_section(preset["model"], "model", ModelParams)
+    assert params.resolve(vocab_size=8192, bos_id=1).model_dump() == RECORD_MODEL
+    model = GPT(params.resolve(vocab_size=preset["tokenizer"]["vocab_size"], bos_id=1))
     assert sum(p.numel() for p in model.parameters()) == 35_945_671
     roles = model.param_roles()
     assert set(roles) == {name for name, _ in model.named_parameters()}
@@ -179,3 +180,19 @@ def test_changing_any_token_of_one_document_changes_no_logit_of_another():
                 if other_start != start:
                     assert torch.equal(out[0, other_start:other_end], base[0, other_start:other_end])
             assert not torch.equal(out[0, pos:end], base[0, pos:end])
+
+
+def test_segment_attention_equals_a_dense_masked_reference():
+    """The gather-per-segment path against one dense block-diagonal causal mask (float64, GQA, two rows)."""
+    from pgolf.model.layers import doc_causal_attention, segment_ids
+
+    g = torch.Generator().manual_seed(2)
+    B, T, H, G, D = 2, 150, 4, 2, 8
+    q = torch.randn(B, T, H, D, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(B, T, G, D, generator=g, dtype=torch.float64) for _ in range(2))
+    cu = torch.tensor([0, 17, 64, 100, 150, 151, 200, 230, 299, 300, 300, 300], dtype=torch.int32)
+    seg = segment_ids(cu, B, T)
+    mask = (seg[:, :, None] == seg[:, None, :]) & torch.ones(T, T, dtype=torch.bool).tril()
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask[:, None], enable_gqa=True)
+    torch.testing.assert_close(doc_causal_attention(q, k, v, cu), ref.transpose(1, 2), rtol=1e-12, atol=1e-12)

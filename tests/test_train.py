@@ -15,6 +15,7 @@ from pgolf import tokenizer as tok
 from pgolf.config import parse_section, read_params
 from pgolf.data import encode
 from pgolf.export import ExportConfig, export
+from pgolf.model.config import ModelParams
 from pgolf.train import checkpoint as ckpt
 from pgolf.train import loop
 from pgolf.train.config import TrainConfig
@@ -44,8 +45,9 @@ def paths(data, out: Path) -> TrainPaths:
     return TrainPaths(data / "shards", data / "tok", out / "train", out / "resume", out / "live")
 
 
-def tiny_model():
-    return model_cfg(vocab_size=512)
+def tiny_model() -> ModelParams:
+    """The toy architecture as params (the train stage resolves vocab and BOS from the tokenizer)."""
+    return ModelParams.model_validate(model_cfg().model_dump(exclude={"vocab_size", "bos_id"}))
 
 
 def _weights(directory: Path, name: str = "raw") -> dict:
@@ -105,9 +107,11 @@ def test_nan_loss_aborts_naming_the_step(data, tmp_path, monkeypatch):
     assert not (tmp_path / "train").exists()
 
 
-def test_vocab_mismatch_names_the_key(data, tmp_path):
-    with pytest.raises(Exception, match=r"model.vocab_size=64 but the tokenizer has vocab_size 512"):
-        run_train(model_cfg(), train_cfg(), paths(data, tmp_path))
+def test_model_is_resolved_against_the_tokenizer(data):
+    from pgolf.train.stage import resolve_model
+
+    cfg = resolve_model(tiny_model(), data / "tok")
+    assert (cfg.vocab_size, cfg.bos_id) == (512, 1)
 
 
 def _stage_params(tmp_path: Path) -> Path:

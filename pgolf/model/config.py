@@ -1,5 +1,6 @@
-"""The ``model`` section of params.yaml: every architectural knob of the record, each with its record value
-available (see ``presets/``)."""
+"""The ``model`` section of params.yaml (:class:`ModelParams`): every architectural knob of the record, each with
+its record value available (see ``presets/``). The vocabulary and BOS id are not knobs: the train stage resolves
+them from the tokenizer into a :class:`ModelConfig`, which checkpoints carry in their meta.json."""
 
 from __future__ import annotations
 
@@ -8,11 +9,7 @@ from typing import Literal
 from pgolf.config import ConfigError, Section
 
 
-class ModelConfig(Section):
-    vocab_size: int
-    """Must equal the tokenizer's vocabulary (checked by the train stage)."""
-    bos_id: int
-    """Document separator id; must equal the tokenizer's BOS (checked by the train stage)."""
+class ModelParams(Section):
     num_layers: int
     model_dim: int
     num_heads: int
@@ -70,6 +67,10 @@ class ModelConfig(Section):
         if problems:
             raise ConfigError("; ".join(problems))
 
+    def resolve(self, vocab_size: int, bos_id: int) -> ModelConfig:
+        """The full model configuration for a tokenizer."""
+        return ModelConfig(**self.model_dump(), vocab_size=vocab_size, bos_id=bos_id)
+
     @property
     def head_dim(self) -> int:
         return self.model_dim // self.num_heads
@@ -81,3 +82,11 @@ class ModelConfig(Section):
     @property
     def mlp_dim(self) -> int:
         return int(self.mlp_mult * self.model_dim)
+
+
+class ModelConfig(ModelParams):
+    """A model configuration resolved against a tokenizer."""
+
+    vocab_size: int
+    bos_id: int
+    """Document separator: SmearGate does not mix across it."""

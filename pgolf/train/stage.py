@@ -9,9 +9,8 @@ from pathlib import Path
 
 from pgolf import dist
 from pgolf import tokenizer as tok
-from pgolf.config import ConfigError
 from pgolf.eval.bpb import ValData, load_val
-from pgolf.model.config import ModelConfig
+from pgolf.model.config import ModelConfig, ModelParams
 from pgolf.train.config import TrainConfig
 from pgolf.train.loop import setup, train, write_outputs
 
@@ -25,12 +24,10 @@ class TrainPaths:
     live: Path
 
 
-def check_tokenizer(model_cfg: ModelConfig, tokenizer_dir: Path) -> None:
+def resolve_model(params: ModelParams, tokenizer_dir: Path) -> ModelConfig:
+    """The model configuration with the tokenizer's vocabulary size and BOS id."""
     meta = tok.read_meta(tokenizer_dir)
-    for key, have in (("vocab_size", meta["vocab_size"]), ("bos_id", meta["bos_id"])):
-        if getattr(model_cfg, key) != have:
-            raise ConfigError(f"model.{key}={getattr(model_cfg, key)} but the tokenizer has {key} {have}; "
-                              f"set model.{key}: {have}")  # fmt: skip
+    return params.resolve(vocab_size=meta["vocab_size"], bos_id=meta["bos_id"])
 
 
 def val_subset(val: ValData, max_tokens: int) -> ValData:
@@ -40,9 +37,9 @@ def val_subset(val: ValData, max_tokens: int) -> ValData:
     return ValData(val.tokens[: max_tokens + 1], val.target_bytes[: max_tokens + 1], val.byte_count)
 
 
-def run_train(model_cfg: ModelConfig, cfg: TrainConfig, paths: TrainPaths) -> dict:
+def run_train(params: ModelParams, cfg: TrainConfig, paths: TrainPaths) -> dict:
     """Train, write raw + averaged weights and meta.json; a finished run removes its resume checkpoint."""
-    check_tokenizer(model_cfg, paths.tokenizer)
+    model_cfg = resolve_model(params, paths.tokenizer)
     info = dist.init()
     try:
         manifest = json.loads((paths.shards / "manifest.json").read_text())
