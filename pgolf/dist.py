@@ -73,6 +73,11 @@ def all_reduce_mean(tensors: list[torch.Tensor]) -> None:
             t.copy_(chunk.view_as(t))
 
 
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
 def all_max(value: float, device: torch.device) -> float:
     """The largest ``value`` over ranks, on every rank (so ranks agree on time-driven decisions)."""
     if not active():

@@ -1,4 +1,4 @@
-"""Weights and training state on disk: safetensors for tensors, JSON for everything else; never pickle.
+"""Weights and training state on disk: safetensors for tensors, JSON for everything else (no code-executing format).
 
 * :func:`save_tensors` / :func:`load_tensors`: a tensor dict plus a JSON-able ``meta`` kept in the safetensors
   header, written atomically (temp file + rename), so a kill mid-write never leaves a torn checkpoint.

@@ -12,6 +12,7 @@ import json
 import math
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,6 @@ class Progress:
     tokens: int = 0
     looping_from_step: int | None = None
     last_loss: float = float("nan")
-    history: list = field(default_factory=list)
 
 
 @dataclass
@@ -55,7 +55,8 @@ class Run:
     info: dist.DistInfo
     grad_accum: int
     fingerprint: str
-    forward: object = None
+    forward: Callable[..., torch.Tensor]
+    """The model, or its torch.compile'd version on CUDA."""
     state: Progress = field(default_factory=Progress)
 
 
@@ -77,11 +78,10 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, data_manife
         averager: EMA | TightSWA = EMA(model, cfg.averaging.ema_decay)
     else:
         averager = TightSWA(model, cfg.averaging.swa_every, cfg.averaging.swa_start_below_lr)
-    run = Run(model, opts, loader, averager, cfg, info, cfg.grad_accum(info.world_size),
-              fingerprint(model_cfg, cfg, data_manifest, info.world_size))  # fmt: skip
     use_compile = cfg.compile and info.device.type == "cuda"
-    run.forward = torch.compile(model, dynamic=False) if use_compile else model
-    return run
+    forward = torch.compile(model, dynamic=False) if use_compile else model
+    return Run(model, opts, loader, averager, cfg, info, cfg.grad_accum(info.world_size),
+               fingerprint(model_cfg, cfg, data_manifest, info.world_size), forward)  # fmt: skip
 
 
 def _step(run: Run, looped: bool) -> float:
@@ -125,12 +125,14 @@ def save_checkpoint(run: Run, directory: Path) -> None:
         meta = {"fingerprint": run.fingerprint, "progress": asdict(run.state), "loader": run.loader.state_dict(),
                 "averager_extra": extra}  # fmt: skip
         ckpt.save_tensors(directory / "state.safetensors", state, meta)
+    dist.barrier()
 
 
 def try_resume(run: Run, directory: Path) -> bool:
     """Restore the run from ``directory`` when a checkpoint of the same fingerprint is there."""
     path = directory / "state.safetensors"
-    if not path.is_file():
+    optim_path = directory / f"optim_rank{run.info.rank}.safetensors"
+    if not path.is_file() or not optim_path.is_file():
         return False
     tensors, meta = ckpt.load_tensors(path)
     if meta.get("fingerprint") != run.fingerprint:
@@ -142,7 +144,7 @@ def try_resume(run: Run, directory: Path) -> bool:
         run.averager.load_state_dict(averaged)
     else:
         run.averager.load_state_dict({**averaged, **meta["averager_extra"]})
-    opt_tensors, opt_info = ckpt.load_tensors(directory / f"optim_rank{run.info.rank}.safetensors")
+    opt_tensors, opt_info = ckpt.load_tensors(optim_path)
     for name, opt in zip(("muon", "embed", "scalar"), run.opts.all(), strict=True):
         ckpt.load_optimizer(opt, name, opt_tensors, opt_info[name])
     run.loader.load_state_dict(meta["loader"])
@@ -244,7 +246,8 @@ def train(run: Run, *, val: ValData | None, resume_dir: Path, live_dir: Path) ->
     last_save = time.perf_counter()
     try:
         while _one_step(run, logger, val):
-            if run.cfg.checkpoint_seconds and time.perf_counter() - last_save >= run.cfg.checkpoint_seconds:
+            since = dist.all_max(time.perf_counter() - last_save, run.info.device)  # every rank decides alike
+            if run.cfg.checkpoint_seconds and since >= run.cfg.checkpoint_seconds:
                 save_checkpoint(run, resume_dir)
                 last_save = time.perf_counter()
     finally:
