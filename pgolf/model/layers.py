@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from pgolf.model.config import ModelConfig
 
 Role = Literal["embedding", "attn", "mlp", "attn_gate", "control"]
+Kind = Literal["q", "k", "v", "o", "up", "down"]
 Site = Literal["q", "k", "v", "o", "mlp", "head"]
 
 
@@ -72,6 +73,22 @@ def doc_causal_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | N
     return out.view(B, T, H, Dh)
 
 
+class Linear(nn.Module):
+    """A bias-free projection ``y = x W^T`` whose weight declares its optimizer role and its matrix kind (what the
+    quantization policy and the Hessian collection key on)."""
+
+    def __init__(self, in_dim: int, out_dim: int, role: Role, kind: Kind, zero_init: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(out_dim, in_dim))
+        if not zero_init:
+            nn.init.orthogonal_(self.weight)
+        self.ROLES: dict[str, Role] = {"weight": role}
+        self.kind = kind
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
 class Rotary(nn.Module):
     """Partial rotary embedding on the first ``rope_dims`` of each head (half-split pairing j, j + rope_dims/2)."""
 
@@ -100,32 +117,29 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
-    ROLES: dict[str, Role] = {"wq": "attn", "wk": "attn", "wv": "attn", "wo": "attn", "q_gain": "control",
-                              "gate_w": "attn_gate"}  # fmt: skip
+    ROLES: dict[str, Role] = {"q_gain": "control", "gate_w": "attn_gate"}
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         D, H = cfg.model_dim, cfg.num_heads
         self.H, self.G, self.Dh = H, cfg.num_kv_heads, cfg.head_dim
-        self.wq = nn.Parameter(torch.empty(D, D))
-        self.wk = nn.Parameter(torch.empty(cfg.kv_dim, D))
-        self.wv = nn.Parameter(torch.empty(cfg.kv_dim, D))
-        self.wo = nn.Parameter(torch.zeros(D, D))  # zero init: every block starts as the identity
+        self.q = Linear(D, D, "attn", "q")
+        self.k = Linear(D, cfg.kv_dim, "attn", "k")
+        self.v = Linear(D, cfg.kv_dim, "attn", "v")
+        self.o = Linear(D, D, "attn", "o", zero_init=True)  # every block starts as the identity
         self.q_gain = nn.Parameter(torch.full((H,), cfg.qk_gain_init))
         self.rotary = Rotary(cfg)
         self.xsa = layer >= cfg.num_layers - cfg.xsa_last_n
         self.gate_w = nn.Parameter(torch.zeros(H, cfg.gate_window)) if cfg.attn_gate else None
         self.gate_scale, self.gate_window = cfg.attn_gate_scale, cfg.gate_window
-        for w in (self.wq, self.wk, self.wv):
-            nn.init.orthogonal_(w)
         if self.gate_w is not None and cfg.attn_gate_init_std > 0:
             nn.init.normal_(self.gate_w, std=cfg.attn_gate_init_std)
 
     def forward(self, n: Tensor, cu_seqlens: Tensor | None, adapters: Adapters | None, slot: int) -> Tensor:
         B, T, _ = n.shape
-        q = _adapt(F.linear(n, self.wq.to(n.dtype)), adapters, "q", slot, n).view(B, T, self.H, self.Dh)
-        k = _adapt(F.linear(n, self.wk.to(n.dtype)), adapters, "k", slot, n).view(B, T, self.G, self.Dh)
-        v = _adapt(F.linear(n, self.wv.to(n.dtype)), adapters, "v", slot, n).view(B, T, self.G, self.Dh)
+        q = _adapt(self.q(n), adapters, "q", slot, n).view(B, T, self.H, self.Dh)
+        k = _adapt(self.k(n), adapters, "k", slot, n).view(B, T, self.G, self.Dh)
+        v = _adapt(self.v(n), adapters, "v", slot, n).view(B, T, self.G, self.Dh)
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
         q = q * self.q_gain.to(q.dtype)[:, None]
         y = doc_causal_attention(q, k, v, cu_seqlens)  # (B, T, H, Dh)
@@ -136,23 +150,20 @@ class Attention(nn.Module):
         if self.gate_w is not None:
             gate = torch.sigmoid(self.gate_scale * F.linear(n[..., : self.gate_window], self.gate_w.to(n.dtype)))
             y = y * gate[..., None]
-        out = F.linear(y.reshape(B, T, -1), self.wo.to(n.dtype))
-        return _adapt(out, adapters, "o", slot, n)
+        return _adapt(self.o(y.reshape(B, T, -1)), adapters, "o", slot, n)
 
 
 class MLP(nn.Module):
-    ROLES: dict[str, Role] = {"w_up": "mlp", "w_down": "mlp"}
+    ROLES: dict[str, Role] = {}
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.w_up = nn.Parameter(torch.empty(cfg.mlp_dim, cfg.model_dim))
-        self.w_down = nn.Parameter(torch.zeros(cfg.model_dim, cfg.mlp_dim))
-        nn.init.orthogonal_(self.w_up)
+        self.up = Linear(cfg.model_dim, cfg.mlp_dim, "mlp", "up")
+        self.down = Linear(cfg.mlp_dim, cfg.model_dim, "mlp", "down", zero_init=True)
         self.slope = 0.5 if cfg.mlp_activation == "leaky_relu2" else 0.0
 
     def forward(self, n: Tensor) -> Tensor:
-        h = F.linear(n, self.w_up.to(n.dtype))
-        return F.linear(F.leaky_relu(h, self.slope).square(), self.w_down.to(n.dtype))
+        return self.down(F.leaky_relu(self.up(n), self.slope).square())
 
 
 class SmearGate(nn.Module):
