@@ -60,6 +60,15 @@ def active() -> bool:
 
 def all_reduce_mean(tensors: list[torch.Tensor]) -> None:
     """Average tensors across ranks in place, flattened into one buffer per dtype (one collective each)."""
+    _all_reduce_flat(tensors, average=True)
+
+
+def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
+    """Sum tensors across ranks in place (one collective per dtype)."""
+    _all_reduce_flat(tensors, average=False)
+
+
+def _all_reduce_flat(tensors: list[torch.Tensor], average: bool) -> None:
     if not active():
         return
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
@@ -68,7 +77,8 @@ def all_reduce_mean(tensors: list[torch.Tensor]) -> None:
     for group in by_dtype.values():
         flat = torch.cat([t.reshape(-1) for t in group])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= dist.get_world_size()
+        if average:
+            flat /= dist.get_world_size()
         for t, chunk in zip(group, flat.split([t.numel() for t in group]), strict=True):
             t.copy_(chunk.view_as(t))
 

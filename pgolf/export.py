@@ -56,6 +56,14 @@ def load_trained(train_dir: Path, which: str) -> tuple[GPT, dict]:
     return model, meta
 
 
+def load_exported(export_dir: Path) -> tuple[GPT, dict]:
+    """The exported model (parameters in fp32 holding the exported values) and its meta."""
+    tensors, meta = ckpt.load_tensors(export_dir / MODEL_FILE)
+    model = GPT(ModelConfig.model_validate(meta["model_config"]))
+    model.load_state_dict(tensors)
+    return model, meta
+
+
 def cast_final(model: GPT, cfg: ExportConfig) -> GPT:
     """Cast parameters to the final dtypes (embedding apart)."""
     with torch.no_grad():

@@ -1,0 +1,85 @@
+"""Which format every tensor gets: a policy keyed on the parameters' declared roles and matrix kinds.
+
+=================  ===========================================================  ==========================
+role / kind        format                                                       record
+=================  ===========================================================  ==========================
+embedding          GPTQ (or RTN) with SDClip row scales, ``quantize.embedding``   int7, k = 14
+attn q/k/v/o       GPTQ (or RTN), ``quantize.q`` ... ``quantize.o``              int6, k = 13
+mlp up/down        GPTQ (or RTN), ``quantize.up`` / ``quantize.down``            int6, k = 11.5
+attn_gate          int8 per row (absmax) when ``quantize.gate_int8``, else fp16  int8 per row
+control            fp16 passthrough                                             fp16
+=================  ===========================================================  ==========================
+
+Mixed precision (#2143: int5 q/o/down, int6 k/v/up) is a matter of the per-kind ``bits``. No decision looks at a
+parameter's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pgolf.config import Section
+from pgolf.model.gpt import GPT
+from pgolf.model.layers import Linear
+
+MatrixKind = Literal["embedding", "q", "k", "v", "o", "up", "down"]
+
+
+class TensorSpec(Section):
+    bits: int
+    """Integer range +-(2^(bits-1) - 1), stored in int8."""
+    clip_sigmas: float
+    """SDClip: row scale = clip_sigmas * std(row) / (2^(bits-1) - 1) (ignored by method rtn, which uses row max)."""
+
+
+class LqerConfig(Section):
+    enabled: bool
+    rank: int
+    top_k: int
+    """Tensors corrected: the k largest by ||W - W_hat||_F."""
+    mode: Literal["asym", "sym"]
+    """asym: A int2 with one scale, B int4 in groups (the record); sym: int-factor_bits with per-row scales."""
+    group: int
+    factor_bits: int
+
+
+class QuantizeConfig(Section):
+    method: Literal["gptq", "rtn"]
+    hadamard: bool
+    """Rotate every non-embedding matrix's input space by a Walsh-Hadamard matrix before quantizing (#2143)."""
+    block_size: int
+    damping: float
+    """GPTQ damping as a fraction of the mean Hessian diagonal."""
+    act_order: bool
+    gate_int8: bool
+    embedding: TensorSpec
+    q: TensorSpec
+    k: TensorSpec
+    v: TensorSpec
+    o: TensorSpec
+    up: TensorSpec
+    down: TensorSpec
+    lqer: LqerConfig
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: MatrixKind | Literal["gate", "passthrough"]
+    spec: TensorSpec | None
+
+
+def decide(model: GPT, cfg: QuantizeConfig) -> dict[str, Decision]:
+    """The decision for every parameter of ``model``."""
+    kinds = {f"{name}.weight": m.kind for name, m in model.named_modules() if isinstance(m, Linear)}
+    decisions = {}
+    for name, role in model.param_roles().items():
+        if role == "embedding":
+            decisions[name] = Decision("embedding", cfg.embedding)
+        elif role in ("attn", "mlp"):
+            decisions[name] = Decision(kinds[name], getattr(cfg, kinds[name]))
+        elif role == "attn_gate" and cfg.gate_int8:
+            decisions[name] = Decision("gate", None)
+        else:
+            decisions[name] = Decision("passthrough", None)
+    return decisions

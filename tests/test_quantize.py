@@ -1,0 +1,127 @@
+"""Calibration and the quantization policy on real model layers: training tokens only, Hessians from the forward,
+the record's precision for every tensor, GPTQ beating RTN on trained layers, LQER, round trip."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import RECORD_MODEL, model_cfg
+
+from pgolf.config import parse_section, read_params
+from pgolf.data import shards
+from pgolf.model.config import ModelConfig
+from pgolf.model.gpt import GPT
+from pgolf.quant import formats
+from pgolf.quant.hessian import EMBEDDING, CalibrateConfig, calibration_windows, collect_hessians
+from pgolf.quant.policy import QuantizeConfig, decide
+from pgolf.quant.quantize import quantize_state
+
+
+def _calib(**overrides) -> CalibrateConfig:
+    raw = {"batches": 3, "batch_tokens": 256, "seq_len": 32, "seed": 0, "doc_isolated": False, **overrides}
+    return parse_section(raw, "calibrate", CalibrateConfig)
+
+
+def _quant(**overrides) -> QuantizeConfig:
+    raw = {**read_params("params.yaml")["quantize"], **overrides}
+    return parse_section(raw, "quantize", QuantizeConfig)
+
+
+@pytest.fixture
+def shard_dir(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        train = rng.integers(2, 60, size=3000)
+        train[::97] = 1
+        shards.write_shard(tmp_path / f"train_{i:06d}.bin", train)
+    shards.write_shard(tmp_path / "val_000000.bin", np.full(500, 63))  # a token that no training shard holds
+    return tmp_path
+
+
+def test_calibration_reads_no_validation_token(shard_dir, monkeypatch):
+    read = []
+    original = shards.read_shard
+    monkeypatch.setattr(shards, "read_shard", lambda path, **kw: read.append(path.name) or original(path, **kw))
+    windows = list(calibration_windows(shard_dir, _calib(batches=20), rank=0, world_size=1))
+    assert read and all(name.startswith("train_") for name in read)
+    tokens = torch.cat([w.flatten() for w in windows])
+    assert tokens.numel() == 20 * 8 * 33 and not (tokens == 63).any()
+    other_rank = list(calibration_windows(shard_dir, _calib(batches=20), rank=1, world_size=2))
+    assert not torch.equal(windows[0], other_rank[0])
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    model = GPT(model_cfg())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def test_hessians_come_from_the_forward(shard_dir):
+    model = _model()
+    batches = list(calibration_windows(shard_dir, _calib(), 0, 1))
+    h, tokens = collect_hessians(model, iter(batches), looped=True, doc_isolated=False)
+    assert tokens == 3 * 8 * 32 and len(h) == 6 * 6 + 1
+    attn = "blocks.0.attn"
+    torch.testing.assert_close(h[f"{attn}.q.weight"], h[f"{attn}.k.weight"])
+    torch.testing.assert_close(h[f"{attn}.q.weight"], h[f"{attn}.v.weight"])
+    hidden = torch.cat([model.hidden(b[:, :-1], None, True, None).reshape(-1, 32) for b in batches])
+    torch.testing.assert_close(h[EMBEDDING], hidden.T @ hidden, rtol=1e-4, atol=1e-3)
+    for m in h.values():
+        torch.testing.assert_close(m, m.T)
+        assert torch.linalg.eigvalsh(m.double()).min() > -1e-6 * m.diagonal().max()
+    unlooped, _ = collect_hessians(model, iter(batches), looped=False, doc_isolated=False)
+    torch.testing.assert_close(unlooped["blocks.0.mlp.down.weight"], h["blocks.0.mlp.down.weight"])
+    loop_layer = "blocks.1.mlp.up.weight"  # layers 1-2 loop twice when recurrence is on
+    assert not torch.allclose(unlooped[loop_layer], h[loop_layer])
+
+
+def test_record_policy_assigns_the_spec_precision():
+    preset = read_params("presets/record_1855.yaml")
+    model = GPT(parse_section(RECORD_MODEL, "model", ModelConfig))
+    decisions = decide(model, parse_section(preset["quantize"], "quantize", QuantizeConfig))
+    by_kind = {}
+    for name, d in decisions.items():
+        by_kind.setdefault(d.kind, []).append((name, d.spec.bits if d.spec else None))
+    assert {k: len(v) for k, v in by_kind.items()} == {"embedding": 1, "q": 11, "k": 11, "v": 11, "o": 11, "up": 11,
+                                                      "down": 11, "gate": 11, "passthrough": 61 - 11}  # fmt: skip
+    assert by_kind["embedding"] == [("tok_emb.weight", 7)]
+    assert all(bits == 6 for kind in ("q", "k", "v", "o", "up", "down") for _, bits in by_kind[kind])
+    ranges = {bits: 2 ** (bits - 1) - 1 for bits in (6, 7, 8)}
+    assert ranges == {6: 31, 7: 63, 8: 127}
+
+
+def _trained_like(shard_dir):
+    model = _model(1)
+    batches = list(calibration_windows(shard_dir, _calib(batches=6), 0, 1))
+    hessians, _ = collect_hessians(model, iter(batches), looped=True, doc_isolated=False)
+    return model, hessians
+
+
+def test_gptq_beats_rtn_on_real_layers_and_lqer_helps(shard_dir):
+    model, hessians = _trained_like(shard_dir)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    decisions = decide(model, _quant())
+    _, gptq_rows, chosen = quantize_state(state, hessians, decisions, _quant(lqer={**_quant().lqer.model_dump(),
+                                                                                    "enabled": False}))  # fmt: skip
+    sd_rtn = _quant(method="gptq", act_order=False, damping=1e6)  # huge damping: GPTQ degenerates to RTN
+    _, rtn_rows, _ = quantize_state(
+        state,
+        hessians,
+        decisions,
+        sd_rtn.model_copy(update={"lqer": sd_rtn.lqer.model_copy(update={"enabled": False})}),
+    )
+    gptq_err = {r["name"]: r["h_error"] for r in gptq_rows}
+    rtn_err = {r["name"]: r["h_error"] for r in rtn_rows}
+    assert sum(gptq_err.values()) < 0.9 * sum(rtn_err.values())
+    assert sum(gptq_err[n] < rtn_err[n] for n in gptq_err) >= 0.8 * len(gptq_err)
+    entries, rows, chosen = quantize_state(state, hessians, decisions, _quant())
+    assert len(chosen) == 3 and all(r["lqer"] == (r["name"] in chosen) for r in rows)
+    rel = {r["name"]: r["rel_error"] for r in rows}
+    no_lqer = {r["name"]: r["rel_error"] for r in gptq_rows}
+    assert all(rel[n] < no_lqer[n] for n in chosen)
+    tensors, manifest = formats.to_tensors(entries)
+    restored = formats.from_tensors(tensors, manifest)
+    for a, b in zip(entries, restored, strict=True):
+        assert torch.equal(formats.dequantize(a), formats.dequantize(b))
