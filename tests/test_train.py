@@ -172,3 +172,36 @@ def test_unigram_baseline_is_add_one_counts(tmp_path):
     torch.testing.assert_close(logp.exp(), expected)
     capped = unigram_log_probs(tmp_path, vocab_size=5, max_tokens=4)  # the first 4 tokens only
     torch.testing.assert_close(capped.exp(), torch.tensor([1, 2, 3, 2, 1], dtype=torch.float64) / 9)
+
+
+def test_gptq_beats_rtn_on_the_layers_of_a_trained_model(data, tmp_path):
+    """Train the toy model briefly, calibrate on its training shards, then compare H-weighted errors."""
+    from pgolf.model.config import ModelConfig
+    from pgolf.model.gpt import GPT
+    from pgolf.quant.hessian import CalibrateConfig, calibration_windows, collect_hessians
+    from pgolf.quant.policy import QuantizeConfig, decide
+    from pgolf.quant.quantize import quantize_state
+
+    run_train(tiny_model(), train_cfg(iterations=20, val_every=0), paths(data, tmp_path))
+    state, meta = ckpt.load_tensors(tmp_path / "train" / "ema.safetensors")
+    model = GPT(ModelConfig.model_validate(json.loads((tmp_path / "train" / "meta.json").read_text())["model_config"]))
+    model.load_state_dict(state)
+    calib = parse_section({"batches": 4, "batch_tokens": 512, "seq_len": 64, "seed": 0, "doc_isolated": True},
+                          "calibrate", CalibrateConfig)  # fmt: skip
+    hessians, _ = collect_hessians(model, calibration_windows(data / "shards", calib, 0, 1), looped=True,
+                                   doc_isolated=True)  # fmt: skip
+    from pgolf.quant import gptq
+
+    base = read_params(ROOT / "params.yaml")["quantize"]
+    cfg = parse_section({**base, "lqer": {**base["lqer"], "enabled": False}}, "quantize", QuantizeConfig)
+    _, rows, _ = quantize_state(model.state_dict(), hessians, decide(model, cfg), cfg)
+    ours = {r["name"]: r["h_error"] for r in rows}
+    rtn = {}  # round-to-nearest under the same SDClip scales
+    for name, d in decide(model, cfg).items():
+        if d.spec is not None:
+            w = model.state_dict()[name].float()
+            scale = gptq.sdclip_scales(w, d.spec.clip_sigmas, d.spec.bits)
+            w_hat = gptq.rtn_quantize(w, scale, d.spec.bits).float() * scale.float()[:, None]
+            rtn[name] = gptq.hessian_error(w, w_hat, hessians[name])
+    assert sum(ours.values()) < 0.8 * sum(rtn.values())
+    assert sum(ours[n] < rtn[n] for n in ours) >= 0.9 * len(ours)
