@@ -18,8 +18,7 @@ import torch
 from pgolf import dist
 from pgolf.config import ConfigError, Section
 from pgolf.data import shards as shard_io
-from pgolf.dist import autocast
-from pgolf.eval.bpb import evaluate, load_val
+from pgolf.eval.bpb import ValData, evaluate, evaluate_model, load_val
 from pgolf.model.config import ModelConfig
 from pgolf.model.gpt import GPT
 from pgolf.train import checkpoint as ckpt
@@ -72,19 +71,11 @@ def cast_final(model: GPT, cfg: ExportConfig) -> GPT:
     return model
 
 
-def score(model: GPT, val, cfg: ExportConfig, looped: bool, device: torch.device) -> dict:
+def score(model: GPT, val: ValData, cfg: ExportConfig, looped: bool) -> dict:
     """val_loss / val_bpb of ``model`` on the whole validation stream."""
-    model = model.to(device).eval()
-
-    def loss_fn(x: torch.Tensor, y: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
-        with autocast(device):
-            return model(x, y, cu_seqlens=cu, looped=looped, reduction="none")
-
     start = time.perf_counter()
-    info = dist.dist_info()
-    totals = evaluate(loss_fn, val, seq_len=cfg.eval_seq_len, batch_windows=cfg.eval_batch_windows,
-                      bos_id=model.cfg.bos_id, rank=info.rank, world_size=info.world_size, device=device,
-                      progress=True)  # fmt: skip
+    totals = evaluate_model(model, val, seq_len=cfg.eval_seq_len, batch_windows=cfg.eval_batch_windows, looped=looped,
+                            progress=True)  # fmt: skip
     return {"val_loss": totals.val_loss, "val_bpb": totals.val_bpb, "tokens": totals.tokens,
             "bytes": totals.bytes, "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
 
@@ -111,16 +102,15 @@ def score_unigram(log_probs: torch.Tensor, val, cfg: ExportConfig, bos_id: int) 
 
 def export(cfg: ExportConfig, train_dir: Path, shards: Path, tokenizer: Path, out: Path) -> dict:
     """Write the chosen weights + meta into ``out``; return the metrics (pre-quant bpb of raw and chosen)."""
-    device = dist.dist_info().device
     chosen, meta = load_trained(train_dir, cfg.weights)
     chosen = cast_final(chosen, cfg)
     looped = meta["looping_from_step"] is not None
     val = load_val(shards, tokenizer)
     metrics = {"weights": cfg.weights, "byte_count": val.byte_count, "looped": looped}
-    metrics[f"prequant_{cfg.weights}"] = score(chosen, val, cfg, looped, device)
+    metrics[f"prequant_{cfg.weights}"] = score(chosen, val, cfg, looped)
     if cfg.weights != "raw":
         raw, _ = load_trained(train_dir, "raw")
-        metrics["prequant_raw"] = score(raw, val, cfg, looped, device)
+        metrics["prequant_raw"] = score(raw, val, cfg, looped)
     unigram = unigram_log_probs(shards, chosen.cfg.vocab_size)
     metrics["unigram_baseline"] = score_unigram(unigram, val, cfg, chosen.cfg.bos_id)
     if dist.dist_info().is_main:

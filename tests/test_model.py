@@ -184,14 +184,14 @@ def test_changing_any_token_of_one_document_changes_no_logit_of_another():
 
 def test_segment_attention_equals_a_dense_masked_reference():
     """The gather-per-segment path against one dense block-diagonal causal mask (float64, GQA, two rows)."""
-    from pgolf.model.layers import doc_causal_attention, segment_ids
+    from pgolf.model.layers import doc_causal_attention
 
     g = torch.Generator().manual_seed(2)
     B, T, H, G, D = 2, 150, 4, 2, 8
     q = torch.randn(B, T, H, D, generator=g, dtype=torch.float64)
     k, v = (torch.randn(B, T, G, D, generator=g, dtype=torch.float64) for _ in range(2))
     cu = torch.tensor([0, 17, 64, 100, 150, 151, 200, 230, 299, 300, 300, 300], dtype=torch.int32)
-    seg = segment_ids(cu, B, T)
+    seg = torch.searchsorted(cu[1:].long(), torch.arange(B * T), right=True).view(B, T)  # segment of each position
     mask = (seg[:, :, None] == seg[:, None, :]) & torch.ones(T, T, dtype=torch.bool).tril()
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     ref = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask[:, None], enable_gqa=True)

@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from pgolf import tokenizer as tok
 from pgolf.data import shards
+from pgolf.dist import autocast, dist_info
 from pgolf.errors import PgolfError
 from pgolf.train.loader import build_cu_seqlens
 
@@ -233,3 +234,18 @@ def evaluate(
             bar.update(len(chunk))
     totals.nats = float(nats) if nats is not None else 0.0
     return totals.all_reduce()
+
+
+def evaluate_model(
+    model: torch.nn.Module, val: ValData, *, seq_len: int, batch_windows: int, looped: bool, progress: bool = False
+) -> BpbTotals:
+    """:func:`evaluate` of a pgolf GPT on this process's device and rank (bf16 autocast on CUDA)."""
+    info = dist_info()
+    model = model.to(info.device).eval()
+
+    def loss_fn(x: torch.Tensor, y: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
+        with autocast(info.device):
+            return model(x, y, cu_seqlens=cu, looped=looped, reduction="none")
+
+    return evaluate(loss_fn, val, seq_len=seq_len, batch_windows=batch_windows, bos_id=model.cfg.bos_id,
+                    rank=info.rank, world_size=info.world_size, progress=progress, device=info.device)  # fmt: skip

@@ -44,12 +44,6 @@ def _adapt(y: Tensor, adapters: Adapters | None, site: Site, slot: int, x: Tenso
     return y if delta is None else y + delta.to(y.dtype)
 
 
-def segment_ids(cu_seqlens: Tensor, rows: int, length: int) -> Tensor:
-    """Segment index of every position of a [rows, length] batch from flattened-stream offsets."""
-    positions = torch.arange(rows * length, device=cu_seqlens.device)
-    return torch.searchsorted(cu_seqlens[1:].long(), positions, right=True).view(rows, length)
-
-
 @torch.compiler.disable  # data-dependent segment shapes: runs eagerly inside a compiled model
 def doc_causal_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None) -> Tensor:
     """Causal attention that never crosses a segment boundary. q [B,T,H,Dh], k/v [B,T,G,Dh] -> [B,T,H,Dh].

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pgolf import dist
 from pgolf.eval.bpb import load_val
 from pgolf.export import MODEL_FILE, ExportConfig, score
 from pgolf.model.config import ModelConfig
@@ -131,7 +130,7 @@ def run_quantize(cfg: QuantizeConfig, eval_cfg: ExportConfig, paths: dict[str, P
     (out / MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
     val = load_val(paths["shards"], paths["tokenizer"])
     looped = meta["looping_from_step"] is not None
-    roundtrip = score(dequantized_model(entries, model_cfg), val, eval_cfg, looped, dist.dist_info().device)
+    roundtrip = score(dequantized_model(entries, model_cfg), val, eval_cfg, looped)
     return {"quantized": roundtrip, "lqer_tensors": chosen, "quantize_seconds": round(seconds, 2),
             "tensors": reports}  # fmt: skip
 

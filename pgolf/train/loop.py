@@ -21,8 +21,7 @@ import torch
 from tqdm import tqdm
 
 from pgolf import dist
-from pgolf.dist import autocast
-from pgolf.eval.bpb import ValData, evaluate
+from pgolf.eval.bpb import ValData, evaluate_model
 from pgolf.model.config import ModelConfig
 from pgolf.model.gpt import GPT
 from pgolf.optim.averaging import EMA, TightSWA
@@ -187,14 +186,9 @@ class Logger:
 
 def validate(run: Run, val: ValData, looped: bool) -> tuple[float, float]:
     """(val_loss, val_bpb) of the live weights, through the package's one BPB module."""
-
-    def loss_fn(x: torch.Tensor, y: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
-        with autocast(run.info.device):
-            return run.model(x, y, cu_seqlens=cu, looped=looped, reduction="none")
-
-    totals = evaluate(loss_fn, val, seq_len=run.cfg.seq_len, batch_windows=max(1, run.cfg.micro_batch_tokens //
-                      run.cfg.seq_len), bos_id=run.model.cfg.bos_id, rank=run.info.rank,
-                      world_size=run.info.world_size, device=run.info.device)  # fmt: skip
+    windows = max(1, run.cfg.micro_batch_tokens // run.cfg.seq_len)
+    totals = evaluate_model(run.model, val, seq_len=run.cfg.seq_len, batch_windows=windows, looped=looped)
+    run.model.train()
     return totals.val_loss, totals.val_bpb
 
 
