@@ -1,7 +1,8 @@
 """Process-group setup for torchrun, rank-0 printing and the few collectives the stages need.
 
-This is the only module that reads the environment: torchrun's RANK, WORLD_SIZE and LOCAL_RANK. A run without
-torchrun is a single process of rank 0 and needs no process group; every helper here is then a no-op.
+This is the only module that reads the environment: torchrun's RANK, WORLD_SIZE and LOCAL_RANK (and the copy
+handed to child processes). A run without torchrun is a single process of rank 0 and needs no process group;
+every helper here is then a no-op.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def dist_info() -> DistInfo:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
+
+
+def subprocess_env(**overrides: str) -> dict[str, str]:
+    """This process's environment with ``overrides``, for a child process (e.g. ``LRZIP=NOCONFIG`` for lrzip)."""
+    return {**os.environ, **overrides}
 
 
 def init() -> DistInfo:

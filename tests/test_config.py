@@ -5,15 +5,20 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pgolf.compress.size import SizeConfig
+from pgolf.compress.stage import CompressConfig
 from pgolf.config import ConfigError, load_section, read_params
 from pgolf.data.sources import DataConfig
 from pgolf.export import ExportConfig
 from pgolf.model.config import ModelParams
+from pgolf.quant.hessian import CalibrateConfig
+from pgolf.quant.policy import QuantizeConfig
 from pgolf.tokenizer import TokenizerConfig
 from pgolf.train.config import TrainConfig
 
 SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelParams, "train": TrainConfig,
-            "export": ExportConfig}  # fmt: skip
+            "export": ExportConfig, "calibrate": CalibrateConfig, "quantize": QuantizeConfig,
+            "compress": CompressConfig, "size": SizeConfig}  # fmt: skip
 PRESETS = sorted(Path("presets").glob("*.yaml"))
 
 

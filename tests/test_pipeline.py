@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pgolf.compress.bundle import bundle_files, import_closure
 from pgolf.config import read_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,29 +24,9 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(path: Path) -> set[Path]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
-        else:
-            continue
-        for name in names:
-            if name.split(".")[0] == "pgolf" and (file := _module_file(name)):
-                found.add(file)
-    return found
-
-
 def _closure(script: Path) -> set[str]:
-    todo, seen = [script], set()
-    while todo:
-        for file in _imports(todo.pop()):
-            if file not in seen:
-                seen.add(file)
-                todo.append(file)
-    return {str(f.relative_to(ROOT)) for f in seen if f.name != "__init__.py"}
+    files = import_closure(ROOT, [str(script.relative_to(ROOT))])
+    return {str(f.relative_to(ROOT)) for f in files if f.name != "__init__.py"}
 
 
 def _script(stage: dict) -> Path:
@@ -58,11 +39,15 @@ def test_stage_deps_are_exactly_the_modules_it_imports(name):
     stage = STAGES[name]
     listed = {d for d in stage["deps"] if d.startswith("pgolf/")}
     needed = _closure(_script(stage))
+    if name == "compress":  # the code bundle: the stage depends on every file it packs
+        needed |= {f for f in bundle_files(ROOT) if f.startswith("pgolf/")}
     uncovered = {m for m in needed if not any(m == d or m.startswith(d.rstrip("/") + "/") for d in listed)}
     assert not uncovered, f"dvc.yaml stage {name} misses deps {sorted(uncovered)}"
     unused = {d for d in listed if not any(m == d or m.startswith(d.rstrip("/") + "/") for m in needed)}
     assert not unused, f"dvc.yaml stage {name} lists deps it never imports: {sorted(unused)}"
     assert str(_script(stage).relative_to(ROOT)) in stage["deps"]
+    if name == "compress":
+        assert set(bundle_files(ROOT)) <= set(stage["deps"]), "dvc.yaml compress misses files of the code bundle"
 
 
 @pytest.mark.parametrize("name", STAGES)

@@ -1,0 +1,198 @@
+"""The per-group serializer (the record's ``pergroup``): quantized entries <-> named byte streams.
+
+* **Integer groups.** The int8 matrices of the GPTQ/RTN tensors are grouped by role across layers: the group key is
+  the tensor name without its ``blocks.{i}.`` prefix (``attn.q.weight``, ``mlp.up.weight``, ``tok_emb.weight``), so
+  one stream holds e.g. every layer's query matrix. ``grouping: single`` puts all of them in one stream instead.
+  The rows of the groups listed in ``simsort`` are reordered by :func:`pgolf.compress.simsort.similarity_order`
+  (the permutation is stored); with ``transpose`` a byte codec sees each matrix column by column, so the stream runs
+  down an input column across (now similar) rows. The group goes through ``codec``: a byte codec, or ``ans``, the
+  explicit entropy coder, which takes the rows directly.
+* **The rest** (fp16 scales, LQER factors, int8 gates, passthrough tensors): their raw little-endian bytes, widest
+  element first so that a byte shuffle of stride 2 lines up the fp16 values, shuffled by ``rest_shuffle`` and
+  compressed with ``rest_codec``. No pickle, no torch.save: every key, dtype and shape is in the layout.
+* **Permutations**: uint16 (uint32 for more than 65,536 rows), little-endian, through ``rest_codec``.
+
+The layout (a JSON-able dict stored in the container's manifest) names every stream and tensor, so decoding does
+not assume a layer count or a tensor order (the record's decoder assumed exactly L tensors per group).
+
+Reference: the record's ``_serialize_pergroup`` / ``_deserialize_pergroup`` (PR #1855; spec §8.2-8.4).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from pgolf.compress import entropy
+from pgolf.compress.codecs import CodecError, CodecName, CodecsConfig, make_codec, shuffle, unshuffle
+from pgolf.compress.simsort import inverse, similarity_order
+from pgolf.quant import formats
+
+LAYER_PREFIX = re.compile(r"^blocks\.\d+\.")
+NUMPY_DTYPES = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "<u2", torch.int8: "i1"}
+DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int8: "int8"}
+TORCH_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
+
+
+class SerializeConfig(CodecsConfig):
+    """How the quantized model becomes streams (params.yaml ``compress`` without ``bundle``)."""
+
+    codec: Literal["ans", "raw", "brotli", "lzma", "zstd", "lrzip"] = Field(description="integer groups' coder")
+    rest_codec: CodecName = Field(description="scales, LQER factors, gates, passthrough tensors, permutations")
+    grouping: Literal["role", "single"]
+    simsort: list[str] = Field(description="group keys whose rows are reordered (role grouping only)")
+    transpose: bool = Field(description="byte codecs see matrices column by column")
+    rest_shuffle: int = Field(ge=0, le=8, description="byte-shuffle stride of the rest stream (0: none)")
+    ans: entropy.AnsConfig
+
+
+@dataclass
+class Stream:
+    """One compressed stream and what the metrics report about it."""
+
+    name: str
+    codec: str
+    data: bytes
+    raw_bytes: int
+    entropy_bits: float | None  # zeroth-order bound of the integer symbols (integer groups only)
+    seconds: float
+
+
+def group_key(name: str, grouping: str) -> str:
+    """The integer group of tensor ``name``: its name without ``blocks.{i}.`` (role), or ``all`` (single)."""
+    return "all" if grouping == "single" else LAYER_PREFIX.sub("", name)
+
+
+def _int_matrices(entries: list[formats.Entry]) -> dict[str, formats.QuantizedMatrix]:
+    return {e.name: e.fmt for e in entries if isinstance(e.fmt, formats.QuantizedMatrix)}
+
+
+def _rest_tensors(entries: list[formats.Entry]) -> dict[str, torch.Tensor]:
+    """Every tensor of the flat quantized state except the integer matrices, widest element first."""
+    tensors, _ = formats.to_tensors(entries)
+    ints = {f"{name}.q" for name in _int_matrices(entries)}
+    rest = {k: t for k, t in tensors.items() if k not in ints}
+    return dict(sorted(rest.items(), key=lambda kv: -kv[1].element_size()))
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    if t.dtype not in NUMPY_DTYPES:
+        raise CodecError(f"cannot serialize dtype {t.dtype}; supported: {sorted(DTYPE_NAMES.values())}")
+    return t.contiguous().view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else (
+        t.contiguous().numpy().astype(NUMPY_DTYPES[t.dtype]).tobytes())  # fmt: skip
+
+
+def _tensor_from(buf: bytes, dtype: str, shape: list[int]) -> torch.Tensor:
+    arr = np.frombuffer(buf, dtype=NUMPY_DTYPES[TORCH_DTYPES[dtype]]).copy()
+    t = torch.from_numpy(arr)
+    return (t.view(torch.bfloat16) if dtype == "bfloat16" else t).reshape(shape)
+
+
+def _timed(name: str, codec: str, raw: int, bits: float | None, fn) -> Stream:
+    start = time.perf_counter()
+    data = fn()
+    return Stream(name, codec, data, raw, bits, time.perf_counter() - start)
+
+
+def serialize(entries: list[formats.Entry], cfg: SerializeConfig) -> tuple[list[Stream], dict[str, Any]]:
+    """The compressed streams of the quantized entries and the layout that decodes them."""
+    groups: dict[str, list[str]] = {}
+    for name in _int_matrices(entries):
+        groups.setdefault(group_key(name, cfg.grouping), []).append(name)
+    mats = _int_matrices(entries)
+    streams, layout_groups, perms = [], [], []
+    for key, names in groups.items():
+        sort = cfg.grouping == "role" and key in cfg.simsort
+        arrays = []
+        for name in names:
+            q = mats[name].q
+            if sort:
+                order = similarity_order(q)
+                perms.append(order)
+                q = q[torch.from_numpy(order)]
+            arrays.append(q.numpy())
+        bits = entropy.order0_entropy_bits(np.concatenate([a.reshape(-1) for a in arrays]))
+        raw = sum(a.size for a in arrays)
+        if cfg.codec == "ans":
+            streams.append(_timed(f"group:{key}", "ans", raw, bits, lambda a=arrays: entropy.encode(a, cfg.ans)))
+        else:
+            blob = b"".join((a.T if cfg.transpose else a).tobytes() for a in arrays)
+            codec = make_codec(cfg.codec, cfg)
+            streams.append(_timed(f"group:{key}", cfg.codec, raw, bits, lambda b=blob, c=codec: c.compress(b)))
+        layout_groups.append({"key": key, "tensors": names, "simsort": sort})
+    rest_codec = make_codec(cfg.rest_codec, cfg)
+    rest = _rest_tensors(entries)
+    blob = b"".join(_tensor_bytes(t) for t in rest.values())
+    streams.append(_timed("rest", cfg.rest_codec, len(blob), None,
+                          lambda: rest_codec.compress(shuffle(blob, cfg.rest_shuffle))))  # fmt: skip
+    perm_dtype = "<u2" if all(p.size <= 1 << 16 for p in perms) else "<u4"
+    perm_blob = b"".join(p.astype(perm_dtype).tobytes() for p in perms)
+    if perms:
+        streams.append(_timed("perms", cfg.rest_codec, len(perm_blob), None, lambda: rest_codec.compress(perm_blob)))
+    layout = {
+        "groups": layout_groups,
+        "codec": cfg.codec,
+        "transpose": cfg.transpose,
+        "rest": [{"key": k, "dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape)} for k, t in rest.items()],
+        "rest_codec": cfg.rest_codec,
+        "rest_shuffle": cfg.rest_shuffle,
+        "perm_dtype": perm_dtype,
+        "codecs": {k: getattr(cfg, k).model_dump() for k in CodecsConfig.model_fields},
+    }
+    return streams, layout
+
+
+def _decode_group(group: dict, data: bytes, layout: dict, shapes: dict[str, tuple[int, int]],
+                  cfg: CodecsConfig) -> list[np.ndarray]:  # fmt: skip
+    tensor_shapes = [shapes[n] for n in group["tensors"]]
+    if layout["codec"] == "ans":
+        return entropy.decode(data, tensor_shapes)
+    blob = make_codec(layout["codec"], cfg).decompress(data)
+    if len(blob) != sum(r * c for r, c in tensor_shapes):
+        raise CodecError(f"group {group['key']}: decoded {len(blob)} bytes, the layout needs another size")
+    arrays, offset = [], 0
+    for rows, cols in tensor_shapes:
+        a = np.frombuffer(blob, dtype=np.int8, count=rows * cols, offset=offset)
+        arrays.append(a.reshape(cols, rows).T if layout["transpose"] else a.reshape(rows, cols))
+        offset += rows * cols
+    return arrays
+
+
+def deserialize(
+    streams: dict[str, bytes], layout: dict[str, Any], quant_manifest: dict[str, Any]
+) -> list[formats.Entry]:
+    """The quantized entries back from the streams of :func:`serialize` (bit-exact); needs no params."""
+    cfg = CodecsConfig.model_validate(layout["codecs"])
+    records = {r["name"]: r for r in quant_manifest["entries"]}
+    shapes = {n: tuple(r["shape"]) for n, r in records.items()}
+    tensors: dict[str, torch.Tensor] = {}
+    perm_codec = make_codec(layout["rest_codec"], cfg)
+    perm_blob = perm_codec.decompress(streams["perms"]) if "perms" in streams else b""
+    perm_item = np.dtype(layout["perm_dtype"]).itemsize
+    perm_pos = 0
+    for group in layout["groups"]:
+        arrays = _decode_group(group, streams[f"group:{group['key']}"], layout, shapes, cfg)
+        for name, q in zip(group["tensors"], arrays, strict=True):
+            if group["simsort"]:
+                n = q.shape[0]
+                order = np.frombuffer(perm_blob, dtype=layout["perm_dtype"], count=n, offset=perm_pos)
+                perm_pos += n * perm_item
+                q = q[inverse(order.astype(np.int64))]
+            tensors[f"{name}.q"] = torch.from_numpy(np.array(q, dtype=np.int8, order="C"))
+    rest = unshuffle(make_codec(layout["rest_codec"], cfg).decompress(streams["rest"]), layout["rest_shuffle"])
+    offset = 0
+    for spec in layout["rest"]:
+        size = int(np.prod(spec["shape"], dtype=np.int64)) * TORCH_DTYPES[spec["dtype"]].itemsize
+        if offset + size > len(rest):
+            raise CodecError(f"rest stream ends before tensor {spec['key']}")
+        tensors[spec["key"]] = _tensor_from(rest[offset : offset + size], spec["dtype"], spec["shape"])
+        offset += size
+    if offset != len(rest) or perm_pos != len(perm_blob):
+        raise CodecError("rest or permutation stream has trailing bytes the layout does not describe")
+    return formats.from_tensors(tensors, quant_manifest)

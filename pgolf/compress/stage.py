@@ -1,0 +1,95 @@
+"""The compress stage: artifacts/quant -> artifacts/submission/{model.bin, pgolf_code.py} + metrics/compress.json.
+
+After writing, the stage reads model.bin back and checks that every quantized tensor comes out bit-identical (the
+decompression time it reports is that of this check), so a codec bug can never reach the evaluate stage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from pgolf.compress import bundle, pergroup, submission
+from pgolf.errors import PgolfError
+from pgolf.quant import formats
+from pgolf.train import checkpoint as ckpt
+
+QUANT_FILE, QUANT_MANIFEST = "quantized.safetensors", "manifest.json"
+
+
+class CompressConfig(pergroup.SerializeConfig):
+    """params.yaml ``compress``."""
+
+    bundle: bundle.BundleConfig
+
+
+def load_quantized(quant_dir: Path) -> tuple[list[formats.Entry], dict]:
+    """The quantize stage's entries and its manifest.json."""
+    tensors, _ = ckpt.load_tensors(quant_dir / QUANT_FILE)
+    meta = json.loads((quant_dir / QUANT_MANIFEST).read_text(encoding="utf-8"))
+    return formats.from_tensors(tensors, meta["formats"]), meta
+
+
+def check_identical(expected: list[formats.Entry], got: list[formats.Entry]) -> None:
+    """Raise unless both entry lists hold the same tensors bit for bit (and the same manifest)."""
+    t1, m1 = formats.to_tensors(expected)
+    t2, m2 = formats.to_tensors(got)
+    if m1 != m2 or t1.keys() != t2.keys():
+        raise PgolfError("model.bin round trip changed the quantized manifest")
+    for key, t in t1.items():
+        if t.dtype != t2[key].dtype or not torch.equal(
+            t.reshape(-1).view(torch.uint8), t2[key].reshape(-1).view(torch.uint8)
+        ):
+            raise PgolfError(f"model.bin round trip changed tensor {key}")
+
+
+def group_metrics(streams: list[pergroup.Stream]) -> list[dict]:
+    rows = []
+    for s in streams:
+        bound = None if s.entropy_bits is None else s.entropy_bits / 8
+        rows.append({"stream": s.name, "codec": s.codec, "raw_bytes": s.raw_bytes, "bytes": len(s.data),
+                     "entropy_bound_bytes": None if bound is None else round(bound, 1),
+                     "ratio_to_bound": None if not bound else round(len(s.data) / bound, 5),
+                     "seconds": round(s.seconds, 3)})  # fmt: skip
+    return rows
+
+
+def run_compress(cfg: CompressConfig, quant_dir: Path, out: Path, root: Path) -> dict:
+    """Write model.bin and the code bundle into ``out``; returns metrics/compress.json's content."""
+    entries, meta = load_quantized(quant_dir)
+    start = time.perf_counter()
+    blob, streams = submission.pack_model(entries, meta, cfg)
+    compress_seconds = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.iterdir():  # the directory is exactly what is counted
+        stale.unlink()
+    (out / submission.MODEL_BIN).write_bytes(blob)
+    start = time.perf_counter()
+    restored, _ = submission.unpack_model((out / submission.MODEL_BIN).read_bytes(), str(out / submission.MODEL_BIN))
+    decompress_seconds = time.perf_counter() - start
+    check_identical(entries, restored)
+    files = bundle.bundle_files(root)
+    code = bundle.build(root, cfg.bundle, files)
+    (out / bundle.BUNDLE_FILE).write_text(code, encoding="ascii")
+    groups = group_metrics(streams)
+    by_codec: dict[str, int] = {}
+    for g in groups:
+        by_codec[g["codec"]] = by_codec.get(g["codec"], 0) + g["bytes"]
+    ints = [g for g in groups if g["entropy_bound_bytes"] is not None]
+    bound = sum(g["entropy_bound_bytes"] for g in ints)
+    return {
+        "model_bytes": len(blob),
+        "code_bytes": len(code),
+        "container_overhead_bytes": len(blob) - sum(g["bytes"] for g in groups),
+        "integer_bytes": sum(g["bytes"] for g in ints),
+        "integer_entropy_bound_bytes": round(bound, 1),
+        "integer_ratio_to_bound": round(sum(g["bytes"] for g in ints) / bound, 5) if bound else None,
+        "bytes_by_codec": by_codec,
+        "compress_seconds": round(compress_seconds, 3),
+        "decompress_seconds": round(decompress_seconds, 3),
+        "code_files": len(files),
+        "groups": groups,
+    }

@@ -1,0 +1,57 @@
+"""``artifacts/submission/model.bin``: the quantized model as counted bytes, and the way back to a runnable GPT.
+
+The container's manifest carries everything needed to rebuild the model without params.yaml or any other file:
+the resolved model config, whether the model runs its looped layer schedule, the quantized-tensor manifest (format
+of every tensor) and the per-group layout (streams, codecs and their settings). The evaluate stage reads only this
+file (and the code bundle beside it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pgolf.compress import container, pergroup
+from pgolf.model.config import ModelConfig
+from pgolf.model.gpt import GPT
+from pgolf.quant import formats
+
+MODEL_BIN = container.MODEL_BIN
+FORMAT = "pgolf.model"
+
+
+def pack_model(entries: list[formats.Entry], quant_meta: dict[str, Any], cfg: pergroup.SerializeConfig
+               ) -> tuple[bytes, list[pergroup.Stream]]:  # fmt: skip
+    """The container bytes of the quantized ``entries``; ``quant_meta`` is artifacts/quant/manifest.json."""
+    streams, layout = pergroup.serialize(entries, cfg)
+    manifest = {
+        "format": FORMAT,
+        "model_config": quant_meta["model_config"],
+        "looped": quant_meta["train"]["looping_from_step"] is not None,
+        "quant": quant_meta["formats"],
+        "layout": layout,
+    }
+    return container.pack(manifest, [(s.name, s.data) for s in streams]), streams
+
+
+def unpack_model(blob: bytes, source: str = MODEL_BIN) -> tuple[list[formats.Entry], dict[str, Any]]:
+    """The quantized entries and the container manifest of a model.bin's bytes."""
+    manifest, streams = container.unpack(blob, source)
+    if manifest.get("format") != FORMAT:
+        raise container.ContainerError(f"{source}: holds {manifest.get('format')!r}, not a {FORMAT!r}")
+    return pergroup.deserialize(streams, manifest["layout"], manifest["quant"]), manifest
+
+
+def dequantized_state(entries: list[formats.Entry]) -> dict[str, torch.Tensor]:
+    """The dense state dict of quantized entries."""
+    return {e.name: formats.dequantize(e) for e in entries}
+
+
+def load_model(path: Path) -> tuple[GPT, bool]:
+    """The dequantized GPT stored in a model.bin and whether it runs looped (CPU, eval mode)."""
+    entries, manifest = unpack_model(Path(path).read_bytes(), str(path))
+    model = GPT(ModelConfig.model_validate(manifest["model_config"]))
+    model.load_state_dict(dequantized_state(entries))
+    return model.eval(), bool(manifest["looped"])

@@ -1,0 +1,157 @@
+"""The counted artifact: model.bin restores the quantize stage's model exactly, rejects corruption, the code bundle
+rebuilds a working package in an empty directory, and the size stage enforces the limit."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import model_cfg
+
+from pgolf.compress import container, submission
+from pgolf.compress.bundle import BUNDLE_FILE, bundle_files
+from pgolf.compress.stage import CompressConfig, load_quantized, run_compress
+from pgolf.config import parse_section, read_params
+from pgolf.model.gpt import GPT
+from pgolf.quant import formats
+from pgolf.quant.policy import QuantizeConfig, decide
+from pgolf.quant.quantize import quantize_state
+from pgolf.train import checkpoint as ckpt
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(**overrides) -> CompressConfig:
+    return parse_section({**read_params(ROOT / "params.yaml")["compress"], **overrides}, "compress", CompressConfig)
+
+
+@pytest.fixture(scope="module")
+def quant_dir(tmp_path_factory) -> Path:
+    """A quantize-stage output of a small model: GPTQ with Hessians, int8 gates, passthrough, LQER."""
+    torch.manual_seed(0)
+    model = GPT(model_cfg())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    qcfg = parse_section(read_params(ROOT / "params.yaml")["quantize"], "quantize", QuantizeConfig)
+    decisions = decide(model, qcfg)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    hessians = {}
+    for name, d in decisions.items():
+        if d.spec is not None:
+            x = torch.randn(4 * state[name].shape[1], state[name].shape[1])
+            hessians[name] = x.T @ x
+    entries, _, chosen = quantize_state(state, hessians, decisions, qcfg)
+    assert chosen, "the fixture should exercise LQER"
+    out = tmp_path_factory.mktemp("quant")
+    tensors, manifest = formats.to_tensors(entries)
+    ckpt.save_tensors(out / "quantized.safetensors", tensors, {})
+    meta = {"formats": manifest, "model_config": model.cfg.model_dump(mode="json"), "train": {"looping_from_step": 3}}
+    (out / "manifest.json").write_text(json.dumps(meta))
+    return out
+
+
+@pytest.fixture(scope="module")
+def submission_dir(quant_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("submission")
+    metrics = run_compress(_cfg(codec="ans"), quant_dir, out, ROOT)
+    assert metrics["model_bytes"] == (out / "model.bin").stat().st_size
+    assert metrics["code_bytes"] == (out / BUNDLE_FILE).stat().st_size
+    assert 1.0 <= metrics["integer_ratio_to_bound"] < 1.01
+    return out
+
+
+def test_model_bin_restores_the_quantized_model_exactly(quant_dir, submission_dir):
+    entries, meta = load_quantized(quant_dir)
+    model, looped = submission.load_model(submission_dir / "model.bin")
+    assert looped
+    expected = GPT(model.cfg)
+    expected.load_state_dict(submission.dequantized_state(entries))
+    restored = model.state_dict()
+    for name, t in expected.state_dict().items():
+        assert restored[name].dtype == t.dtype and torch.equal(restored[name], t), name
+
+
+def test_corrupted_truncated_and_foreign_files_are_rejected(submission_dir):
+    blob = (submission_dir / "model.bin").read_bytes()
+    for at in (container.HEADER_BYTES + 3, len(blob) // 2, len(blob) - 1):
+        flipped = bytearray(blob)
+        flipped[at] ^= 0x01
+        with pytest.raises(container.ContainerError, match="sha256 mismatch"):
+            submission.unpack_model(bytes(flipped))
+    with pytest.raises(container.ContainerError, match="truncated"):
+        submission.unpack_model(blob[:-10])
+    with pytest.raises(container.ContainerError, match="shorter than"):
+        submission.unpack_model(blob[:20])
+    with pytest.raises(container.ContainerError, match="not a pgolf model"):
+        submission.unpack_model(b"PK\x03\x04" + blob[4:])
+    wrong_version = bytearray(blob)
+    wrong_version[8] = 9
+    with pytest.raises(container.ContainerError, match="version 9"):
+        submission.unpack_model(bytes(wrong_version))
+    other = container.pack({"format": "something.else"}, [("a", b"xyz")])
+    with pytest.raises(container.ContainerError, match="not a 'pgolf.model'"):
+        submission.unpack_model(other)
+
+
+def test_container_streams_round_trip_including_empty_ones():
+    streams = [("a", b"hello"), ("empty", b""), ("b", bytes(range(256)))]
+    manifest, out = container.unpack(container.pack({"k": [1, 2]}, streams))
+    assert manifest["k"] == [1, 2] and out == dict(streams)
+    assert container.pack({"k": 1}, streams) == container.pack({"k": 1}, streams)
+
+
+_LOGITS = """
+import hashlib, sys, torch
+import pgolf
+from pgolf.compress.submission import load_model
+model, looped = load_model(sys.argv[1])
+ids = torch.arange(40).remainder(model.cfg.vocab_size).view(2, 20)
+with torch.no_grad():
+    logits = model(ids, looped=looped)
+print(pgolf.__file__)
+print(hashlib.sha256(logits.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_bundle_rebuilds_sources_that_score_model_bin_identically(submission_dir, tmp_path):
+    work = tmp_path / "empty"
+    work.mkdir()
+    (work / BUNDLE_FILE).write_bytes((submission_dir / BUNDLE_FILE).read_bytes())
+    subprocess.run([sys.executable, BUNDLE_FILE], cwd=work, check=True)
+    restored = sorted(str(p.relative_to(work)) for p in work.rglob("*.py") if p.name != BUNDLE_FILE)
+    assert restored == bundle_files(ROOT)
+    model_bin = str(submission_dir / "model.bin")
+    runs = {}
+    for where in (work, ROOT):
+        out = subprocess.run([sys.executable, "-c", _LOGITS, model_bin], cwd=where, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        runs[where] = out.stdout.split()
+    assert runs[work][0].startswith(str(work))  # the bundle's sources ran, not the installed package
+    assert runs[work][1] == runs[ROOT][1]
+
+
+def _size_stage(tmp_path: Path, submission_dir: Path, limit: int, enforce: bool) -> tuple[int, str, dict]:
+    params = read_params(ROOT / "params.yaml")
+    params["size"] = {"limit_bytes": limit, "enforce": enforce}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    metrics = tmp_path / "size.json"
+    cmd = [sys.executable, "-m", "stages.size", "--params", tmp_path / "params.yaml", "--submission",
+           submission_dir, "--metrics", metrics]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    return result.returncode, result.stderr, json.loads(metrics.read_text())
+
+
+def test_size_stage_fails_over_the_limit_after_writing_its_metrics(submission_dir, tmp_path):
+    total = sum(p.stat().st_size for p in submission_dir.iterdir())
+    code, err, metrics = _size_stage(tmp_path, submission_dir, total - 1, enforce=True)
+    assert code == 1 and "1 over the" in err and "largest streams: group:" in err
+    assert metrics["total_bytes"] == total and metrics["fits"] is False and metrics["margin_bytes"] == -1
+    code, _, metrics = _size_stage(tmp_path, submission_dir, total - 1, enforce=False)
+    assert code == 0 and metrics["fits"] is False
+    code, _, metrics = _size_stage(tmp_path, submission_dir, total, enforce=True)
+    assert code == 0 and metrics["fits"] is True and metrics["margin_bytes"] == 0
+    assert metrics["model_bytes"] + metrics["code_bytes"] == total
