@@ -28,11 +28,10 @@ def _cfg(**overrides) -> CompressConfig:
     return parse_section({**read_params(ROOT / "params.yaml")["compress"], **overrides}, "compress", CompressConfig)
 
 
-@pytest.fixture(scope="module")
-def quant_dir(tmp_path_factory) -> Path:
-    """A quantize-stage output of a small model: GPTQ with Hessians, int8 gates, passthrough, LQER."""
+def write_quant_dir(out: Path, **model_overrides) -> Path:
+    """A quantize-stage output of a small perturbed model: GPTQ with Hessians, int8 gates, passthrough, LQER."""
     torch.manual_seed(0)
-    model = GPT(model_cfg())
+    model = GPT(model_cfg(**model_overrides))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -46,12 +45,17 @@ def quant_dir(tmp_path_factory) -> Path:
             hessians[name] = x.T @ x
     entries, _, chosen = quantize_state(state, hessians, decisions, qcfg)
     assert chosen, "the fixture should exercise LQER"
-    out = tmp_path_factory.mktemp("quant")
+    out.mkdir(parents=True, exist_ok=True)
     tensors, manifest = formats.to_tensors(entries)
     ckpt.save_tensors(out / "quantized.safetensors", tensors, {})
     meta = {"formats": manifest, "model_config": model.cfg.model_dump(mode="json"), "train": {"looping_from_step": 3}}
     (out / "manifest.json").write_text(json.dumps(meta))
     return out
+
+
+@pytest.fixture(scope="module")
+def quant_dir(tmp_path_factory) -> Path:
+    return write_quant_dir(tmp_path_factory.mktemp("quant"))
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +159,37 @@ def test_size_stage_fails_over_the_limit_after_writing_its_metrics(submission_di
     code, _, metrics = _size_stage(tmp_path, submission_dir, total, enforce=True)
     assert code == 0 and metrics["fits"] is True and metrics["margin_bytes"] == 0
     assert metrics["model_bytes"] + metrics["code_bytes"] == total
+
+
+def test_evaluate_stage_scores_the_counted_artifact_with_passing_audits(built, tmp_path):
+    """compress -> evaluate as DVC runs them: every mode scores the same documents, bytes audited against the
+    val text, score-first audited for the TTT modes (and failing, flagged non-compliant, for multi-phase)."""
+    docs, tokenizer, shards = built
+    meta = json.loads((tokenizer / "meta.json").read_text())
+    quant = write_quant_dir(tmp_path / "quant", vocab_size=meta["vocab_size"], bos_id=meta["bos_id"])
+    run_compress(_cfg(codec="ans"), quant, tmp_path / "submission", ROOT)
+    params = read_params(ROOT / "params.yaml")
+    small = {"seq_len": 64, "batch_windows": 8}
+    params["eval"].update(max_docs=4, progress=False, plain={"enabled": True, **small},
+                          sliding={"enabled": True, "stride": 16, **small},
+                          multi_phase={**params["eval"]["multi_phase"], "enabled": True, "seq_len": 64,
+                                       "stride": 16, "chunk_tokens": 512},
+                          audit={"score_first": True, "docs": 2})  # fmt: skip
+    params["eval"]["lora_ttt"].update(chunk_size=32, context=64, batch_docs=2, phases=[2], rank=4)
+    params["eval"]["lora_ttt"]["global_sgd"].update(chunk_tokens=512, seq_len=64)
+    params["eval"]["chunk_sgd"].update(chunk_tokens=512, seq_len=64, stride=16)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, "-m", "stages.evaluate", "--params", tmp_path / "params.yaml", "--submission",
+           tmp_path / "submission", "--shards", shards, "--tokenizer", tokenizer, "--docs", docs,
+           "--metrics", tmp_path / "eval.json", "--phases", tmp_path / "phases.csv"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    modes = metrics["modes"]
+    assert set(modes) == {"plain", "sliding", "lora_ttt", "chunk_sgd", "multi_phase"} and metrics["documents"] == 4
+    assert len({(m["tokens"], m["bytes"]) for m in modes.values()}) == 1
+    assert all(m["audit"]["bytes"] is True for m in modes.values())
+    assert all(modes[n]["audit"]["score_first"]["passed"] for n in ("lora_ttt", "chunk_sgd"))
+    assert modes["multi_phase"]["compliant"] is False and not modes["multi_phase"]["audit"]["score_first"]["passed"]
+    assert "decompress" in modes["plain"]["seconds"]
+    assert (tmp_path / "phases.csv").read_text().startswith("mode,segment,documents,val_bpb")

@@ -27,7 +27,7 @@ from pydantic import Field
 from pgolf.config import Section
 
 BUNDLE_FILE = "pgolf_code.py"
-ENTRIES = ("stages/train.py", "pgolf/compress/submission.py")
+ENTRIES = ("stages/train.py", "stages/evaluate.py")
 PACKAGES = ("pgolf", "stages")
 
 _WRAPPERS = {

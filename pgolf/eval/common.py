@@ -1,0 +1,117 @@
+"""What the evaluation modes share: the per-token forward, score accumulation, a per-token recorder for audits,
+the result type and the scoring of a list of windows with a fixed model.
+
+Sums are float64 on the model's device (no host sync per batch) and all-reduced once at the end of a mode
+(:meth:`Scores.totals` -> :meth:`BpbTotals.all_reduce`); per-rank figures are never averaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from pgolf.dist import autocast
+from pgolf.eval.bpb import BpbTotals, ValData
+from pgolf.eval.documents import Rows, Window, gather, length_batches, rank_share
+from pgolf.model.layers import Adapters
+
+
+@dataclass
+class ModeResult:
+    """One evaluation mode's totals (over all ranks), timings, legality and per-phase figures."""
+
+    name: str
+    totals: BpbTotals
+    seconds: dict[str, float] = field(default_factory=dict)
+    compliant: bool = True
+    phases: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        t = self.totals
+        return {"val_bpb": t.val_bpb, "val_loss": t.val_loss, "tokens": t.tokens, "bytes": t.bytes,
+                "compliant": self.compliant, "seconds": self.seconds, "phases": self.phases}  # fmt: skip
+
+
+class TokenRecorder:
+    """Per-target nats by stream position, with how often and at which scoring step each was scored (audits).
+
+    A later score of the same position overwrites the earlier one (only a non-compliant mode re-scores).
+    """
+
+    def __init__(self, num_positions: int) -> None:
+        self.nats = np.full(num_positions, np.nan)
+        self.counts = np.zeros(num_positions, dtype=np.int64)
+        self.steps = np.full(num_positions, -1, dtype=np.int64)
+        self.step = 0
+
+    def record(self, positions: np.ndarray, nats: np.ndarray) -> None:
+        self.nats[positions] = nats
+        self.steps[positions] = self.step
+        np.add.at(self.counts, positions, 1)
+        self.step += 1
+
+
+class Scores:
+    """Running L, N, B of one rank (and an optional recorder)."""
+
+    def __init__(self, device: torch.device, recorder: TokenRecorder | None = None) -> None:
+        self.nats = torch.zeros((), dtype=torch.float64, device=device)
+        self.tokens = 0
+        self.bytes = 0
+        self.recorder = recorder
+
+    def add(self, nats: Tensor, rows: Rows, mask: Tensor) -> None:
+        """Add the scored targets of a batch; ``nats`` is the per-token loss [B, T] the rows were scored with."""
+        nats = nats.detach()
+        self.nats += torch.where(mask, nats.double(), 0.0).sum()
+        self.tokens += int(rows.mask.sum())
+        self.bytes += int(rows.target_bytes.sum())
+        if self.recorder is not None:
+            self.recorder.record(rows.positions[rows.mask], nats[mask].double().cpu().numpy())
+
+    def local(self) -> BpbTotals:
+        return BpbTotals(float(self.nats), self.tokens, self.bytes)
+
+    def totals(self) -> BpbTotals:
+        """The totals over all ranks (one all-reduce)."""
+        return self.local().all_reduce()
+
+
+def token_nats(
+    model: nn.Module, inputs: Tensor, targets: Tensor, looped: bool, adapters: Adapters | None = None
+) -> Tensor:
+    """Per-token nats [B, T] of rows that each hold one document window (no cu_seqlens needed: pads trail)."""
+    with autocast(inputs.device):
+        return model(inputs, targets, looped=looped, adapters=adapters, reduction="none")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def score_windows(
+    model: nn.Module,
+    val: ValData,
+    windows: list[Window],
+    scores: Scores,
+    *,
+    batch_windows: int,
+    looped: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = False,
+    desc: str = "score",
+) -> None:
+    """Score this rank's share of ``windows`` with the model as it is (no_grad), batched by length."""
+    device = model_device(model)
+    batches = rank_share(length_batches(windows, batch_windows), rank, world_size)
+    bar = tqdm(batches, desc=desc, unit="batch", disable=not (progress and rank == 0), leave=False)
+    with torch.no_grad():
+        for batch in bar:
+            rows = gather(val, batch)
+            inputs, targets, mask = rows.tensors(device)
+            scores.add(token_nats(model, inputs, targets, looped), rows, mask)

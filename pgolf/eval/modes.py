@@ -1,0 +1,80 @@
+"""One entry point for every enabled evaluation mode (:func:`run_modes`), each on its own copy of the model.
+
+The modes score the same documents (the first ``eval.max_docs`` val documents), so their figures compare.
+Test-time training adapts a deep copy per mode, never the caller's model, so nothing leaks between modes.
+There is no warm-up or compilation here; one that is added must use random tokens, never validation data (B9.9).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch.distributed as dist
+from torch import nn
+
+from pgolf.eval.bpb import ValData
+from pgolf.eval.common import ModeResult, TokenRecorder
+from pgolf.eval.config import EvalConfig
+from pgolf.eval.documents import Document, split_documents
+from pgolf.eval.sliding import evaluate_sliding
+from pgolf.eval.ttt_chunk import evaluate_chunk_sgd
+from pgolf.eval.ttt_global import evaluate_multi_phase
+from pgolf.eval.ttt_lora import evaluate_lora_ttt
+
+MODES = ("plain", "sliding", "lora_ttt", "chunk_sgd", "multi_phase")
+Runner = Callable[..., ModeResult]
+
+
+def _plain(model: nn.Module, val: ValData, docs: list[Document], cfg: EvalConfig, **kw) -> ModeResult:
+    c = cfg.plain
+    return evaluate_sliding(model, val, docs, seq_len=c.seq_len, stride=c.seq_len, batch_windows=c.batch_windows,
+                            name="plain", **kw)  # fmt: skip
+
+
+def _sliding(model: nn.Module, val: ValData, docs: list[Document], cfg: EvalConfig, **kw) -> ModeResult:
+    c = cfg.sliding
+    return evaluate_sliding(model, val, docs, seq_len=c.seq_len, stride=c.stride, batch_windows=c.batch_windows,
+                            name="sliding", **kw)  # fmt: skip
+
+
+RUNNERS: dict[str, Runner] = {
+    "plain": _plain,
+    "sliding": _sliding,
+    "lora_ttt": lambda model, val, docs, cfg, **kw: evaluate_lora_ttt(model, val, docs, cfg.lora_ttt, **kw),
+    "chunk_sgd": lambda model, val, docs, cfg, **kw: evaluate_chunk_sgd(model, val, docs, cfg.chunk_sgd, **kw),
+    "multi_phase": lambda model, val, docs, cfg, **kw: evaluate_multi_phase(model, val, docs, cfg.multi_phase, **kw),
+}
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the initialized process group, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def scored_documents(val: ValData, cfg: EvalConfig, bos_id: int) -> list[Document]:
+    """The documents every mode scores: the first ``eval.max_docs`` (0 = all)."""
+    return split_documents(val.tokens, bos_id, cfg.max_docs)
+
+
+def enabled_modes(cfg: EvalConfig) -> list[str]:
+    return [name for name in MODES if getattr(cfg, name).enabled]
+
+
+def run_mode(
+    name: str, model: nn.Module, val: ValData, cfg: EvalConfig, looped: bool, recorder: TokenRecorder | None = None
+) -> ModeResult:
+    """Run one mode on a deep copy of ``model`` (the caller's model is never changed)."""
+    if name not in RUNNERS:
+        raise ValueError(f"unknown evaluation mode {name!r}; expected one of {', '.join(MODES)}")
+    rank, world_size = world()
+    docs = scored_documents(val, cfg, model.cfg.bos_id)
+    return RUNNERS[name](copy.deepcopy(model), val, docs, cfg, looped=looped, rank=rank, world_size=world_size,
+                         recorder=recorder, progress=cfg.progress)  # fmt: skip
+
+
+def run_modes(model: nn.Module, val: ValData, cfg: EvalConfig, looped: bool) -> dict[str, ModeResult]:
+    """Every enabled mode, in the order of :data:`MODES`, each on a fresh copy of ``model``."""
+    return {name: run_mode(name, model, val, cfg, looped) for name in enabled_modes(cfg)}
