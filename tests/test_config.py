@@ -9,6 +9,7 @@ from pgolf.compress.size import SizeConfig
 from pgolf.compress.stage import CompressConfig
 from pgolf.config import ConfigError, load_section, read_params
 from pgolf.data.sources import DataConfig
+from pgolf.eval.config import EvalConfig
 from pgolf.export import ExportConfig
 from pgolf.model.config import ModelParams
 from pgolf.quant.hessian import CalibrateConfig
@@ -18,7 +19,7 @@ from pgolf.train.config import TrainConfig
 
 SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelParams, "train": TrainConfig,
             "export": ExportConfig, "calibrate": CalibrateConfig, "quantize": QuantizeConfig,
-            "compress": CompressConfig, "size": SizeConfig}  # fmt: skip
+            "compress": CompressConfig, "size": SizeConfig, "eval": EvalConfig}  # fmt: skip
 PRESETS = sorted(Path("presets").glob("*.yaml"))
 
 
