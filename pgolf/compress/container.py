@@ -15,7 +15,7 @@ Layout (all integers little-endian)::
 
 Loading checks, in order: the magic (a foreign file), the version, the length (a truncated or padded file), the
 hash (a flipped byte anywhere after the header), then that the streams tile the payload exactly. Each failure is a
-:class:`ContainerError` naming the file and what to do. Nothing is ever unpickled. The manifest is compressed
+:class:`ContainerError` naming the file and what to do. Loading never executes code. The manifest is compressed
 because its bytes count toward the 16,000,000-byte limit like everything else in the file.
 """
 

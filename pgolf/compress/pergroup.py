@@ -9,7 +9,7 @@
   explicit entropy coder, which takes the rows directly.
 * **The rest** (fp16 scales, LQER factors, int8 gates, passthrough tensors): their raw little-endian bytes, widest
   element first so that a byte shuffle of stride 2 lines up the fp16 values, shuffled by ``rest_shuffle`` and
-  compressed with ``rest_codec``. No pickle, no torch.save: every key, dtype and shape is in the layout.
+  compressed with ``rest_codec``. No torch.save blob: every key, dtype and shape is in the layout.
 * **Permutations**: uint16 (uint32 for more than 65,536 rows), little-endian, through ``rest_codec``.
 
 The layout (a JSON-able dict stored in the container's manifest) names every stream and tensor, so decoding does
