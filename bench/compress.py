@@ -122,7 +122,7 @@ def main() -> None:
     rows, bound = run(entries, base, have_lrzip)
     symbols = sum(e.fmt.q.numel() for e in entries if isinstance(e.fmt, formats.QuantizedMatrix))
     lines = [f"## {datetime.date.today()} compress: {source} (CPU, {torch.get_num_threads()} threads)", "",
-             f"`python bench/compress.py {' '.join(sys.argv[1:])}`  ",
+             f"`{' '.join(['python bench/compress.py', *sys.argv[1:]])}`  ",
              f"{symbols:,} integer symbols; zeroth-order bound of the groups {bound:,.0f} B", "",
              "| coder | total bytes | integer bytes / bound | seconds |", "|---|---:|---:|---:|"]  # fmt: skip
     for label, total, ratio, seconds in rows:

@@ -35,7 +35,7 @@ def main() -> None:
     for name, m in metrics["modes"].items():
         flag = "" if m["compliant"] else "  (NOT compliant: re-scores trained tokens)"
         print(f"evaluate {name:12s} val_bpb {m['val_bpb']:.4f}  val_loss {m['val_loss']:.4f}  "
-              f"{m['tokens']:,} tokens  {sum(m['seconds'].values()):.1f}s{flag}")  # fmt: skip
+              f"{m['tokens']:,} tokens  {m['seconds']['eval']:.1f}s{flag}")  # fmt: skip
 
 
 if __name__ == "__main__":

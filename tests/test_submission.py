@@ -2,6 +2,7 @@
 rebuilds a working package in an empty directory, and the size stage enforces the limit."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from conftest import model_cfg
 
 from pgolf.compress import container, submission
 from pgolf.compress.bundle import BUNDLE_FILE, bundle_files
-from pgolf.compress.stage import CompressConfig, load_quantized, run_compress
+from pgolf.compress.stage import CompressConfig, check_identical, load_quantized, run_compress
 from pgolf.config import parse_section, read_params
 from pgolf.model.gpt import GPT
 from pgolf.quant import formats
@@ -77,6 +78,17 @@ def test_model_bin_restores_the_quantized_model_exactly(quant_dir, submission_di
     restored = model.state_dict()
     for name, t in expected.state_dict().items():
         assert restored[name].dtype == t.dtype and torch.equal(restored[name], t), name
+
+
+@pytest.mark.parametrize("codec", ["ans", "brotli", "lzma", "zstd", "raw", "lrzip"])
+def test_every_codec_round_trips_real_quantized_tensors(quant_dir, codec):
+    if codec == "lrzip" and shutil.which("lrzip") is None:
+        pytest.skip("lrzip binary not installed (apt-get install lrzip)")
+    entries, meta = load_quantized(quant_dir)
+    blob, _ = submission.pack_model(entries, meta, _cfg(codec=codec))
+    restored, _ = submission.unpack_model(blob)
+    check_identical(entries, restored)  # raises on any changed bit
+    assert submission.pack_model(entries, meta, _cfg(codec=codec))[0] == blob
 
 
 def test_corrupted_truncated_and_foreign_files_are_rejected(submission_dir):

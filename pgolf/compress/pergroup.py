@@ -4,9 +4,9 @@
   the tensor name without its ``blocks.{i}.`` prefix (``attn.q.weight``, ``mlp.up.weight``, ``tok_emb.weight``), so
   one stream holds e.g. every layer's query matrix. ``grouping: single`` puts all of them in one stream instead.
   The rows of the groups listed in ``simsort`` are reordered by :func:`pgolf.compress.simsort.similarity_order`
-  (the permutation is stored); with ``transpose`` a byte codec sees each matrix column by column, so the stream runs
-  down an input column across (now similar) rows. The group goes through ``codec``: a byte codec, or ``ans``, the
-  explicit entropy coder, which takes the rows directly.
+  (the permutation is stored; not for ``ans``, whose cost does not depend on the row order); with ``transpose`` a
+  byte codec sees each matrix column by column, so the stream runs down an input column across (now similar) rows.
+  The group goes through ``codec``: a byte codec, or ``ans``, the explicit entropy coder, which takes the rows.
 * **The rest** (fp16 scales, LQER factors, int8 gates, passthrough tensors): their raw little-endian bytes, widest
   element first so that a byte shuffle of stride 2 lines up the fp16 values, shuffled by ``rest_shuffle`` and
   compressed with ``rest_codec``. No torch.save blob: every key, dtype and shape is in the layout.
@@ -108,7 +108,7 @@ def serialize(entries: list[formats.Entry], cfg: SerializeConfig) -> tuple[list[
     mats = _int_matrices(entries)
     streams, layout_groups, perms = [], [], []
     for key, names in groups.items():
-        sort = cfg.grouping == "role" and key in cfg.simsort
+        sort = cfg.grouping == "role" and key in cfg.simsort and cfg.codec != "ans"  # ans ignores row order
         arrays = []
         for name in names:
             q = mats[name].q
