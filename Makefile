@@ -33,8 +33,8 @@ repro: setup
 	dvc repro
 
 lint: setup
-	ruff check pgolf stages tests bench
-	ruff format --check pgolf stages tests bench
+	ruff check pgolf stages tests bench presets
+	ruff format --check pgolf stages tests bench presets
 
 test: lint
 	python -m pytest -q

@@ -1,26 +1,12 @@
 """Strict params loading: unknown and missing keys fail naming the key path; params.yaml loads whole."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 
-from pgolf.compress.size import SizeConfig
-from pgolf.compress.stage import CompressConfig
 from pgolf.config import ConfigError, load_section, read_params
 from pgolf.data.sources import DataConfig
-from pgolf.eval.config import EvalConfig
-from pgolf.export import ExportConfig
-from pgolf.model.config import ModelParams
-from pgolf.quant.hessian import CalibrateConfig
-from pgolf.quant.policy import QuantizeConfig
+from pgolf.presets import SECTIONS
 from pgolf.tokenizer import TokenizerConfig
-from pgolf.train.config import TrainConfig
-
-SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "model": ModelParams, "train": TrainConfig,
-            "export": ExportConfig, "calibrate": CalibrateConfig, "quantize": QuantizeConfig,
-            "compress": CompressConfig, "size": SizeConfig, "eval": EvalConfig}  # fmt: skip
-PRESETS = sorted(Path("presets").glob("*.yaml"))
 
 
 def _params(tmp_path, mutate):
@@ -71,10 +57,3 @@ def test_missing_section_and_file(tmp_path):
         load_section("data", DataConfig, path)
     with pytest.raises(ConfigError, match="not found"):
         load_section("data", DataConfig, tmp_path / "nope.yaml")
-
-
-@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_presets_hold_every_section_of_params_yaml(preset):
-    assert set(read_params(preset)) == set(read_params("params.yaml"))
-    for name, model in SECTIONS.items():
-        load_section(name, model, preset)

@@ -130,8 +130,8 @@ def test_gptq_beats_rtn_on_real_layers_and_lqer_helps(shard_dir):
 def test_mixed_precision_is_per_kind_bits():
     """#2143: int5 for q, o and down, int6 for k, v and up, int7 embedding."""
     model = _model()
-    five = {"bits": 5, "clip_sigmas": 12.85}
-    six = {"bits": 6, "clip_sigmas": 12.85}
+    five = {"bits": 5, "clip_sigmas": 12.85, "rtn_clip_percentile": 100.0}
+    six = {"bits": 6, "clip_sigmas": 12.85, "rtn_clip_percentile": 100.0}
     decisions = decide(model, _quant(q=five, o=five, down=five, k=six, v=six, up=six))
     bits = {d.kind: d.spec.bits for d in decisions.values() if d.spec}
     assert bits == {"embedding": 7, "q": 5, "o": 5, "down": 5, "k": 6, "v": 6, "up": 6}

@@ -13,7 +13,7 @@ import yaml
 from conftest import model_cfg
 
 from pgolf.compress import container, submission
-from pgolf.compress.bundle import BUNDLE_FILE, bundle_files
+from pgolf.compress.bundle import BUNDLE_FILE, BundleConfig, build, bundle_files
 from pgolf.compress.stage import CompressConfig, check_identical, load_quantized, run_compress
 from pgolf.config import parse_section, read_params
 from pgolf.model.gpt import GPT
@@ -148,6 +148,21 @@ def test_bundle_rebuilds_sources_that_score_model_bin_identically(submission_dir
         runs[where] = out.stdout.split()
     assert runs[work][0].startswith(str(work))  # the bundle's sources ran, not the installed package
     assert runs[work][1] == runs[ROOT][1]
+
+
+@pytest.mark.parametrize(("codec", "minify"), [("lzma", False), ("lzma", True), ("brotli", False)])
+def test_every_bundle_wrapper_restores_the_sources(codec, minify, tmp_path):
+    """The #1492 lzma wrapper and the record's brotli one, minified or not: the files come back (verbatim when
+    not minified) and still compile."""
+    files = ["pgolf/__init__.py", "pgolf/compress/__init__.py", "pgolf/compress/container.py"]
+    text = build(ROOT, BundleConfig(codec=codec, minify=minify), files)
+    assert text.startswith(f"import {codec} as L,base64 as B\nexec(L.decompress(B.b85decode(")
+    (tmp_path / BUNDLE_FILE).write_text(text)
+    subprocess.run([sys.executable, BUNDLE_FILE], cwd=tmp_path, check=True)
+    for rel in files:
+        restored = (tmp_path / rel).read_text()
+        compile(restored, rel, "exec")
+        assert (restored == (ROOT / rel).read_text()) != minify or rel.endswith("__init__.py")
 
 
 def _size_stage(tmp_path: Path, submission_dir: Path, limit: int, enforce: bool) -> tuple[int, str, dict]:

@@ -9,6 +9,22 @@ from typing import Literal
 from pgolf.config import ConfigError, Section
 
 
+class BigramHashParams(Section):
+    """#374's hashed previous-token embedding (2048 buckets, dim 128, scale 0.05); buckets 0 = off."""
+
+    buckets: int
+    dim: int
+    scale_init: float
+
+
+class ValueEmbedParams(Section):
+    """#374's shared value embedding (dim 128 on layers 9 and 10, scale 0.1); empty layers = off."""
+
+    dim: int
+    layers: list[int]
+    scale_init: float
+
+
 class ModelParams(Section):
     num_layers: int
     model_dim: int
@@ -41,7 +57,15 @@ class ModelParams(Section):
     gate_window: int
     """Leading residual dims read by the attention gate and the SmearGate."""
     smear_gate: bool
-    """Add lambda * sigmoid(w e_t[:gate_window]) * e_(t-1) to each embedding, masked at BOS."""
+    """Mix the previous position into each embedding (kind chosen by smear_gate_kind)."""
+    smear_gate_kind: Literal["bos_masked", "static"]
+    """bos_masked (the record): e_t + lambda * sigmoid(w e_t[:gate_window]) * e_(t-1), masked at BOS, before the
+    embedding norm; static (#374): (1 - sigmoid(g)) x_t + sigmoid(g) x_(t-1) per channel after the norm, which leaks
+    across documents in a packed stream."""
+    bigram_hash: BigramHashParams
+    value_embed: ValueEmbedParams
+    ortho_init: bool
+    """#374's OrthoInit rule (see :func:`pgolf.model.layers.ortho_init_`); false keeps orthogonal init everywhere."""
     skip_gates: bool
     """U-Net skips merged by a sigmoid lerp (true) or added with a learned weight (false)."""
     parallel_mode: Literal["none", "two_lane", "gptj"]
@@ -62,6 +86,10 @@ class ModelParams(Section):
             problems.append(f"model.rope_dims must be even and at most head_dim={self.head_dim}")
         if self.num_loops and not 0 <= self.loop_start <= self.loop_end < self.num_layers:
             problems.append("model.loop_start..loop_end must lie inside 0..num_layers-1")
+        if self.bigram_hash.buckets == 1 or self.bigram_hash.buckets < 0:
+            problems.append("model.bigram_hash.buckets must be 0 (off) or at least 2 (one is reserved)")
+        if any(not 0 <= layer < self.num_layers for layer in self.value_embed.layers):
+            problems.append("model.value_embed.layers must lie inside 0..num_layers-1")
         if self.gate_window > self.model_dim:
             problems.append("model.gate_window must not exceed model.model_dim")
         if problems:

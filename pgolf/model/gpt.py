@@ -3,6 +3,8 @@
 Notable features:
 - tied embedding (small normal init), logit soft-cap c*tanh(z/c), weightless RMSNorm everywhere
 - SmearGate on the embeddings with the BOS mask; x0 = RMSNorm(embedding) feeds every block's resid_mix
+- optional (#374): hashed bigram embedding added to the token embedding, static SmearGate after the embedding
+  norm, a shared value embedding added to V on chosen layers, OrthoInit
 - attention: QK RMSNorm, learned per-head q gain, partial RoPE, GQA, XSA on the last n layers, sparse sigmoid
   output gate; never crosses documents (``cu_seqlens``)
 - MLP with (LeakyReLU(0.5))^2 or ReLU^2; zero-initialised output projections (each block starts as identity)
@@ -30,7 +32,18 @@ from torch import Tensor, nn
 
 from pgolf.config import ConfigError
 from pgolf.model.config import ModelConfig
-from pgolf.model.layers import Adapters, Block, Role, SmearGate, rms_norm
+from pgolf.model.layers import (
+    Adapters,
+    BigramHash,
+    Block,
+    Linear,
+    Role,
+    SmearGate,
+    StaticSmearGate,
+    ValueEmbedding,
+    ortho_init_,
+    rms_norm,
+)
 from pgolf.model.schedule import LayerSchedule, layer_schedule
 
 
@@ -49,7 +62,10 @@ class GPT(nn.Module):
         self._check_lanes()
         self.tok_emb = nn.Embedding(cfg.vocab_size, D)
         nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
-        self.smear = SmearGate(cfg) if cfg.smear_gate else None
+        self.bigram = BigramHash(cfg) if cfg.bigram_hash.buckets else None
+        self.smear = SmearGate(cfg) if cfg.smear_gate and cfg.smear_gate_kind == "bos_masked" else None
+        self.static_smear = StaticSmearGate(cfg) if cfg.smear_gate and cfg.smear_gate_kind == "static" else None
+        self.value_embed = ValueEmbedding(cfg) if cfg.value_embed.layers else None
         self.blocks = nn.ModuleList(Block(cfg, i, gptj=i in gptj) for i in range(L))
         num_skips = max(s.num_skips for s in self.schedules.values())
         self.skip_weights = nn.Parameter(torch.ones(num_skips, D))
@@ -57,6 +73,10 @@ class GPT(nn.Module):
         if self.two_lane:
             self.parallel_post_lambdas = nn.Parameter(torch.ones(L, 2, 2))
             self.parallel_resid_lambdas = nn.Parameter(torch.full((L, 2), 1.1))
+        if cfg.ortho_init:
+            for module in self.modules():
+                if isinstance(module, Linear):
+                    ortho_init_(module, L)
 
     def _check_lanes(self) -> None:
         for schedule in self.schedules.values():
@@ -103,17 +123,21 @@ class GPT(nn.Module):
 
     def embed(self, ids: Tensor) -> Tensor:
         e = self.tok_emb(ids)
+        if self.bigram is not None:
+            e = e + self.bigram(ids).to(e.dtype)
         if self.smear is not None:
             e = self.smear(e, ids)
-        return rms_norm(e)
+        x = rms_norm(e)
+        return x if self.static_smear is None else self.static_smear(x)
 
     def hidden(self, ids: Tensor, cu: Tensor | None, looped: bool, adapters: Adapters | None) -> Tensor:
         """Final-normed hidden states (B, T, D)."""
         x0 = x = self.embed(ids)
+        ve = None if self.value_embed is None else self.value_embed(ids).to(x.dtype)
         schedule = self.schedules[looped]
         skips = []
         for slot, layer in enumerate(schedule.encoder):
-            x = self.blocks[layer](x, x0, cu, adapters, slot)
+            x = self.blocks[layer](x, x0, cu, adapters, slot, ve)
             skips.append(x)
         lanes = None
         for k, layer in enumerate(schedule.decoder):
@@ -122,11 +146,11 @@ class GPT(nn.Module):
                 lane0, lane1 = lanes if lanes is not None else (x, x)
                 if skips:
                     lane0 = self.merge_skip(k, lane0, skips.pop())
-                lanes = self.two_lane_block(layer, lane0, lane1, x0, cu, adapters, slot)
+                lanes = self.two_lane_block(layer, lane0, lane1, x0, cu, adapters, slot, ve)
             else:
                 if skips:
                     x = self.merge_skip(k, x, skips.pop())
-                x = self.blocks[layer](x, x0, cu, adapters, slot)
+                x = self.blocks[layer](x, x0, cu, adapters, slot, ve)
         if lanes is not None:
             x = 0.5 * (lanes[0] + lanes[1])
         return rms_norm(x)
@@ -139,10 +163,11 @@ class GPT(nn.Module):
         return torch.lerp(weighted, x, torch.sigmoid(self.skip_gates[k]).to(x.dtype))
 
     def two_lane_block(
-        self, layer: int, lane0: Tensor, lane1: Tensor, x0: Tensor, cu: Tensor | None, adapters, slot: int
-    ) -> tuple[Tensor, Tensor]:
+        self, layer: int, lane0: Tensor, lane1: Tensor, x0: Tensor, cu: Tensor | None, adapters, slot: int,
+        ve: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
         block = self.blocks[layer]
-        a = block.attend(block.mix(lane0, x0), cu, adapters, slot)
+        a = block.attend(block.mix(lane0, x0), cu, adapters, slot, ve)
         m = block.feed(lane1, adapters, slot)
         post = self.parallel_post_lambdas[layer].to(a.dtype)
         resid = self.parallel_resid_lambdas[layer].to(a.dtype)

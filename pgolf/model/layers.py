@@ -1,5 +1,6 @@
 """Blocks of the record's transformer: attention (QK-norm, partial RoPE, q gain, GQA, XSA, sparse output gate),
-the squared-activation MLP, the SmearGate and the pre-norm block with resid_mix.
+the squared-activation MLP, the SmearGates (BOS-masked and #374's static one), #374's BigramHash and shared value
+embedding, #374's OrthoInit rule, and the pre-norm block with resid_mix.
 
 Shapes: B batch rows, T positions, H query heads, G KV heads, Dh head dim, D model dim. Attention is confined to
 documents: ``cu_seqlens`` (int32, offsets into the flattened B*T stream, padded by repeating the total) gives the
@@ -69,7 +70,11 @@ def doc_causal_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | N
 
 class Linear(nn.Module):
     """A bias-free projection ``y = x W^T`` whose weight declares its optimizer role and its matrix kind (what the
-    quantization policy and the Hessian collection key on)."""
+    quantization policy and the Hessian collection key on).
+
+    ``fake_quant`` is empty at construction; the train stage may install a fake quantizer (late QAT,
+    :mod:`pgolf.model.qat`) before compiling, which the forward then applies to the weight.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, role: Role, kind: Kind, zero_init: bool = False) -> None:
         super().__init__()
@@ -77,10 +82,34 @@ class Linear(nn.Module):
         if not zero_init:
             nn.init.orthogonal_(self.weight)
         self.ROLES: dict[str, Role] = {"weight": role}
-        self.kind = kind
+        self.kind, self.zero_init = kind, zero_init
+        self.fake_quant: nn.Module | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight.to(x.dtype))
+        w = self.weight if self.fake_quant is None else self.fake_quant(self.weight)
+        return F.linear(x, w.to(x.dtype))
+
+
+def ortho_init_(linear: Linear, num_layers: int) -> None:
+    """#374's OrthoInit of one projection: orthogonal (gain 1) when both dims are >= 64, residual output
+    projections (kind o/down) then scaled by 1/sqrt(2 num_layers); smaller matrices get PyTorch's default
+    nn.Linear init (kaiming-uniform, a = sqrt(5)). Zero-initialised projections stay zero.
+
+    #374 keyed "zero-init" on a flag its bigram and value-embedding projections lacked (their constructors zeroed
+    them), so its rule overwrote both with a 1/sqrt(22)-scaled orthogonal init, while the block output projections,
+    flagged, stayed zero. Here zero-init is a constructor argument that is always respected: o/down start at zero
+    (so the 1/sqrt(2L) factor acts on no tensor of this model), the value-embedding projection starts at zero, and
+    the bigram projection is declared non-zero (a zero table behind a zero projection would never get a gradient).
+    """
+    if linear.zero_init:
+        return
+    with torch.no_grad():
+        if min(linear.weight.shape) >= 64:
+            nn.init.orthogonal_(linear.weight, gain=1.0)
+            if linear.kind in ("o", "down"):
+                linear.weight.mul_(1.0 / math.sqrt(2 * num_layers))
+        else:
+            nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5))
 
 
 class Rotary(nn.Module):
@@ -111,7 +140,7 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
-    ROLES: dict[str, Role] = {"q_gain": "control", "gate_w": "attn_gate"}
+    ROLES: dict[str, Role] = {"q_gain": "control", "gate_w": "attn_gate", "ve_alpha": "control"}
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
@@ -128,12 +157,19 @@ class Attention(nn.Module):
         self.gate_scale, self.gate_window = cfg.attn_gate_scale, cfg.gate_window
         if self.gate_w is not None and cfg.attn_gate_init_std > 0:
             nn.init.normal_(self.gate_w, std=cfg.attn_gate_init_std)
+        self.ve_alpha = nn.Parameter(torch.ones(1)) if layer in cfg.value_embed.layers else None
 
-    def forward(self, n: Tensor, cu_seqlens: Tensor | None, adapters: Adapters | None, slot: int) -> Tensor:
+    def forward(
+        self, n: Tensor, cu_seqlens: Tensor | None, adapters: Adapters | None, slot: int, ve: Tensor | None = None
+    ) -> Tensor:
+        """``ve`` (B, T, kv_dim): the shared value embedding s_ve P E[ids], added as alpha_l ve on chosen layers."""
         B, T, _ = n.shape
         q = _adapt(self.q(n), adapters, "q", slot, n).view(B, T, self.H, self.Dh)
         k = _adapt(self.k(n), adapters, "k", slot, n).view(B, T, self.G, self.Dh)
-        v = _adapt(self.v(n), adapters, "v", slot, n).view(B, T, self.G, self.Dh)
+        v = _adapt(self.v(n), adapters, "v", slot, n)
+        if self.ve_alpha is not None and ve is not None:
+            v = v + self.ve_alpha.to(v.dtype) * ve.to(v.dtype)  # before the split into heads
+        v = v.view(B, T, self.G, self.Dh)
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
         q = q * self.q_gain.to(q.dtype)[:, None]
         y = doc_causal_attention(q, k, v, cu_seqlens)  # (B, T, H, Dh)
@@ -177,6 +213,75 @@ class SmearGate(nn.Module):
         return torch.cat([e[:, :1], e[:, 1:] + gate * keep * e[:, :-1]], dim=1)
 
 
+class StaticSmearGate(nn.Module):
+    """#374's SmearGate, after the embedding norm: x_t <- (1 - sigmoid(g)) x_t + sigmoid(g) x_(t-1) per channel,
+    with x_(-1) = 0 and g zero-initialised (an even mix). It is neither input-dependent nor BOS-masked, so in a packed
+    stream the last position of one document leaks into the first position of the next."""
+
+    ROLES: dict[str, Role] = {"gate": "control"}
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(cfg.model_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = torch.sigmoid(self.gate).to(x.dtype)
+        prev = F.pad(x[:, :-1], (0, 0, 1, 0))  # (B, T, D), zeros at t = 0
+        return (1 - g) * x + g * prev
+
+
+def bigram_buckets(ids: Tensor, buckets: int, bos_id: int) -> Tensor:
+    """(B, T) bucket of each position: ((36313 t_i) XOR (27191 t_(i-1))) mod (buckets - 1), and the reserved
+    bucket ``buckets - 1`` at position 0 and wherever t_i is BOS (a document's first position, whose left neighbour
+    belongs to the previous document), so no document sees another's tokens."""
+    ids = ids.long()
+    reserved = buckets - 1
+    pairs = torch.bitwise_xor(36313 * ids[:, 1:], 27191 * ids[:, :-1]) % reserved
+    hashed = torch.cat([torch.full_like(ids[:, :1], reserved), pairs], dim=1)
+    return torch.where(ids == bos_id, torch.full_like(hashed, reserved), hashed)
+
+
+class BigramHash(nn.Module):
+    """#374's hashed bigram embedding, added to the token embedding: scale * P table[bucket(t_(i-1), t_i)].
+
+    The table is zero-initialised (the feature starts at 0); the projection P (dim -> model_dim, a matrix) starts
+    orthogonal, since a zero P behind a zero table would never receive a gradient."""
+
+    ROLES: dict[str, Role] = {"table": "embedding", "scale": "control"}
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        b = cfg.bigram_hash
+        self.buckets, self.bos_id = b.buckets, cfg.bos_id
+        self.table = nn.Parameter(torch.zeros(b.buckets, b.dim))
+        self.proj = Linear(b.dim, cfg.model_dim, "mlp", "up")
+        self.scale = nn.Parameter(torch.full((1,), b.scale_init))
+
+    def forward(self, ids: Tensor) -> Tensor:  # (B, T) -> (B, T, D)
+        e = F.embedding(bigram_buckets(ids, self.buckets, self.bos_id), self.table)
+        return self.scale.to(e.dtype) * self.proj(e)
+
+
+class ValueEmbedding(nn.Module):
+    """#374's shared value embedding s_ve P E[ids] (B, T, kv_dim), computed once per forward and added to the value
+    projection of the chosen layers, each with its own alpha_l. E (vocab x dim) ~ N(0, 0.01); P (dim -> kv_dim, a
+    value matrix) starts at zero, so the feature starts at 0 but P gets a gradient through the random E."""
+
+    ROLES: dict[str, Role] = {"table": "embedding", "scale": "control"}
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        ve = cfg.value_embed
+        self.table = nn.Parameter(torch.empty(cfg.vocab_size, ve.dim))
+        nn.init.normal_(self.table, std=0.01)
+        self.proj = Linear(ve.dim, cfg.kv_dim, "attn", "v", zero_init=True)
+        self.scale = nn.Parameter(torch.full((1,), ve.scale_init))
+
+    def forward(self, ids: Tensor) -> Tensor:
+        e = F.embedding(ids, self.table)
+        return self.scale.to(e.dtype) * self.proj(e)
+
+
 class Block(nn.Module):
     """Pre-norm block with resid_mix; ``gptj`` runs attention and MLP side by side on the same normed input.
 
@@ -196,8 +301,10 @@ class Block(nn.Module):
         self.scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
         self.gptj = gptj
 
-    def attend(self, u: Tensor, cu: Tensor | None, adapters: Adapters | None, slot: int) -> Tensor:
-        return self.attn_scale.to(u.dtype) * self.attn(rms_norm(u) * self.scale, cu, adapters, slot)
+    def attend(
+        self, u: Tensor, cu: Tensor | None, adapters: Adapters | None, slot: int, ve: Tensor | None = None
+    ) -> Tensor:
+        return self.attn_scale.to(u.dtype) * self.attn(rms_norm(u) * self.scale, cu, adapters, slot, ve)
 
     def feed(self, v: Tensor, adapters: Adapters | None, slot: int) -> Tensor:
         n = rms_norm(v) * self.scale
@@ -207,9 +314,11 @@ class Block(nn.Module):
         m = self.resid_mix.to(x.dtype)
         return m[0] * x + m[1] * x0
 
-    def forward(self, x: Tensor, x0: Tensor, cu: Tensor | None, adapters: Adapters | None, slot: int) -> Tensor:
+    def forward(
+        self, x: Tensor, x0: Tensor, cu: Tensor | None, adapters: Adapters | None, slot: int, ve: Tensor | None = None
+    ) -> Tensor:
         u = self.mix(x, x0)
         if self.gptj:
-            return u + self.attend(u, cu, adapters, slot) + self.feed(u, adapters, slot)
-        v = u + self.attend(u, cu, adapters, slot)
+            return u + self.attend(u, cu, adapters, slot, ve) + self.feed(u, adapters, slot)
+        v = u + self.attend(u, cu, adapters, slot, ve)
         return v + self.feed(v, adapters, slot)

@@ -37,8 +37,25 @@ def rtn_rowmax_scales(w: Tensor, bits: int) -> Tensor:
     return to_fp16_scale((w.float().abs().amax(dim=1) / c).clamp_min(1.0 / c))
 
 
+def rtn_percentile_scales(w: Tensor, bits: int, percentile: float) -> Tensor:
+    """fp16 per-row scales max(P_p(|row|)/c, 1/c), P_p the p-th percentile (linear interpolation, as
+    ``numpy.quantile``); p = 100 is :func:`rtn_rowmax_scales`. Entries beyond the clip saturate at +-c."""
+    if not 0.0 < percentile <= 100.0:
+        raise ValueError(f"rtn_clip_percentile must be in (0, 100], got {percentile}")
+    if percentile >= 100.0:
+        return rtn_rowmax_scales(w, bits)
+    c = clip_range(bits)
+    clip = torch.quantile(w.float().abs(), percentile / 100.0, dim=1)
+    return to_fp16_scale((clip / c).clamp_min(1.0 / c))
+
+
 def rtn_quantize(w: Tensor, scales: Tensor, bits: int) -> Tensor:
-    """int8 Q = clamp(round_half_even(W / s), -c, c) with s per row."""
+    """int8 Q = clamp(round_half_even(W / s), -c, c) with s per row.
+
+    #374 clamps its int6 matrices to [-32, 31] instead of [-31, 31]; with row-max scales |W / s| <= 31, so -32
+    never occurs and the two grids give identical integers. Symmetric [-c, c] is kept because the extra negative
+    level only matters for clipped scales, where it would skew saturation to one side (#374's clipped int8
+    embeddings use the symmetric [-127, 127] too)."""
     c = clip_range(bits)
     return torch.clamp(torch.round(w.float() / scales.float()[:, None]), -c, c).to(torch.int8)
 

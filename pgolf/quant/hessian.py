@@ -2,7 +2,9 @@
 
 Collected with forward hooks on the model's :class:`~pgolf.model.layers.Linear` projections, through the same
 forward as training, with the layer schedule the model finished training with: a looped layer adds every pass. The
-tied embedding's Hessian is that of the LM head's input (the final-normed hidden state). Only *training* tokens are
+tied embedding's Hessian is that of the LM head's input (the final-normed hidden state). Other embedding tables
+(#374's bigram and value embeddings) are read by lookup and have no input to hook: they get H = I, with which GPTQ
+reduces to round-to-nearest on its grid. Only *training* tokens are
 used: random windows of the train shards, drawn with a seeded generator. Sums are reduced across ranks (the
 reference kept each rank's own Hessians).
 """
@@ -63,6 +65,10 @@ def collect_hessians(model: GPT, batches: Iterator[Tensor], *, looped: bool, doc
     linears = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, Linear)}
     hessians = {name: torch.zeros(m.weight.size(1), m.weight.size(1), device=device) for name, m in linears.items()}
     hessians[EMBEDDING] = torch.zeros(model.cfg.model_dim, model.cfg.model_dim, device=device)
+    params = dict(model.named_parameters())
+    for name, role in model.param_roles().items():
+        if role == "embedding" and name != EMBEDDING:
+            hessians[name] = torch.eye(params[name].size(1), device=device)
 
     def accumulate(name: str, x: Tensor) -> None:
         x = x.reshape(-1, x.size(-1)).float()

@@ -30,7 +30,10 @@ class TensorSpec(Section):
     bits: int
     """Integer range +-(2^(bits-1) - 1), stored in int8."""
     clip_sigmas: float
-    """SDClip: row scale = clip_sigmas * std(row) / (2^(bits-1) - 1) (ignored by method rtn, which uses row max)."""
+    """SDClip: row scale = clip_sigmas * std(row) / (2^(bits-1) - 1) (method gptq only)."""
+    rtn_clip_percentile: float
+    """Method rtn: row scale = max(P_p(|row|) / c, 1/c), P_p the p-th percentile of the row's |w| (linear
+    interpolation); 100 = the row max. #374: 99.99984 for its int8 embeddings, 100 for its int6 matrices."""
 
 
 class LqerConfig(Section):
@@ -46,6 +49,7 @@ class LqerConfig(Section):
 
 class QuantizeConfig(Section):
     method: Literal["gptq", "rtn"]
+    """gptq, or round-to-nearest with per-row percentile-clipped scales (#374; see TensorSpec)."""
     hadamard: bool
     """Rotate every non-embedding matrix's input space by a Walsh-Hadamard matrix before quantizing (#2143)."""
     block_size: int

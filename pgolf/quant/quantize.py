@@ -44,7 +44,7 @@ def quantize_matrix(name: str, w: Tensor, h: Tensor, d: Decision, cfg: QuantizeC
         q = gptq.gptq_quantize(w32, h, scale, bits, block_size=cfg.block_size, damping=cfg.damping,
                                act_order=cfg.act_order)  # fmt: skip
     else:
-        scale = gptq.rtn_rowmax_scales(w32, bits)
+        scale = gptq.rtn_percentile_scales(w32, bits, d.spec.rtn_clip_percentile)
         q = gptq.rtn_quantize(w32, scale, bits)
     fmt = formats.QuantizedMatrix(q=q, scale=scale, bits=bits, rotated=rotated)
     error = w32 - scale.float()[:, None] * q.float()

@@ -30,6 +30,16 @@ class AveragingConfig(Section):
     """... once the LR multiplier has fallen below this."""
 
 
+class QatConfig(Section):
+    """Late STE fake quantization of the projection weights (#374: int6 once the LR multiplier is below 0.1)."""
+
+    enabled: bool
+    start_below_lr: float
+    """Switch on at the first step whose LR multiplier is below this (it stays on)."""
+    bits: int
+    """Grid: per-row s = max(rowmax/c, 1/c), integers in [-(c+1), c] with c = 2^(bits-1) - 1."""
+
+
 class TrainConfig(Section):
     launcher: str
     """How DVC starts the stage: ``python`` or e.g. ``torchrun --standalone --nproc_per_node=8``."""
@@ -56,6 +66,7 @@ class TrainConfig(Section):
     muon: MuonConfig
     adam: AdamConfig
     averaging: AveragingConfig
+    qat: QatConfig
     log_every: int
     val_every: int
     """Steps between validation losses during training (0 = none)."""

@@ -30,6 +30,7 @@ from pgolf.train import checkpoint as ckpt
 from pgolf.train.checkpoint import META_FILE, RAW_FILE
 from pgolf.train.config import TrainConfig
 from pgolf.train.loader import PackingLoader
+from pgolf.train.qat import FakeQuant, install_fake_quant
 from pgolf.train.step import Optimizers, TrainingDiverged, build_optimizers, compile_warmup, train_step
 
 
@@ -57,6 +58,8 @@ class Run:
     forward: Callable[..., torch.Tensor]
     """The model, or its torch.compile'd version on CUDA."""
     state: Progress = field(default_factory=Progress)
+    qat: FakeQuant | None = None
+    """Late QAT's shared fake quantizer (installed before compiling), when train.qat.enabled."""
 
 
 def fingerprint(model_cfg: ModelConfig, cfg: TrainConfig, data_manifest: dict, world_size: int) -> str:
@@ -77,10 +80,11 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, data_manife
         averager: EMA | TightSWA = EMA(model, cfg.averaging.ema_decay)
     else:
         averager = TightSWA(model, cfg.averaging.swa_every, cfg.averaging.swa_start_below_lr)
+    qat = install_fake_quant(model, cfg.qat.bits) if cfg.qat.enabled else None
     use_compile = cfg.compile and info.device.type == "cuda"
     forward = torch.compile(model, dynamic=False) if use_compile else model
     return Run(model, opts, loader, averager, cfg, info, cfg.grad_accum(info.world_size),
-               fingerprint(model_cfg, cfg, data_manifest, info.world_size), forward)  # fmt: skip
+               fingerprint(model_cfg, cfg, data_manifest, info.world_size), forward, qat=qat)  # fmt: skip
 
 
 def _step(run: Run, looped: bool) -> float:
@@ -203,6 +207,9 @@ def _one_step(run: Run, logger: Logger, val: ValData | None) -> bool:
     if looped and s.looping_from_step is None:
         s.looping_from_step = s.step
         dist.print0(f"train: depth recurrence on at step {s.step} (progress {frac:.3f})")
+    if run.qat is not None and lr_mul < cfg.qat.start_below_lr and not run.qat.active:
+        run.qat.switch_on()
+        dist.print0(f"train: late QAT (int{cfg.qat.bits} STE) on at step {s.step} (lr multiplier {lr_mul:.3f})")
     run.opts.set_schedule(lr_mul, momentum_at(s.step, cfg.muon.momentum_warmup_start, cfg.muon.momentum,
                                               cfg.muon.momentum_warmup_steps))  # fmt: skip
     start = time.perf_counter()
@@ -224,7 +231,8 @@ def _one_step(run: Run, logger: Logger, val: ValData | None) -> bool:
     if s.step <= 5 or s.step % cfg.log_every == 0:
         rate = s.tokens / max(s.train_seconds, 1e-9)
         logger.log(s.step, {"train/loss": loss, "train/lr_mul": lr_mul, "train/tokens_per_s": rate,
-                            "train/looped": float(looped)})  # fmt: skip
+                            "train/looped": float(looped),
+                            "train/qat": float(run.qat is not None and run.qat.active)})  # fmt: skip
     if val is not None and cfg.val_every and s.step % cfg.val_every == 0:
         val_loss, val_bpb = validate(run, val, looped)
         logger.log(s.step, {"val/loss": val_loss, "val/bpb": val_bpb})

@@ -1,0 +1,230 @@
+"""Is a candidate's seed mean a record against a baseline's? Welch's t-test and the challenge's 0.005-nat rule.
+
+The rule, from the challenge README: "They must beat the existing SOTA by at least 0.005 nats. As in
+modded-nanogpt, because of inter-run variance all submissions must provide enough run logs to show at
+`p < 0.01` that they achieved the required 0.005-nat improvement."  We read it as a one-sided Welch test of
+H0: gain <= 0.005 nats per token (gain = baseline mean - candidate mean; lower is better), rejected at p < 0.01.
+The plain one-sided test of H0: gain <= 0 is reported next to it.
+
+Scores are val_bpb. Nats per token = bpb * ln 2 * bytes / tokens, so the 0.005-nat margin in bpb depends on the
+tokenizer's bytes per token (3.157 for the record's CaseOps SP8192 on FineWeb val, 3.727 for plain SP8192);
+``--bytes-per-token`` sets it, otherwise it is read from the candidate's (then the baseline's) eval metrics.
+
+Each seed result is a number, ``workspace``, or a git revision / DVC experiment name whose ``metrics/eval.json``
+is read through ``dvc.api.DVCFileSystem`` (key ``--metric``, default ``modes.lora_ttt.val_bpb``; its mode's
+``tokens`` and ``bytes`` give the bytes per token).
+
+References:
+    B. L. Welch, "The generalization of 'Student's' problem when several different population variances are
+    involved", Biometrika 34 (1947); F. E. Satterthwaite, Biometrics Bulletin 2 (1946) for the degrees of freedom.
+    openai/parameter-golf README, "Submission Process" (the rule); record PR #1855 (3-seed mean 1.06107587,
+    sample std 0.00111).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass
+
+from scipy import stats
+
+from pgolf.cli import run
+from pgolf.errors import PgolfError
+
+MIN_GAIN_NATS = 0.005
+ALPHA = 0.01
+
+
+@dataclass(frozen=True)
+class Group:
+    """One side's seed results (val_bpb, lower is better)."""
+
+    name: str
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (ddof = 1), the one a t-test uses."""
+        return statistics.stdev(self.values)
+
+
+@dataclass(frozen=True)
+class Welch:
+    """Welch's unequal-variance t statistic for baseline mean - candidate mean - shift."""
+
+    t: float
+    df: float
+    p_one_sided: float  # P(T >= t): small when the candidate is lower than the baseline by more than the shift
+
+
+def welch(candidate: Group, baseline: Group, shift: float = 0.0) -> Welch:
+    """One-sided Welch test of H0: baseline.mean - candidate.mean <= shift, with Welch–Satterthwaite df."""
+    for g in (candidate, baseline):
+        if g.n < 2:
+            raise PgolfError(f"{g.name}: {g.n} value(s); Welch's test needs at least 2 seeds per group")
+    vc, vb = candidate.std**2 / candidate.n, baseline.std**2 / baseline.n
+    se2 = vc + vb
+    if se2 == 0.0:
+        raise PgolfError("both groups have zero variance; a t-test is undefined")
+    t = (baseline.mean - candidate.mean - shift) / math.sqrt(se2)
+    df = se2**2 / (vc**2 / (candidate.n - 1) + vb**2 / (baseline.n - 1))
+    return Welch(t=t, df=df, p_one_sided=float(stats.t.sf(t, df)))
+
+
+def bpb_to_nats(bpb: float, bytes_per_token: float) -> float:
+    """Nats per token of a bits-per-byte value: bpb * ln 2 * bytes / tokens."""
+    return bpb * math.log(2) * bytes_per_token
+
+
+def compare(
+    candidate: Group,
+    baseline: Group,
+    bytes_per_token: float | None,
+    min_gain_nats: float = MIN_GAIN_NATS,
+    alpha: float = ALPHA,
+) -> dict:
+    """Everything the command prints: both groups, the gain in bpb (and nats), both tests and the rule's verdict."""
+    gain = baseline.mean - candidate.mean
+    plain = welch(candidate, baseline)
+    out = {
+        "candidate": _group_dict(candidate),
+        "baseline": _group_dict(baseline),
+        "gain_bpb": gain,
+        "welch": asdict(plain),
+        "bytes_per_token": bytes_per_token,
+        "min_gain_nats": min_gain_nats,
+        "alpha": alpha,
+    }
+    if bytes_per_token is None:
+        out.update(gain_nats=None, min_gain_bpb=None, rule=None, record=None)
+        return out
+    min_gain_bpb = min_gain_nats / (math.log(2) * bytes_per_token)
+    rule = welch(candidate, baseline, shift=min_gain_bpb)
+    out.update(
+        gain_nats=bpb_to_nats(gain, bytes_per_token),
+        min_gain_bpb=min_gain_bpb,
+        rule=asdict(rule),
+        record=bool(gain >= min_gain_bpb and rule.p_one_sided < alpha),
+    )
+    return out
+
+
+def _group_dict(g: Group) -> dict:
+    return {"name": g.name, "n": g.n, "mean": g.mean, "std": g.std if g.n > 1 else None, "values": list(g.values)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading seed results
+
+
+def _read_rev(rev: str, metric: str, metrics_file: str, repo: str) -> tuple[float, float | None]:
+    """(metric, bytes per token or None) of ``metrics_file`` at git revision or experiment ``rev``."""
+    from dvc.api import DVCFileSystem
+
+    try:
+        fs = DVCFileSystem(repo, rev=None if rev == "workspace" else rev)
+        text = fs.read_text(metrics_file)
+    except FileNotFoundError as err:
+        raise PgolfError(f"{rev}: no {metrics_file} there; run the pipeline through evaluate first") from err
+    except Exception as err:  # dvc/scmrepo raise several types for an unknown revision
+        raise PgolfError(f"{rev!r} is neither a number nor a readable git revision / DVC experiment: {err}") from err
+    flat = _flatten(json.loads(text))
+    if metric not in flat:
+        keys = ", ".join(sorted(k for k in flat if k.endswith("val_bpb"))) or "none"
+        raise PgolfError(f"{rev}: no {metric!r} in {metrics_file} (val_bpb keys there: {keys}); see --metric")
+    prefix = metric.rsplit(".", 1)[0] + "." if "." in metric else ""
+    tokens, nbytes = flat.get(prefix + "tokens"), flat.get(prefix + "bytes")
+    bpt = float(nbytes) / float(tokens) if tokens and nbytes else None
+    return float(flat[metric]), bpt
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resolve(name: str, items: list[str], metric: str, metrics_file: str, repo: str) -> tuple[Group, float | None]:
+    """A group from numbers and/or revisions; the mean bytes per token of its revisions (None without any)."""
+    values, ratios = [], []
+    for item in items:
+        try:
+            values.append(float(item))
+            continue
+        except ValueError:
+            pass
+        value, bpt = _read_rev(item, metric, metrics_file, repo)
+        values.append(value)
+        if bpt is not None:
+            ratios.append(bpt)
+    return Group(name, tuple(values)), (statistics.fmean(ratios) if ratios else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{'group':<10} {'n':>2} {'mean':>11} {'std (ddof=1)':>13}  values"]
+    for key in ("candidate", "baseline"):
+        g = r[key]
+        std = f"{g['std']:.6f}" if g["std"] is not None else "-"
+        vals = " ".join(f"{v:.10g}" for v in g["values"])
+        lines.append(f"{key:<10} {g['n']:>2} {g['mean']:>11.8f} {std:>13}  {vals}")
+    w = r["welch"]
+    gain = f"gain (baseline - candidate): {r['gain_bpb']:+.6f} bpb"
+    if r["gain_nats"] is not None:
+        gain += f" = {r['gain_nats']:+.6f} nats/token at {r['bytes_per_token']:.4f} bytes/token"
+    welch_line = f"Welch t = {w['t']:.4f}, df = {w['df']:.2f}, one-sided p (candidate lower) = {w['p_one_sided']:.3g}"
+    lines += [gain, welch_line]
+    if r["rule"] is None:
+        lines.append("rule: not evaluated (no bytes per token: pass --bytes-per-token or revisions with eval metrics)")
+        return "\n".join(lines)
+    rl = r["rule"]
+    lines += [
+        f"rule: gain >= {r['min_gain_nats']} nats (= {r['min_gain_bpb']:.6f} bpb) at p < {r['alpha']}: "
+        f"t = {rl['t']:.4f}, df = {rl['df']:.2f}, p = {rl['p_one_sided']:.3g}",
+        f"record: {'YES' if r['record'] else 'no'}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--candidate", nargs="+", required=True, help="val_bpb per seed, or revisions/experiments")
+    parser.add_argument("--baseline", nargs="+", required=True, help="val_bpb per seed, or revisions/experiments")
+    parser.add_argument("--metric", default="modes.lora_ttt.val_bpb", help="key in --metrics-file")
+    parser.add_argument("--metrics-file", default="metrics/eval.json", help="read at each revision")
+    parser.add_argument("--repo", default=".", help="the DVC repository holding the revisions")
+    parser.add_argument("--bytes-per-token", type=float, help="val bytes / val tokens (default: from the metrics)")
+    parser.add_argument("--min-gain-nats", type=float, default=MIN_GAIN_NATS, help="default: %(default)s")
+    parser.add_argument("--alpha", type=float, default=ALPHA, help="default: %(default)s")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+
+    candidate, bpt_c = resolve("candidate", args.candidate, args.metric, args.metrics_file, args.repo)
+    baseline, bpt_b = resolve("baseline", args.baseline, args.metric, args.metrics_file, args.repo)
+    bpt = args.bytes_per_token or bpt_c or bpt_b
+    if bpt is not None and bpt <= 0:
+        raise PgolfError(f"--bytes-per-token must be positive, got {bpt}")
+    result = compare(candidate, baseline, bpt, args.min_gain_nats, args.alpha)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+
+
+if __name__ == "__main__":
+    run(main)
