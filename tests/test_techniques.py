@@ -11,7 +11,7 @@ import torch
 
 from pgolf.config import read_params
 from pgolf.model.gpt import GPT
-from pgolf.model.layers import Linear, bigram_buckets, ortho_init_
+from pgolf.model.layers import MLP, Block, Linear, bigram_buckets, ortho_init_
 from pgolf.quant import gptq
 from pgolf.quant.policy import QuantizeConfig, decide
 from pgolf.train.qat import FakeQuant, fake_quantize, install_fake_quant, ste_fake_quantize
@@ -237,3 +237,33 @@ def test_model_builds_and_runs_at_vocab_12288_with_every_table_quantized_as_embe
     w = model.tok_emb.weight.detach()
     scales = gptq.rtn_percentile_scales(w, 8, 99.99984)
     assert scales.shape == (12288,)
+
+
+def test_relu2_mlp_3x_is_down_of_squared_relu_of_up():
+    """#374's MLP: hidden width 3 x model_dim, ReLU(x)^2 (the record's is LeakyReLU(0.5)^2)."""
+    cfg = model_cfg(mlp_mult=3.0, mlp_activation="relu2")
+    mlp = MLP(cfg)
+    assert mlp.up.weight.shape == (3 * cfg.model_dim, cfg.model_dim)
+    with torch.no_grad():
+        mlp.down.weight.normal_()
+    x = torch.randn(2, 5, cfg.model_dim)
+    expected = torch.relu(x @ mlp.up.weight.T).square() @ mlp.down.weight.T
+    torch.testing.assert_close(mlp(x), expected)
+
+
+def test_gptj_block_adds_attention_and_mlp_of_the_same_input():
+    """GPT-J parallel residual (#1492 from layer 7): out = u + a*Attn(N(u)) + b*MLP(N(u)), one stream."""
+    cfg = model_cfg(parallel_mode="gptj")
+    torch.manual_seed(0)
+    seq, par = Block(cfg, 1, gptj=False), Block(cfg, 1, gptj=True)
+    par.load_state_dict(seq.state_dict())
+    with torch.no_grad():
+        for block in (seq, par):
+            block.mlp.down.weight.normal_(std=0.1)
+            block.attn.o.weight.normal_(std=0.1)
+    x, x0 = torch.randn(1, 6, cfg.model_dim), torch.randn(1, 6, cfg.model_dim)
+    u = par.mix(x, x0)
+    torch.testing.assert_close(par(x, x0, None, None, 0), u + par.attend(u, None, None, 0) + par.feed(u, None, 0))
+    v = seq.mix(x, x0) + seq.attend(seq.mix(x, x0), None, None, 0)
+    torch.testing.assert_close(seq(x, x0, None, None, 0), v + seq.feed(v, None, 0))
+    assert not torch.allclose(par(x, x0, None, None, 0), seq(x, x0, None, None, 0))
