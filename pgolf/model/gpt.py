@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf.config import ConfigError
+from pgolf.kernels.softcap_ce import softcapped_cross_entropy
 from pgolf.model.config import ModelConfig
 from pgolf.model.layers import (
     Adapters,
@@ -113,6 +114,9 @@ class GPT(nn.Module):
         logits = F.linear(h, self.tok_emb.weight.to(h.dtype))
         if adapters is not None and (delta := adapters.delta("head", 0, h)) is not None:
             logits = logits + delta.to(logits.dtype)
+        if targets is not None and logits.is_cuda and self.cfg.logit_softcap > 0:  # fused Triton softcap + CE
+            loss = softcapped_cross_entropy(logits.flatten(0, 1), targets.flatten(), self.cfg.logit_softcap)
+            return loss.mean() if reduction == "mean" else loss.view(targets.shape)
         if self.cfg.logit_softcap > 0:
             logits = self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)
         if targets is None:

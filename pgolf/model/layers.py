@@ -4,7 +4,8 @@ embedding, #374's OrthoInit rule, and the pre-norm block with resid_mix.
 
 Shapes: B batch rows, T positions, H query heads, G KV heads, Dh head dim, D model dim. Attention is confined to
 documents: ``cu_seqlens`` (int32, offsets into the flattened B*T stream, padded by repeating the total) gives the
-segment starts; on CPU the exact masked path builds a block-diagonal causal mask.
+segment starts; the backend (FA3, varlen, flex or the exact gather path, :mod:`pgolf.model.attention`) is chosen
+once per layer at construction.
 
 Adapters (TTT LoRA) enter through ``adapters.delta(site, slot, x)``, a tensor to add or ``None``: ``q``/``k``/``v``
 are added to the projections before the q/k norms, ``o`` (input: the block's normed input) to the attention
@@ -22,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pgolf.kernels.mlp import fused_up_activation
+from pgolf.model.attention import DocAttention
+from pgolf.model.attention import sdpa_gather_attention as doc_causal_attention  # noqa: F401 (old name)
 from pgolf.model.config import ModelConfig
 
 Role = Literal["embedding", "attn", "mlp", "attn_gate", "control"]
@@ -45,35 +49,12 @@ def _adapt(y: Tensor, adapters: Adapters | None, site: Site, slot: int, x: Tenso
     return y if delta is None else y + delta.to(y.dtype)
 
 
-@torch.compiler.disable  # data-dependent segment shapes: runs eagerly inside a compiled model
-def doc_causal_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None) -> Tensor:
-    """Causal attention that never crosses a segment boundary. q [B,T,H,Dh], k/v [B,T,G,Dh] -> [B,T,H,Dh].
-
-    The exact path of every device: segments are gathered into rows of their own (padded at the end, which causal
-    attention never looks at), attended with plain causal SDPA, and scattered back, like varlen flash attention.
-    """
-    if cu_seqlens is None:
-        y = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True, enable_gqa=True)
-        return y.transpose(1, 2)
-    B, T, H, Dh = q.shape
-    cu = cu_seqlens.long()
-    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
-    starts, lengths = starts[lengths > 0], lengths[lengths > 0]
-    offsets = torch.arange(int(lengths.max()), device=q.device)
-    index = (starts[:, None] + offsets).clamp(max=B * T - 1)  # (segments, longest)
-    valid = offsets < lengths[:, None]
-    rows = [t.reshape(B * T, *t.shape[2:])[index].transpose(1, 2) for t in (q, k, v)]  # (S, heads, L, Dh)
-    y = F.scaled_dot_product_attention(*rows, is_causal=True, enable_gqa=True).transpose(1, 2)  # (S, L, H, Dh)
-    out = q.new_zeros(B * T, H, Dh).index_put((index[valid],), y[valid])
-    return out.view(B, T, H, Dh)
-
-
 class Linear(nn.Module):
     """A bias-free projection ``y = x W^T`` whose weight declares its optimizer role and its matrix kind (what the
     quantization policy and the Hessian collection key on).
 
     ``fake_quant`` is empty at construction; the train stage may install a fake quantizer (late QAT,
-    :mod:`pgolf.model.qat`) before compiling, which the forward then applies to the weight.
+    :mod:`pgolf.train.qat`) before compiling, which the forward then applies to the weight.
     """
 
     def __init__(self, in_dim: int, out_dim: int, role: Role, kind: Kind, zero_init: bool = False) -> None:
@@ -85,9 +66,12 @@ class Linear(nn.Module):
         self.kind, self.zero_init = kind, zero_init
         self.fake_quant: nn.Module | None = None
 
+    def effective_weight(self) -> Tensor:
+        """The weight the forward multiplies by (fake-quantized under late QAT)."""
+        return self.weight if self.fake_quant is None else self.fake_quant(self.weight)
+
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight if self.fake_quant is None else self.fake_quant(self.weight)
-        return F.linear(x, w.to(x.dtype))
+        return F.linear(x, self.effective_weight().to(x.dtype))
 
 
 def ortho_init_(linear: Linear, num_layers: int) -> None:
@@ -158,6 +142,7 @@ class Attention(nn.Module):
         if self.gate_w is not None and cfg.attn_gate_init_std > 0:
             nn.init.normal_(self.gate_w, std=cfg.attn_gate_init_std)
         self.ve_alpha = nn.Parameter(torch.ones(1)) if layer in cfg.value_embed.layers else None
+        self.attend = DocAttention()  # (q, k, v, cu_seqlens) -> y, backend per device chosen here
 
     def forward(
         self, n: Tensor, cu_seqlens: Tensor | None, adapters: Adapters | None, slot: int, ve: Tensor | None = None
@@ -172,7 +157,7 @@ class Attention(nn.Module):
         v = v.view(B, T, self.G, self.Dh)
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
         q = q * self.q_gain.to(q.dtype)[:, None]
-        y = doc_causal_attention(q, k, v, cu_seqlens)  # (B, T, H, Dh)
+        y = self.attend(q, k, v, cu_seqlens)  # (B, T, H, Dh)
         if self.xsa:  # remove each head's component along its own position's (normalized) value
             y = y.view(B, T, self.G, self.H // self.G, self.Dh)
             v_hat = F.normalize(v, dim=-1)[:, :, :, None]
@@ -193,6 +178,9 @@ class MLP(nn.Module):
         self.slope = 0.5 if cfg.mlp_activation == "leaky_relu2" else 0.0
 
     def forward(self, n: Tensor) -> Tensor:
+        if n.is_cuda and self.training:  # the fused Triton up-projection + activation (training only, as the record)
+            return self.down(fused_up_activation(n, self.up.effective_weight().to(n.dtype), self.slope))
+        # Everywhere else through self.up, whose forward hooks collect the calibration Hessians.
         return self.down(F.leaky_relu(self.up(n), self.slope).square())
 
 

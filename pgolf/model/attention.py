@@ -1,0 +1,210 @@
+"""Document-isolated causal attention: interchangeable backends, chosen once when :class:`Attention` is built.
+
+Every backend has the signature ``fn(q, k, v, cu_seqlens) -> y`` with q [B,T,H,Dh], k/v [B,T,G,Dh] (G divides H,
+query head h reads KV head h // (H/G)), y [B,T,H,Dh], softmax scale 1/sqrt(Dh). ``cu_seqlens`` (int32) holds
+segment offsets into the flattened B*T stream, padded at the end by repeating the total (empty segments, see
+:func:`pgolf.train.loader.build_cu_seqlens`); a position attends causally within its own segment only, and a
+position outside every segment gets zeros. ``cu_seqlens=None`` is plain causal attention over each row.
+
+* ``sdpa_gather`` (any device, the exact reference): segments are gathered into rows of their own, attended with
+  causal SDPA and scattered back.
+* ``flex``: ``torch.nn.attention.flex_attention`` with a document-causal ``BlockMask`` from the segment id of each
+  position. Eager on CPU (unfused: materialises the scores; forward only, PyTorch has no CPU flex backward);
+  compiled on CUDA.
+* ``varlen``: ``torch.nn.attention.varlen.varlen_attn`` (PyTorch's flash varlen kernel), CUDA, fp16/bf16.
+* ``fa3``: FlashAttention-3 ``flash_attn_varlen_func`` from ``flash_attn_interface`` (the record's kernel), CUDA,
+  fp16/bf16; imported lazily.
+
+The CUDA kernels fall back to ``sdpa_gather`` for other dtypes. Segment shapes are data-dependent, so the backends
+that need host-side lengths (sdpa_gather, varlen, fa3) and the block-mask construction run eagerly inside a compiled
+model (``torch.compiler.disable``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+AttentionFn = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
+BACKENDS = ("sdpa_gather", "flex", "varlen", "fa3")
+_CUDA_PREFERENCE = ("fa3", "varlen", "flex")
+_FLASH_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _causal(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Plain causal attention over each row (the ``cu_seqlens=None`` path of every backend)."""
+    y = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True, enable_gqa=True)
+    return y.transpose(1, 2)
+
+
+def _covered(cu: Tensor, n: int) -> Tensor:
+    """(n,) bool: which flattened positions lie inside some segment, i.e. in [cu[0], cu[-1])."""
+    pos = torch.arange(n, device=cu.device)
+    return (pos >= cu[0]) & (pos < cu[-1])
+
+
+@torch.compiler.disable  # data-dependent segment shapes: runs eagerly inside a compiled model
+def sdpa_gather_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None) -> Tensor:
+    """Segments gathered into rows of their own (padded at the end, which causal attention never looks at),
+    attended with plain causal SDPA, and scattered back, like varlen flash attention."""
+    if cu_seqlens is None:
+        return _causal(q, k, v)
+    B, T, H, Dh = q.shape
+    cu = cu_seqlens.long()
+    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
+    starts, lengths = starts[lengths > 0], lengths[lengths > 0]
+    if not len(lengths):
+        return q.new_zeros(B, T, H, Dh)
+    offsets = torch.arange(int(lengths.max()), device=q.device)
+    index = (starts[:, None] + offsets).clamp(max=B * T - 1)  # (segments, longest)
+    valid = offsets < lengths[:, None]
+    rows = [t.reshape(B * T, *t.shape[2:])[index].transpose(1, 2) for t in (q, k, v)]  # (S, heads, L, Dh)
+    y = F.scaled_dot_product_attention(*rows, is_causal=True, enable_gqa=True).transpose(1, 2)  # (S, L, H, Dh)
+    out = q.new_zeros(B * T, H, Dh).index_put((index[valid],), y[valid])
+    return out.view(B, T, H, Dh)
+
+
+@torch.compiler.disable  # the mask depends on the data; the flex kernel itself stays in the graph
+def document_block_mask(cu_seqlens: Tensor, n: int):  # -> BlockMask
+    """Causal, same-segment ``BlockMask`` over a flattened stream of ``n`` positions (segment id by position;
+    positions outside every segment, id -1, attend to nothing)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    cu = cu_seqlens.long()
+    pos = torch.arange(n, device=cu.device)
+    doc = torch.searchsorted(cu, pos, right=True) - 1
+    doc = torch.where(_covered(cu, n), doc, -1)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (doc[q_idx] == doc[kv_idx]) & (doc[q_idx] >= 0)
+
+    return create_block_mask(mask_mod, None, None, n, n, device=cu.device)
+
+
+@cache
+def _compiled_flex() -> Callable:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_doc_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None) -> Tensor:
+    """FlexAttention over the flattened stream with a document-causal block mask."""
+    if cu_seqlens is None:
+        return _causal(q, k, v)
+    from torch.nn.attention.flex_attention import flex_attention
+
+    B, T, H, Dh = q.shape
+    n = B * T
+    mask = document_block_mask(cu_seqlens, n)
+    rows = [t.reshape(1, n, t.size(2), Dh).transpose(1, 2) for t in (q, k, v)]  # (1, heads, n, Dh)
+    flex = _compiled_flex() if q.is_cuda else flex_attention  # eager on CUDA would materialise n x n scores
+    y = flex(*rows, block_mask=mask, enable_gqa=True).transpose(1, 2).reshape(n, H, Dh)
+    y = torch.where(_covered(cu_seqlens.long(), n)[:, None, None], y, 0)
+    return y.view(B, T, H, Dh)
+
+
+def _flattened_segments(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> tuple[list[Tensor], Tensor, int]:
+    """(q, k, v) as (B*T, heads, Dh), cu_seqlens as int32 and the longest segment (a host sync)."""
+    rows = [t.reshape(-1, *t.shape[2:]) for t in (q, k, v)]
+    cu = cu_seqlens.to(torch.int32)
+    return rows, cu, int((cu[1:] - cu[:-1]).max())
+
+
+@torch.compiler.disable  # max_seqlen is read on the host
+def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None) -> Tensor:
+    """PyTorch's varlen flash kernel (``torch.nn.attention.varlen.varlen_attn``), causal, GQA."""
+    if q.dtype not in _FLASH_DTYPES:
+        return sdpa_gather_attention(q, k, v, cu_seqlens)
+    if cu_seqlens is None:
+        return _causal(q, k, v)
+    from torch.nn.attention.varlen import varlen_attn
+
+    (qf, kf, vf), cu, longest = _flattened_segments(q, k, v, cu_seqlens)
+    y = varlen_attn(qf, kf, vf, cu, cu, longest, longest, window_size=(-1, 0), enable_gqa=True)
+    y = torch.where(_covered(cu.long(), qf.size(0))[:, None, None], y, 0)
+    return y.view(q.shape)
+
+
+@torch.compiler.disable  # max_seqlen is read on the host
+def fa3_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None) -> Tensor:
+    """FlashAttention-3 varlen, as the record calls it (causal, default scale 1/sqrt(Dh), native GQA)."""
+    if q.dtype not in _FLASH_DTYPES:
+        return sdpa_gather_attention(q, k, v, cu_seqlens)
+    from flash_attn_interface import flash_attn_func, flash_attn_varlen_func
+
+    if cu_seqlens is None:
+        out = flash_attn_func(q, k, v, causal=True)
+    else:
+        (qf, kf, vf), cu, longest = _flattened_segments(q, k, v, cu_seqlens)
+        out = flash_attn_varlen_func(qf, kf, vf, cu, cu, longest, longest, causal=True)
+    y = out[0] if isinstance(out, tuple) else out  # some FA3 builds also return the LSE
+    if cu_seqlens is not None:
+        y = torch.where(_covered(cu.long(), qf.size(0))[:, None, None], y, 0)
+    return y.reshape(q.shape)
+
+
+_FUNCTIONS: dict[str, AttentionFn] = {
+    "sdpa_gather": sdpa_gather_attention,
+    "flex": flex_doc_attention,
+    "varlen": varlen_attention,
+    "fa3": fa3_attention,
+}
+
+
+def available(name: str, device: torch.device | str) -> bool:
+    """Whether backend ``name`` can run on ``device`` in this environment."""
+    cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
+    if name == "sdpa_gather":
+        return True
+    if name == "flex":
+        return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+    if name == "varlen":
+        return cuda and importlib.util.find_spec("torch.nn.attention.varlen") is not None
+    if name == "fa3":
+        return cuda and importlib.util.find_spec("flash_attn_interface") is not None
+    raise ValueError(f"unknown attention backend {name!r}; known: {BACKENDS}")
+
+
+def select_backend(device: torch.device | str, preferred: str | None = None) -> str:
+    """The backend for ``device``: ``preferred`` if given (an error if it cannot run there), else on CUDA the
+    first available of fa3 > varlen > flex, and on every other device the exact ``sdpa_gather``."""
+    if preferred is not None:
+        if not available(preferred, device):
+            raise RuntimeError(f"attention backend {preferred!r} is not available on {device}")
+        return preferred
+    if torch.device(device).type == "cuda":
+        return next((n for n in _CUDA_PREFERENCE if available(n, device)), "sdpa_gather")
+    return "sdpa_gather"
+
+
+def backend_fn(name: str) -> AttentionFn:
+    if name not in _FUNCTIONS:
+        raise ValueError(f"unknown attention backend {name!r}; known: {BACKENDS}")
+    return _FUNCTIONS[name]
+
+
+class DocAttention:
+    """The attention function of one layer, resolved once at construction: the CUDA backend
+    (``select_backend("cuda")``, when CUDA is present) and the CPU one. Models are built on the CPU and moved
+    afterwards, so the call picks between the two pre-selected functions by the tensors' device (a static guard
+    under compile), never re-running the selection. ``preferred`` forces one backend on every device."""
+
+    def __init__(self, preferred: str | None = None) -> None:
+        self.cpu = select_backend("cpu", preferred)
+        self.cuda = select_backend("cuda", preferred) if torch.cuda.is_available() else self.cpu
+        self._cpu_fn, self._cuda_fn = backend_fn(self.cpu), backend_fn(self.cuda)
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None) -> Tensor:
+        return (self._cuda_fn if q.is_cuda else self._cpu_fn)(q, k, v, cu_seqlens)
+
+    def __repr__(self) -> str:
+        return f"DocAttention(cpu={self.cpu!r}, cuda={self.cuda!r})"
+
+
+doc_causal_attention = sdpa_gather_attention  # the name the model used before the backends were split out

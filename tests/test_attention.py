@@ -1,0 +1,148 @@
+"""Document-isolated attention backends against an exact float64 block-diagonal causal reference."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import model_cfg
+
+from pgolf.model.attention import DocAttention, available, backend_fn, select_backend
+from pgolf.model.gpt import GPT
+from pgolf.model.layers import Attention
+from pgolf.train.loader import build_cu_seqlens
+
+CPU_BACKENDS = [name for name in ("sdpa_gather", "flex") if available(name, "cpu")]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_flex():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+        yield
+
+
+def reference_attention(q, k, v, cu_seqlens):
+    """Full B*T x B*T attention in float64 with a block-diagonal causal mask built from cu_seqlens; positions
+    outside every segment give zeros."""
+    B, T, H, Dh = q.shape
+    n, rep = B * T, H // k.size(2)
+    qf, kf, vf = (t.double().reshape(n, t.size(2), Dh).transpose(0, 1).cpu() for t in (q, k, v))  # (heads, n, Dh)
+    kf, vf = kf.repeat_interleave(rep, 0), vf.repeat_interleave(rep, 0)
+    pos = torch.arange(n)
+    if cu_seqlens is None:
+        doc, covered = pos // T, torch.ones(n, dtype=torch.bool)
+    else:
+        cu = cu_seqlens.long().cpu()
+        doc, covered = torch.searchsorted(cu, pos, right=True) - 1, (pos >= cu[0]) & (pos < cu[-1])
+    allowed = (pos[:, None] >= pos[None, :]) & (doc[:, None] == doc[None, :]) & covered[:, None]
+    scores = (qf @ kf.transpose(1, 2)) / math.sqrt(Dh)
+    probs = torch.softmax(scores.masked_fill(~allowed, -math.inf), dim=-1).nan_to_num(0.0)
+    return (probs @ vf).transpose(0, 1).reshape(B, T, H, Dh)
+
+
+def random_cu(g: torch.Generator, n: int, pad_multiple: int) -> torch.Tensor:
+    """A random segmentation of n positions (many length-1 segments) through the loader's own padding."""
+    starts = sorted({0, *torch.randint(1, n, (n // 6,), generator=g).tolist()})
+    starts += [s + 1 for s in starts[::3] if s + 1 < n]  # force some length-1 segments
+    return build_cu_seqlens(np.array(sorted(set(starts))), n, max_seq_len=0, pad_multiple=pad_multiple)
+
+
+def qkv(g, B, T, H, G, Dh, dtype=torch.float64, device="cpu"):
+    q = torch.randn(B, T, H, Dh, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(B, T, G, Dh, generator=g, dtype=torch.float64) for _ in range(2))
+    return (t.to(device, dtype) for t in (q, k, v))
+
+
+LAYOUTS = [(1, 96, 4, 2, 16), (1, 61, 8, 8, 8), (2, 50, 6, 2, 8), (1, 130, 8, 4, 32)]  # B, T, H, G, Dh
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cpu_backends_match_the_dense_reference(backend, layout, seed):
+    g = torch.Generator().manual_seed(seed)
+    B, T, H, G, Dh = layout
+    q, k, v = qkv(g, B, T, H, G, Dh)
+    cu = random_cu(g, B * T, pad_multiple=16)
+    assert (cu[1:] - cu[:-1] == 1).any() and cu[-1] == cu[-2] == B * T  # length-1 segments and a padded tail
+    fn = backend_fn(backend)
+    torch.testing.assert_close(fn(q, k, v, cu), reference_attention(q, k, v, cu), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fn(q, k, v, None), reference_attention(q, k, v, None), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_edge_segmentations(backend):
+    """One segment, all length-1 segments, and positions outside every segment (zeros)."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = qkv(g, 1, 40, 4, 2, 8)
+    fn = backend_fn(backend)
+    for cu in ([0, 40, 40, 40], list(range(41)), [5, 9, 30, 30]):
+        cu = torch.tensor(cu, dtype=torch.int32)
+        torch.testing.assert_close(fn(q, k, v, cu), reference_attention(q, k, v, cu), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b != "flex"])  # flex has no CPU backward
+def test_gradients_match_the_reference(backend):
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (t.requires_grad_() for t in qkv(g, 1, 48, 4, 2, 8))
+    cu = random_cu(g, 48, pad_multiple=8)
+    w = torch.randn(1, 48, 4, 8, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((backend_fn(backend)(q, k, v, cu) * w).sum(), (q, k, v))
+    expected = torch.autograd.grad((reference_attention(q, k, v, cu) * w).sum(), (q, k, v))
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_selection_is_by_device_and_availability():
+    assert select_backend("cpu") == "sdpa_gather" and select_backend("cpu", "flex") == "flex"
+    with pytest.raises(RuntimeError):
+        select_backend("cpu", "fa3")
+    with pytest.raises(ValueError):
+        select_backend("cpu", "nope")
+    attend = Attention(model_cfg(), 0).attend
+    assert isinstance(attend, DocAttention) and attend.cpu == "sdpa_gather"
+    if torch.cuda.is_available():
+        assert attend.cuda in ("fa3", "varlen", "flex")
+    else:
+        assert attend.cuda == "sdpa_gather"
+
+
+@pytest.mark.skipif(not available("flex", "cpu"), reason="flex_attention unavailable")
+@pytest.mark.parametrize("looped", [False, True])
+@torch.no_grad()
+def test_packed_documents_equal_separate_runs_with_flex(looped):
+    """Forward only: flex_attention has no backward on CPU."""
+    torch.manual_seed(0)
+    model = GPT(model_cfg()).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.attend = DocAttention("flex")
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randint(2, 64, (9,), generator=g), torch.randint(2, 64, (7,), generator=g)
+    a[0] = b[0] = 1
+    packed = model(torch.cat([a, b])[None], cu_seqlens=torch.tensor([0, 9, 16, 16], dtype=torch.int32), looped=looped)
+    torch.testing.assert_close(packed[0, :9], model(a[None], looped=looped)[0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(packed[0, 9:], model(b[None], looped=looped)[0], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("backend", ["sdpa_gather", "flex", "varlen", "fa3"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cuda_backends_match_the_dense_reference(backend, dtype):
+    if not available(backend, "cuda"):
+        pytest.skip(f"{backend} unavailable on CUDA")
+    g = torch.Generator().manual_seed(5)
+    B, T, H, G, Dh = 1, 512, 8, 4, 64
+    q, k, v = qkv(g, B, T, H, G, Dh, dtype=dtype, device="cuda")
+    cu = random_cu(g, B * T, pad_multiple=64).cuda()
+    tol = 2e-2 if dtype == torch.bfloat16 else 2e-3
+    for c in (cu, None):
+        ref = reference_attention(q, k, v, c).to(dtype)
+        torch.testing.assert_close(backend_fn(backend)(q, k, v, c).cpu(), ref, rtol=tol, atol=tol)

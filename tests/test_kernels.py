@@ -1,0 +1,87 @@
+"""The fused Triton kernels against their eager references: on CPU through Triton's interpreter (TRITON_INTERPRET
+is read when a kernel is decorated, so it is set here before pgolf.kernels._triton is first imported), and on CUDA
+when there is one (the interpreter is then left off)."""
+
+import os
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pgolf.kernels.mlp import eager_up_activation, fused_up_activation  # noqa: E402
+from pgolf.kernels.softcap_ce import eager_softcapped_ce, softcapped_cross_entropy  # noqa: E402
+
+pytest.importorskip("triton")
+interpreted = pytest.mark.skipif(CUDA or os.environ.get("TRITON_INTERPRET") != "1", reason="CPU interpreter run")
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+def _check_mlp(shape, n_out, slope, dtype, device, blocks, tol):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g, dtype=dtype).to(device).requires_grad_()
+    w = (torch.randn(n_out, shape[-1], generator=g, dtype=dtype) / shape[-1] ** 0.5).to(device).requires_grad_()
+    h = fused_up_activation(x, w, slope, triton=True, blocks=blocks)
+    dh = torch.randn(h.shape, generator=g, dtype=dtype).to(device)
+    grads = torch.autograd.grad(h, (x, w), dh)
+    ref = eager_up_activation(x, w, slope)
+    ref_grads = torch.autograd.grad(ref, (x, w), dh)
+    for got, want in zip((h, *grads), (ref, *ref_grads), strict=True):
+        torch.testing.assert_close(got, want, **tol)
+
+
+def _check_ce(rows, vocab, dtype, device, block_v, tol):
+    g = torch.Generator().manual_seed(0)
+    z = (40 * torch.randn(rows, vocab, generator=g, dtype=dtype)).to(device).requires_grad_()
+    y = torch.randint(0, vocab, (rows,), generator=g).to(device)
+    y[1] = -100  # ignored row: loss 0, no gradient
+    loss = softcapped_cross_entropy(z, y, 30.0, triton=True, block_v=block_v)
+    assert loss.dtype == torch.promote_types(dtype, torch.float32)
+    gl = torch.rand(rows, generator=g, dtype=loss.dtype).to(device)
+    (dz,) = torch.autograd.grad(loss, z, gl)
+    ref = eager_softcapped_ce(z, y, 30.0)
+    (ref_dz,) = torch.autograd.grad(ref, z, gl)
+    torch.testing.assert_close(loss, ref, **tol)
+    torch.testing.assert_close(dz, ref_dz, **tol)
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("slope", [0.5, 0.0])
+def test_mlp_kernel_matches_eager_interpreted(dtype, slope):
+    _check_mlp((3, 7, 20), 37, slope, dtype, "cpu", (16, 16, 16), TOL[dtype])  # M=21, N=37, K=20: ragged edges
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_softcap_ce_kernel_matches_eager_interpreted(dtype):
+    _check_ce(13, 100, dtype, "cpu", 32, TOL[dtype])  # V=100 over blocks of 32
+
+
+def test_dispatch_is_eager_on_cpu():
+    x, w = torch.randn(2, 5, 8), torch.randn(12, 8)
+    ref = torch.nn.functional.leaky_relu(torch.nn.functional.linear(x, w), 0.5).square()
+    assert torch.equal(fused_up_activation(x, w, 0.5), ref)
+    z, y = 50 * torch.randn(6, 11), torch.randint(0, 11, (6,))
+    ref_ce = torch.nn.functional.cross_entropy(30 * torch.tanh(z / 30), y, reduction="none")
+    assert torch.equal(softcapped_cross_entropy(z, y, 30.0), ref_ce)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("slope", [0.5, 0.0])
+def test_mlp_kernel_matches_eager_cuda(dtype, slope):
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
+    _check_mlp((4, 100, 96), 200, slope, dtype, "cuda", (64, 64, 32), tol)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_softcap_ce_kernel_matches_eager_cuda(dtype):
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+    _check_ce(37, 3000, dtype, "cuda", 1024, tol)
