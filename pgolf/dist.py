@@ -60,6 +60,13 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def group_rank_world() -> tuple[int, int]:
+    """(rank, world_size) of the initialized default process group, or (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def active() -> bool:
     return dist.is_initialized() and dist.get_world_size() > 1
 

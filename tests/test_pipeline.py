@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pgolf.compress.bundle import bundle_files, import_closure
+from pgolf.compress.bundle import bundle_files, import_closure, module_file
 from pgolf.config import read_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,11 +17,7 @@ STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
 def _module_file(name: str) -> Path | None:
-    base = ROOT / Path(*name.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
+    return module_file(ROOT, name)
 
 
 def _closure(script: Path) -> set[str]:

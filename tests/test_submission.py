@@ -74,7 +74,7 @@ def test_model_bin_restores_the_quantized_model_exactly(quant_dir, submission_di
     model, looped = submission.load_model(submission_dir / "model.bin")
     assert looped
     expected = GPT(model.cfg)
-    expected.load_state_dict(submission.dequantized_state(entries))
+    expected.load_state_dict(formats.dequantized_state(entries))
     restored = model.state_dict()
     for name, t in expected.state_dict().items():
         assert restored[name].dtype == t.dtype and torch.equal(restored[name], t), name

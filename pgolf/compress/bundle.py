@@ -48,7 +48,8 @@ class BundleConfig(Section):
     minify: bool = Field(description="strip docstrings and comments with python-minifier (names kept)")
 
 
-def _module_file(root: Path, name: str) -> Path | None:
+def module_file(root: Path, name: str) -> Path | None:
+    """The file of dotted module ``name`` under ``root`` (a module or a package's __init__), if any."""
     base = root / Path(*name.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
@@ -67,7 +68,7 @@ def imported_files(root: Path, path: Path) -> set[Path]:
         else:
             continue
         for name in names:
-            if name.split(".")[0] in PACKAGES and (file := _module_file(root, name)):
+            if name.split(".")[0] in PACKAGES and (file := module_file(root, name)):
                 found.add(file)
     return found
 

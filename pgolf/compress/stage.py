@@ -17,8 +17,6 @@ from pgolf.errors import PgolfError
 from pgolf.quant import formats
 from pgolf.train import checkpoint as ckpt
 
-QUANT_FILE, QUANT_MANIFEST = "quantized.safetensors", "manifest.json"
-
 
 class CompressConfig(pergroup.SerializeConfig):
     """params.yaml ``compress``."""
@@ -28,8 +26,8 @@ class CompressConfig(pergroup.SerializeConfig):
 
 def load_quantized(quant_dir: Path) -> tuple[list[formats.Entry], dict]:
     """The quantize stage's entries and its manifest.json."""
-    tensors, _ = ckpt.load_tensors(quant_dir / QUANT_FILE)
-    meta = json.loads((quant_dir / QUANT_MANIFEST).read_text(encoding="utf-8"))
+    tensors, _ = ckpt.load_tensors(quant_dir / formats.QUANT_FILE)
+    meta = json.loads((quant_dir / formats.MANIFEST_FILE).read_text(encoding="utf-8"))
     return formats.from_tensors(tensors, meta["formats"]), meta
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pgolf.compress import container, pergroup
 from pgolf.model.config import ModelConfig
 from pgolf.model.gpt import GPT
@@ -44,14 +42,9 @@ def unpack_model(blob: bytes, source: str = MODEL_BIN) -> tuple[list[formats.Ent
     return pergroup.deserialize(streams, manifest["layout"], manifest["quant"]), manifest
 
 
-def dequantized_state(entries: list[formats.Entry]) -> dict[str, torch.Tensor]:
-    """The dense state dict of quantized entries."""
-    return {e.name: formats.dequantize(e) for e in entries}
-
-
 def load_model(path: Path) -> tuple[GPT, bool]:
     """The dequantized GPT stored in a model.bin and whether it runs looped (CPU, eval mode)."""
     entries, manifest = unpack_model(Path(path).read_bytes(), str(path))
     model = GPT(ModelConfig.model_validate(manifest["model_config"]))
-    model.load_state_dict(dequantized_state(entries))
+    model.load_state_dict(formats.dequantized_state(entries))
     return model.eval(), bool(manifest["looped"])

@@ -10,9 +10,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
-import torch.distributed as dist
 from torch import nn
 
+from pgolf.dist import group_rank_world
 from pgolf.eval.bpb import ValData
 from pgolf.eval.common import ModeResult, TokenRecorder
 from pgolf.eval.config import EvalConfig
@@ -47,13 +47,6 @@ RUNNERS: dict[str, Runner] = {
 }
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of the initialized process group, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def scored_documents(val: ValData, cfg: EvalConfig, bos_id: int) -> list[Document]:
     """The documents every mode scores: the first ``eval.max_docs`` (0 = all)."""
     return split_documents(val.tokens, bos_id, cfg.max_docs)
@@ -69,7 +62,7 @@ def run_mode(
     """Run one mode on a deep copy of ``model`` (the caller's model is never changed)."""
     if name not in RUNNERS:
         raise ValueError(f"unknown evaluation mode {name!r}; expected one of {', '.join(MODES)}")
-    rank, world_size = world()
+    rank, world_size = group_rank_world()
     docs = scored_documents(val, cfg, model.cfg.bos_id)
     return RUNNERS[name](copy.deepcopy(model), val, docs, cfg, looped=looped, rank=rank, world_size=world_size,
                          recorder=recorder, progress=cfg.progress)  # fmt: skip

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from pydantic import model_validator
 from torch import Tensor
 
+from pgolf import dist as pdist
 from pgolf.config import Section
 
 NSCoeffs = Literal["polar_express", "classic"]
@@ -165,13 +166,6 @@ class MuonConfig(Section):
         return self
 
 
-def _rank_and_world() -> tuple[int, int]:
-    """(rank, world_size) of the default process group, or (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 class Muon(torch.optim.Optimizer):
     """Muon for the 2-D hidden matrices of the model (attention and MLP weights, or banks of them).
 
@@ -244,7 +238,7 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        rank, world = _rank_and_world()
+        rank, world = pdist.group_rank_world()
         pending: list[tuple[Tensor, Tensor, dict, object]] = []
         index = 0
         for group in self.param_groups:

@@ -26,6 +26,7 @@ from torch import Tensor
 from pgolf.quant.hadamard import unrotate_weight
 
 MANIFEST_VERSION = 1
+QUANT_FILE, MANIFEST_FILE = "quantized.safetensors", "manifest.json"  # the quantize stage's to_tensors output
 SCALE_FLOOR = 1e-10
 FP16_TINY = 2.0**-24  # smallest positive fp16 (subnormal); scales that round to 0 are lifted to it
 
@@ -186,6 +187,11 @@ def dequantize(entry: Entry) -> Tensor:
         case _:
             raise TypeError(f"{entry.name}: unknown quantized format {type(fmt).__name__}")
     return w.reshape(entry.shape).to(torch_dtype(entry.dtype))
+
+
+def dequantized_state(entries: Iterable[Entry]) -> dict[str, Tensor]:
+    """The dense state dict of quantized entries."""
+    return {e.name: dequantize(e) for e in entries}
 
 
 def _format_tensors(fmt: QuantizedTensor) -> dict[str, Tensor]:

@@ -22,8 +22,6 @@ from pgolf.quant.calibrate import HESSIANS_FILE
 from pgolf.quant.policy import Decision, QuantizeConfig, decide
 from pgolf.train import checkpoint as ckpt
 
-QUANT_FILE, MANIFEST_FILE = "quantized.safetensors", "manifest.json"
-
 
 @dataclass
 class MatrixResult:
@@ -108,7 +106,7 @@ def quantize_state(
 
 def dequantized_model(entries: list[formats.Entry], model_cfg: ModelConfig) -> GPT:
     model = GPT(model_cfg)
-    model.load_state_dict({e.name: formats.dequantize(e) for e in entries})
+    model.load_state_dict(formats.dequantized_state(entries))
     return model
 
 
@@ -124,10 +122,10 @@ def run_quantize(cfg: QuantizeConfig, eval_cfg: ExportConfig, paths: dict[str, P
     tensors, manifest = formats.to_tensors(entries)
     out = paths["out"]
     out.mkdir(parents=True, exist_ok=True)
-    ckpt.save_tensors(out / QUANT_FILE, tensors, {})
+    ckpt.save_tensors(out / formats.QUANT_FILE, tensors, {})
     full = {"formats": manifest, "model_config": meta["model_config"], "train": {k: meta[k] for k in
             ("steps", "looping_from_step", "averaging")}, "quantize": cfg.model_dump()}  # fmt: skip
-    (out / MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
+    (out / formats.MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
     val = load_val(paths["shards"], paths["tokenizer"])
     looped = meta["looping_from_step"] is not None
     roundtrip = score(dequantized_model(entries, model_cfg), val, eval_cfg, looped)
