@@ -1,10 +1,11 @@
 """Document-isolated causal attention: interchangeable backends, chosen once when :class:`Attention` is built.
 
-Every backend has the signature ``fn(q, k, v, cu_seqlens) -> y`` with q [B,T,H,Dh], k/v [B,T,G,Dh] (G divides H,
-query head h reads KV head h // (H/G)), y [B,T,H,Dh], softmax scale 1/sqrt(Dh). ``cu_seqlens`` (int32) holds
-segment offsets into the flattened B*T stream, padded at the end by repeating the total (empty segments, see
-:func:`pgolf.train.loader.build_cu_seqlens`); a position attends causally within its own segment only, and a
-position outside every segment gets zeros. ``cu_seqlens=None`` is plain causal attention over each row.
+Every backend has the signature ``fn(q, k, v, cu_seqlens, max_seqlen=None) -> y`` with q [B,T,H,Dh], k/v
+[B,T,G,Dh] (G divides H, query head h reads KV head h // (H/G)), y [B,T,H,Dh], softmax scale 1/sqrt(Dh).
+``cu_seqlens`` (int32) holds segment offsets into the flattened B*T stream, padded at the end by repeating the
+total (empty segments, see :func:`pgolf.train.loader.build_cu_seqlens`); a position attends causally within its
+own segment only, and a position outside every segment gets zeros. ``cu_seqlens=None`` is plain causal attention
+over each row.
 
 * ``sdpa_gather`` (any device, the exact reference): segments are gathered into rows of their own, attended with
   causal SDPA and scattered back.
@@ -15,9 +16,17 @@ position outside every segment gets zeros. ``cu_seqlens=None`` is plain causal a
 * ``fa3``: FlashAttention-3 ``flash_attn_varlen_func`` from ``flash_attn_interface`` (the record's kernel), CUDA,
   fp16/bf16; imported lazily.
 
-The CUDA kernels fall back to ``sdpa_gather`` for other dtypes. Segment shapes are data-dependent, so the backends
-that need host-side lengths (sdpa_gather, varlen, fa3) and the block-mask construction run eagerly inside a compiled
-model (``torch.compiler.disable``).
+The CUDA kernels fall back to ``sdpa_gather`` for other dtypes.
+
+Under ``torch.compile`` the model stays one graph with sdpa_gather, varlen and fa3:
+
+* ``sdpa_gather`` is the custom op ``pgolf::sdpa_gather`` (data-dependent shapes stay inside it; its backward is
+  the op ``pgolf::sdpa_gather_backward``, a ``torch.func.vjp`` of the same eager code). Eager calls keep the
+  native autograd path.
+* ``varlen`` and ``fa3`` need ``max_seqlen`` as a host integer. A caller that knows a bound (training: segments
+  are cut at ``train.seq_len``) sets :attr:`DocAttention.max_seqlen`, as the record passes 2048; without one the
+  longest segment is read on the host (a sync, eager only). Eager calls check the bound.
+* ``flex`` builds its block mask eagerly (``torch.compiler.disable``), a graph break.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-AttentionFn = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
+AttentionFn = Callable[[Tensor, Tensor, Tensor, Tensor | None, int | None], Tensor]
 BACKENDS = ("sdpa_gather", "flex", "varlen", "fa3")
 _CUDA_PREFERENCE = ("fa3", "varlen", "flex")
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
@@ -48,12 +57,9 @@ def _covered(cu: Tensor, n: int) -> Tensor:
     return (pos >= cu[0]) & (pos < cu[-1])
 
 
-@torch.compiler.disable  # data-dependent segment shapes: runs eagerly inside a compiled model
-def sdpa_gather_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None) -> Tensor:
+def _sdpa_gather(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> Tensor:
     """Segments gathered into rows of their own (padded at the end, which causal attention never looks at),
     attended with plain causal SDPA, and scattered back, like varlen flash attention."""
-    if cu_seqlens is None:
-        return _causal(q, k, v)
     B, T, H, Dh = q.shape
     cu = cu_seqlens.long()
     starts, lengths = cu[:-1], cu[1:] - cu[:-1]
@@ -67,6 +73,52 @@ def sdpa_gather_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | 
     y = F.scaled_dot_product_attention(*rows, is_causal=True, enable_gqa=True).transpose(1, 2)  # (S, L, H, Dh)
     out = q.new_zeros(B * T, H, Dh).index_put((index[valid],), y[valid])
     return out.view(B, T, H, Dh)
+
+
+@torch.library.custom_op("pgolf::sdpa_gather", mutates_args=())
+def _sdpa_gather_op(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> Tensor:
+    return _sdpa_gather(q, k, v, cu_seqlens)
+
+
+@torch.library.custom_op("pgolf::sdpa_gather_backward", mutates_args=())
+def _sdpa_gather_backward_op(
+    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    _, vjp = torch.func.vjp(lambda q, k, v: _sdpa_gather(q, k, v, cu_seqlens), q, k, v)
+    return tuple(g.contiguous() for g in vjp(grad.contiguous()))  # type: ignore[return-value]
+
+
+@_sdpa_gather_op.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> Tensor:
+    return q.new_empty(q.shape)
+
+
+@_sdpa_gather_backward_op.register_fake
+def _(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _sdpa_gather_setup(ctx, inputs: tuple, output: Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _sdpa_gather_grad(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+    q, k, v, cu = ctx.saved_tensors
+    return (*_sdpa_gather_backward_op(grad, q, k, v, cu), None)
+
+
+_sdpa_gather_op.register_autograd(_sdpa_gather_grad, setup_context=_sdpa_gather_setup)
+
+
+def sdpa_gather_attention(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None, max_seqlen: int | None = None
+) -> Tensor:
+    """The exact reference backend (any device, any dtype); ``max_seqlen`` is not needed and is ignored."""
+    if cu_seqlens is None:
+        return _causal(q, k, v)
+    if torch.compiler.is_compiling():
+        return _sdpa_gather_op(q, k, v, cu_seqlens)
+    return _sdpa_gather(q, k, v, cu_seqlens)
 
 
 @torch.compiler.disable  # the mask depends on the data; the flex kernel itself stays in the graph
@@ -93,8 +145,10 @@ def _compiled_flex() -> Callable:
     return torch.compile(flex_attention, dynamic=False)
 
 
-def flex_doc_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None) -> Tensor:
-    """FlexAttention over the flattened stream with a document-causal block mask."""
+def flex_doc_attention(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None, max_seqlen: int | None = None
+) -> Tensor:
+    """FlexAttention over the flattened stream with a document-causal block mask (``max_seqlen`` is ignored)."""
     if cu_seqlens is None:
         return _causal(q, k, v)
     from torch.nn.attention.flex_attention import flex_attention
@@ -109,30 +163,59 @@ def flex_doc_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | Non
     return y.view(B, T, H, Dh)
 
 
-def _flattened_segments(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> tuple[list[Tensor], Tensor, int]:
-    """(q, k, v) as (B*T, heads, Dh), cu_seqlens as int32 and the longest segment (a host sync)."""
+def _flattened_segments(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int | None
+) -> tuple[list[Tensor], Tensor, int]:
+    """(q, k, v) as (B*T, heads, Dh), cu_seqlens as int32 and the longest segment: ``max_seqlen`` when given
+    (checked against the data in eager calls), else read on the host."""
     rows = [t.reshape(-1, *t.shape[2:]) for t in (q, k, v)]
     cu = cu_seqlens.to(torch.int32)
-    return rows, cu, int((cu[1:] - cu[:-1]).max())
+    if max_seqlen is not None and torch.compiler.is_compiling():
+        return rows, cu, max_seqlen
+    longest = int((cu[1:] - cu[:-1]).max())
+    if max_seqlen is None:
+        return rows, cu, longest
+    if longest > max_seqlen:
+        raise ValueError(
+            f"a segment of {longest} tokens exceeds the attention bound max_seqlen={max_seqlen}: cut segments at "
+            "that length (build_cu_seqlens max_seq_len) or raise DocAttention.max_seqlen"
+        )
+    return rows, cu, max_seqlen
 
 
-@torch.compiler.disable  # max_seqlen is read on the host
-def varlen_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None) -> Tensor:
-    """PyTorch's varlen flash kernel (``torch.nn.attention.varlen.varlen_attn``), causal, GQA."""
+def _host_bound(fn: AttentionFn) -> AttentionFn:
+    """``fn`` as is when a static ``max_seqlen`` is given; without one it reads the longest segment on the host,
+    which a compiled graph cannot do, so that call runs eagerly (a graph break)."""
+    eager = torch.compiler.disable(fn)
+
+    def call(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None, max_seqlen: int | None = None) -> Tensor:
+        if max_seqlen is None and cu_seqlens is not None:
+            return eager(q, k, v, cu_seqlens, None)
+        return fn(q, k, v, cu_seqlens, max_seqlen)
+
+    call.__name__, call.__doc__ = fn.__name__, fn.__doc__
+    return call
+
+
+@_host_bound
+def varlen_attention(
+    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None, max_seqlen: int | None = None
+) -> Tensor:
+    """PyTorch's varlen flash kernel (``torch.nn.attention.varlen.varlen_attn``, a custom op), causal, GQA."""
     if q.dtype not in _FLASH_DTYPES:
         return sdpa_gather_attention(q, k, v, cu_seqlens)
     if cu_seqlens is None:
         return _causal(q, k, v)
     from torch.nn.attention.varlen import varlen_attn
 
-    (qf, kf, vf), cu, longest = _flattened_segments(q, k, v, cu_seqlens)
+    (qf, kf, vf), cu, longest = _flattened_segments(q, k, v, cu_seqlens, max_seqlen)
     y = varlen_attn(qf, kf, vf, cu, cu, longest, longest, window_size=(-1, 0), enable_gqa=True)
     y = torch.where(_covered(cu.long(), qf.size(0))[:, None, None], y, 0)
     return y.view(q.shape)
 
 
-@torch.compiler.disable  # max_seqlen is read on the host
-def fa3_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None) -> Tensor:
+@_host_bound
+def fa3_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None, max_seqlen: int | None = None) -> Tensor:
     """FlashAttention-3 varlen, as the record calls it (causal, default scale 1/sqrt(Dh), native GQA)."""
     if q.dtype not in _FLASH_DTYPES:
         return sdpa_gather_attention(q, k, v, cu_seqlens)
@@ -141,7 +224,7 @@ def fa3_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None) ->
     if cu_seqlens is None:
         out = flash_attn_func(q, k, v, causal=True)
     else:
-        (qf, kf, vf), cu, longest = _flattened_segments(q, k, v, cu_seqlens)
+        (qf, kf, vf), cu, longest = _flattened_segments(q, k, v, cu_seqlens, max_seqlen)
         out = flash_attn_varlen_func(qf, kf, vf, cu, cu, longest, longest, causal=True)
     y = out[0] if isinstance(out, tuple) else out  # some FA3 builds also return the LSE
     if cu_seqlens is not None:
@@ -193,18 +276,33 @@ class DocAttention:
     """The attention function of one layer, resolved once at construction: the CUDA backend
     (``select_backend("cuda")``, when CUDA is present) and the CPU one. Models are built on the CPU and moved
     afterwards, so the call picks between the two pre-selected functions by the tensors' device (a static guard
-    under compile), never re-running the selection. ``preferred`` forces one backend on every device."""
+    under compile), never re-running the selection. ``preferred`` forces one backend on every device.
+
+    ``max_seqlen``: an upper bound on every segment's length, or None (see the module docstring); training sets
+    it to ``train.seq_len`` (:func:`set_max_seqlen`) so that the flash backends compile without a host sync."""
 
     def __init__(self, preferred: str | None = None) -> None:
         self.cpu = select_backend("cpu", preferred)
         self.cuda = select_backend("cuda", preferred) if torch.cuda.is_available() else self.cpu
         self._cpu_fn, self._cuda_fn = backend_fn(self.cpu), backend_fn(self.cuda)
+        self.max_seqlen: int | None = None
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None) -> Tensor:
-        return (self._cuda_fn if q.is_cuda else self._cpu_fn)(q, k, v, cu_seqlens)
+        return (self._cuda_fn if q.is_cuda else self._cpu_fn)(q, k, v, cu_seqlens, self.max_seqlen)
 
     def __repr__(self) -> str:
-        return f"DocAttention(cpu={self.cpu!r}, cuda={self.cuda!r})"
+        return f"DocAttention(cpu={self.cpu!r}, cuda={self.cuda!r}, max_seqlen={self.max_seqlen})"
+
+
+def set_max_seqlen(model: torch.nn.Module, max_seqlen: int | None) -> None:
+    """Give every :class:`DocAttention` of ``model`` the segment-length bound ``max_seqlen`` (None: read it from
+    the data). Set it before compiling: the compiled graph keeps the value it saw."""
+    if max_seqlen is not None and max_seqlen < 1:
+        raise ValueError(f"max_seqlen must be a positive length or None, got {max_seqlen}")
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, DocAttention):
+                value.max_seqlen = max_seqlen
 
 
 doc_causal_attention = sdpa_gather_attention  # the name the model used before the backends were split out
