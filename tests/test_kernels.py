@@ -49,17 +49,40 @@ def _check_ce(rows, vocab, dtype, device, block_v, tol):
 
 _INTERPRETED = """
 import torch
-from test_kernels import TOL, _check_ce, _check_mlp
+from test_kernels import TOL, _check_ce, _check_compiled, _check_mlp
 for dtype in (torch.float32, torch.float64):
     for slope in (0.5, 0.0):
         _check_mlp((3, 7, 20), 37, slope, dtype, "cpu", (16, 16, 16), TOL[dtype])  # M=21, N=37, K=20: ragged edges
     _check_ce(13, 100, dtype, "cpu", 32, TOL[dtype])  # V=100 over blocks of 32
+_check_compiled()
 print("ok")
 """
 
 
+def _check_compiled():
+    """Both kernels are custom ops: schema, fake impls and autograd pass ``opcheck``, and a fullgraph-compiled
+    function of both equals the eager references in value and gradient."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(21, 20, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(37, 20, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 37, (21,), generator=g)
+    torch.library.opcheck(torch.ops.pgolf.up_activation.default, (x, w, 0.5, 16, 16, 16))
+    torch.library.opcheck(torch.ops.pgolf.softcapped_ce.default, (x @ w.T, y, 30.0, 32))
+
+    def fused(x, w, y):
+        h = fused_up_activation(x, w, 0.5, triton=True, blocks=(16, 16, 16))
+        return softcapped_cross_entropy(h, y, 30.0, triton=True, block_v=32).sum()
+
+    out = torch.compile(fused, fullgraph=True, backend="aot_eager")(x, w, y)
+    ref = eager_softcapped_ce(eager_up_activation(x, w, 0.5), y, 30.0).sum()
+    for got, want in zip((out, *torch.autograd.grad(out, (x, w))), (ref, *torch.autograd.grad(ref, (x, w))),
+                         strict=True):  # fmt: skip
+        torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
 def test_kernels_match_eager_under_the_interpreter():
-    """Forward and backward of both kernels, float32 and float64, ragged shapes, in Triton's CPU interpreter."""
+    """Forward and backward of both kernels, float32 and float64, ragged shapes, in Triton's CPU interpreter; the
+    custom ops under opcheck and torch.compile."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     here = Path(__file__).resolve().parent
     run = subprocess.run([sys.executable, "-c", _INTERPRETED], cwd=here, env=env, capture_output=True, text=True)

@@ -6,6 +6,9 @@ Backward: one elementwise kernel ``dpre = dh * (2 pre if pre > 0 else 2 slope² 
 for ``dx = dpre W`` and ``dW = dpre^T x``. Shapes need not be multiples of the blocks (edges are masked).
 
 The eager path (CPU, or ``triton=False``) is the reference: ``F.leaky_relu(F.linear(x, w), slope).square()``.
+
+Both directions are custom ops (``pgolf::up_activation``, ``pgolf::up_activation_backward``) with fake
+implementations, so a compiled model treats them as opaque calls and stays one graph.
 """
 
 from __future__ import annotations
@@ -48,33 +51,57 @@ def _matmul(a: Tensor, b: Tensor, blocks: Blocks, pre: Tensor | None = None, slo
     return c
 
 
-class _FusedUpActivation(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, slope: float, blocks: Blocks) -> Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        pre = torch.empty(x2.shape[0], w.shape[0], device=x.device, dtype=x.dtype)
-        h = _matmul(x2, w.t(), blocks, pre=pre, slope=slope)
-        ctx.save_for_backward(x2, w, pre)
-        ctx.slope, ctx.blocks, ctx.x_shape = slope, blocks, x.shape
-        return h.view(*x.shape[:-1], w.shape[0])
+@torch.library.custom_op("pgolf::up_activation", mutates_args=())
+def _up_activation_op(x2: Tensor, w: Tensor, slope: float, bm: int, bn: int, bk: int) -> tuple[Tensor, Tensor]:
+    """(h, pre) of x2 (M, K) and w (N, K) through the Triton kernel."""
+    pre = torch.empty(x2.shape[0], w.shape[0], device=x2.device, dtype=x2.dtype)
+    h = _matmul(x2, w.t(), (bm, bn, bk), pre=pre, slope=slope)
+    return h, pre
 
-    @staticmethod
-    def backward(ctx, dh: Tensor):
-        import triton
 
-        from pgolf.kernels._triton import leaky_square_grad_kernel
+@torch.library.custom_op("pgolf::up_activation_backward", mutates_args=())
+def _up_activation_backward_op(
+    dh: Tensor, x2: Tensor, w: Tensor, pre: Tensor, slope: float, bm: int, bn: int, bk: int
+) -> tuple[Tensor, Tensor]:
+    """(dx2, dw) through the elementwise gradient kernel and the matmul kernel."""
+    import triton
 
-        x2, w, pre = ctx.saved_tensors
-        dh = dh.reshape(pre.shape).contiguous()
-        dpre = torch.empty_like(pre)
-        acc, _ = _acc_and_precision(pre.dtype)
-        n = pre.numel()
-        leaky_square_grad_kernel[(triton.cdiv(n, ELEMENTWISE_BLOCK),)](
-            dh, pre, dpre, n, ctx.slope, ACC=acc, BLOCK=ELEMENTWISE_BLOCK
-        )
-        dx = _matmul(dpre, w, ctx.blocks) if ctx.needs_input_grad[0] else None
-        dw = _matmul(dpre.t(), x2, ctx.blocks) if ctx.needs_input_grad[1] else None
-        return None if dx is None else dx.view(ctx.x_shape), dw, None, None
+    from pgolf.kernels._triton import leaky_square_grad_kernel
+
+    dh = dh.contiguous()
+    dpre = torch.empty_like(pre)
+    acc, _ = _acc_and_precision(pre.dtype)
+    n = pre.numel()
+    leaky_square_grad_kernel[(triton.cdiv(n, ELEMENTWISE_BLOCK),)](
+        dh, pre, dpre, n, slope, ACC=acc, BLOCK=ELEMENTWISE_BLOCK
+    )
+    return _matmul(dpre, w, (bm, bn, bk)), _matmul(dpre.t(), x2, (bm, bn, bk))
+
+
+@_up_activation_op.register_fake
+def _(x2: Tensor, w: Tensor, slope: float, bm: int, bn: int, bk: int) -> tuple[Tensor, Tensor]:
+    shape = (x2.shape[0], w.shape[0])
+    return x2.new_empty(shape), x2.new_empty(shape)
+
+
+@_up_activation_backward_op.register_fake
+def _(dh: Tensor, x2: Tensor, w: Tensor, pre: Tensor, slope: float, bm: int, bn: int, bk: int):
+    return x2.new_empty(x2.shape), w.new_empty(w.shape)
+
+
+def _up_setup(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+    x2, w, ctx.slope, *ctx.blocks = inputs
+    ctx.save_for_backward(x2, w, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _up_grad(ctx, dh: Tensor, _dpre: Tensor):
+    x2, w, pre = ctx.saved_tensors
+    dx, dw = _up_activation_backward_op(dh, x2, w, pre, ctx.slope, *ctx.blocks)
+    return dx, dw, None, None, None, None
+
+
+_up_activation_op.register_autograd(_up_grad, setup_context=_up_setup)
 
 
 def fused_up_activation(
@@ -85,5 +112,6 @@ def fused_up_activation(
     ``triton=None`` picks the Triton kernel for CUDA tensors and the eager reference otherwise; True forces the
     kernel (tests run it on CPU under Triton's interpreter), False forces eager."""
     if triton if triton is not None else x.is_cuda:
-        return _FusedUpActivation.apply(x, w, slope, blocks)
+        h, _ = _up_activation_op(x.reshape(-1, x.shape[-1]), w, slope, *blocks)
+        return h.view(*x.shape[:-1], w.shape[0])
     return eager_up_activation(x, w, slope)

@@ -8,6 +8,9 @@ Negative targets (``ignore_index=-100``) give loss 0 and no gradient, like ``F.c
 
 The eager path (CPU, or ``triton=False``) is the reference: ``F.cross_entropy(c tanh(x/c), y, reduction="none")``
 in fp32 at least.
+
+Both directions are custom ops (``pgolf::softcapped_ce``, ``pgolf::softcapped_ce_backward``) with fake
+implementations, so a compiled model treats them as opaque calls and stays one graph.
 """
 
 from __future__ import annotations
@@ -30,35 +33,58 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-class _SoftcappedCE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, softcap: float, block_v: int) -> Tensor:
-        from pgolf.kernels._triton import softcap_ce_fwd_kernel
+@torch.library.custom_op("pgolf::softcapped_ce", mutates_args=())
+def _softcapped_ce_op(logits: Tensor, targets: Tensor, softcap: float, block_v: int) -> tuple[Tensor, Tensor]:
+    """(per-row nats, per-row log-sum-exp of the capped logits) through the forward kernel."""
+    from pgolf.kernels._triton import softcap_ce_fwd_kernel
 
-        x = logits.contiguous()
-        rows, V = x.shape
-        out_dtype = torch.promote_types(x.dtype, torch.float32)
-        loss = torch.empty(rows, device=x.device, dtype=out_dtype)
-        lse = torch.empty_like(loss)
-        softcap_ce_fwd_kernel[(rows,)](
-            x, targets, loss, lse, V, x.stride(0), softcap, ACC=_acc(x.dtype), BLOCK_V=block_v
-        )
-        ctx.save_for_backward(x, targets, lse)
-        ctx.softcap, ctx.block_v = softcap, block_v
-        return loss
+    x = logits.contiguous()
+    rows, V = x.shape
+    loss = torch.empty(rows, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+    lse = torch.empty_like(loss)
+    softcap_ce_fwd_kernel[(rows,)](x, targets, loss, lse, V, x.stride(0), softcap, ACC=_acc(x.dtype), BLOCK_V=block_v)
+    return loss, lse
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        from pgolf.kernels._triton import softcap_ce_bwd_kernel
 
-        x, targets, lse = ctx.saved_tensors
-        rows, V = x.shape
-        dx = torch.empty_like(x)
-        softcap_ce_bwd_kernel[(rows,)](
-            x, targets, lse, grad.contiguous(), dx, V, x.stride(0), dx.stride(0), ctx.softcap,
-            ACC=_acc(x.dtype), BLOCK_V=ctx.block_v,
-        )  # fmt: skip
-        return dx, None, None, None
+@torch.library.custom_op("pgolf::softcapped_ce_backward", mutates_args=())
+def _softcapped_ce_backward_op(
+    grad: Tensor, logits: Tensor, targets: Tensor, lse: Tensor, softcap: float, block_v: int
+) -> Tensor:
+    from pgolf.kernels._triton import softcap_ce_bwd_kernel
+
+    x = logits.contiguous()
+    rows, V = x.shape
+    dx = torch.empty_like(x)
+    softcap_ce_bwd_kernel[(rows,)](
+        x, targets, lse, grad.contiguous(), dx, V, x.stride(0), dx.stride(0), softcap, ACC=_acc(x.dtype),
+        BLOCK_V=block_v,
+    )  # fmt: skip
+    return dx
+
+
+@_softcapped_ce_op.register_fake
+def _(logits: Tensor, targets: Tensor, softcap: float, block_v: int) -> tuple[Tensor, Tensor]:
+    out = logits.new_empty(logits.shape[0], dtype=torch.promote_types(logits.dtype, torch.float32))
+    return out, torch.empty_like(out)
+
+
+@_softcapped_ce_backward_op.register_fake
+def _(grad: Tensor, logits: Tensor, targets: Tensor, lse: Tensor, softcap: float, block_v: int) -> Tensor:
+    return logits.new_empty(logits.shape)
+
+
+def _ce_setup(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+    logits, targets, ctx.softcap, ctx.block_v = inputs
+    ctx.save_for_backward(logits, targets, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _ce_grad(ctx, grad: Tensor, _dlse: Tensor):
+    logits, targets, lse = ctx.saved_tensors
+    return _softcapped_ce_backward_op(grad, logits, targets, lse, ctx.softcap, ctx.block_v), None, None, None
+
+
+_softcapped_ce_op.register_autograd(_ce_grad, setup_context=_ce_setup)
 
 
 def softcapped_cross_entropy(
@@ -68,5 +94,5 @@ def softcapped_cross_entropy(
     targets (N,) -> (N,) in fp32 at least. ``triton=None`` picks the kernel for CUDA tensors and the eager
     reference otherwise; True forces the kernel (tests run it under Triton's interpreter), False forces eager."""
     if triton if triton is not None else logits.is_cuda:
-        return _SoftcappedCE.apply(logits, targets, softcap, block_v)
+        return _softcapped_ce_op(logits, targets, softcap, block_v)[0]
     return eager_softcapped_ce(logits, targets, softcap)
