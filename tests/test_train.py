@@ -69,6 +69,25 @@ def test_tiny_run_writes_weights_meta_and_curves(data, tmp_path):
     assert not (tmp_path / "resume").exists()
 
 
+def test_compiled_training_builds_every_graph_in_the_warmup(data, tmp_path, monkeypatch):
+    """The compiled path on CPU (aot_eager): the warm-up builds the graphs of both schedules, the recurrence
+    switch at step 3 and the rest of training build none, and the run follows the eager one."""
+    from pgolf.train import compile as tc
+
+    eager = run_train(tiny_model(), train_cfg(warmup_steps=1, val_every=0), paths(data, tmp_path / "eager"))
+    monkeypatch.setattr(tc, "enabled", lambda flag, device: flag)
+    monkeypatch.setattr(tc, "BACKEND", "aot_eager")
+    monkeypatch.setattr(tc, "BUCKET_LENGTHS", (64,))  # these rows have fewer than 64 segments
+    torch._dynamo.reset()
+    try:
+        summary = run_train(tiny_model(), train_cfg(warmup_steps=1, val_every=0), paths(data, tmp_path / "compiled"))
+    finally:
+        torch._dynamo.reset()
+    assert summary["compiled"] and summary["looping_from_step"] == 3
+    assert summary["graphs_at_warmup"] >= 2 and summary["graphs_in_training"] == 0
+    assert summary["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-4)
+
+
 def test_kill_and_resume_gives_the_same_weights(data, tmp_path, monkeypatch):
     cfg = train_cfg(checkpoint_seconds=1e-9)  # a checkpoint after every step
     run_train(tiny_model(), cfg, paths(data, tmp_path / "straight"))

@@ -112,16 +112,18 @@ def muon_update(
     ns_steps: int,
     coeffs: NSCoeffs,
     ns_dtype: torch.dtype,
+    orthogonalize: Callable[[Tensor, int, NSCoeffs, torch.dtype], Tensor] = newton_schulz,
 ) -> Tensor:
     """The Muon direction for one matrix (or a batch [..., rows, cols]); updates the momentum ``buf`` in place.
 
-    Momentum (``buf``), Nesterov, optional row normalization, Newton–Schulz, then the shape scale. The result has
-    the dtype of the (Nesterov) momentum, i.e. the promotion of grad's and buf's dtypes.
+    Momentum (``buf``), Nesterov, optional row normalization, Newton–Schulz (``orthogonalize``: the eager
+    :func:`newton_schulz` or a compiled copy), then the shape scale. The result has the dtype of the (Nesterov)
+    momentum, i.e. the promotion of grad's and buf's dtypes.
     """
     U = nesterov_momentum(grad, buf, momentum, nesterov)
     if row_normalize:
         U = normalize_rows(U)
-    ortho = newton_schulz(U, ns_steps, coeffs, ns_dtype)
+    ortho = orthogonalize(U, ns_steps, coeffs, ns_dtype)
     return ortho * shape_scale(grad.size(-2), grad.size(-1))
 
 
@@ -181,6 +183,10 @@ class Muon(torch.optim.Optimizer):
 
     Each group's ``lr``, ``momentum``, ``weight_decay``, ``nesterov``, ``row_normalize``, ``ns_steps`` and
     ``ns_coeffs`` are read at every step, so a schedule may rewrite ``lr`` and ``momentum`` between steps.
+
+    ``compile_backend`` (e.g. ``"inductor"``): run Newton–Schulz through ``torch.compile(dynamic=False,
+    fullgraph=True)``, as the record does; one graph per distinct matrix shape, none of which depends on the
+    schedule (lr and momentum stay outside the compiled function). None: eager.
     """
 
     def __init__(
@@ -195,6 +201,7 @@ class Muon(torch.optim.Optimizer):
         ns_steps: int,
         ns_coeffs: NSCoeffs,
         ns_dtype: torch.dtype = torch.float32,
+        compile_backend: str | Callable | None = None,
     ) -> None:
         params = list(params)
         for p in params:
@@ -213,6 +220,8 @@ class Muon(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.ns_dtype = ns_dtype
         """dtype of the momentum buffers and of the Newton–Schulz iteration (bf16 on CUDA in the record)."""
+        self.orthogonalize = newton_schulz if compile_backend is None else _compiled_ns(params, compile_backend)
+        """The Newton–Schulz function: eager, or compiled once per matrix shape."""
 
     def _update(self, p: Tensor, group: dict) -> Tensor:
         """This rank's update for ``p`` (owner only), contiguous and in p's dtype."""
@@ -228,6 +237,7 @@ class Muon(torch.optim.Optimizer):
             ns_steps=group["ns_steps"],
             coeffs=group["ns_coeffs"],
             ns_dtype=self.ns_dtype,
+            orthogonalize=self.orthogonalize,
         )
         return update.to(p.dtype).contiguous()
 
@@ -258,3 +268,14 @@ class Muon(torch.optim.Optimizer):
                 p.mul_(1.0 - lr * wd)
             p.add_(update, alpha=-lr)
         return loss
+
+
+def _compiled_ns(params: list[Tensor], backend: str | Callable) -> Callable:
+    """``newton_schulz`` compiled with static shapes. Each distinct matrix shape is one recompilation of the same
+    function, so Dynamo's per-function recompile limit is raised to the number of shapes when it is lower."""
+    import torch._dynamo
+
+    shapes = {tuple(p.shape) for p in params}
+    if len(shapes) > torch._dynamo.config.recompile_limit:
+        torch._dynamo.config.recompile_limit = len(shapes)
+    return torch.compile(newton_schulz, dynamic=False, fullgraph=True, backend=backend)

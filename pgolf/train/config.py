@@ -75,7 +75,8 @@ class TrainConfig(Section):
     checkpoint_seconds: float
     """Wall-clock seconds between resumable checkpoints (0 = none)."""
     compile: bool
-    """torch.compile the model (CUDA only; ignored on CPU)."""
+    """torch.compile the model (one graph per cu_seqlens bucket and schedule, built in the warm-up) and Muon's
+    Newton–Schulz (CUDA only; ignored on CPU). See :mod:`pgolf.train.compile`."""
 
     def grad_accum(self, world_size: int) -> int:
         per_step = world_size * self.micro_batch_tokens

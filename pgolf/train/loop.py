@@ -27,6 +27,7 @@ from pgolf.model.gpt import GPT
 from pgolf.optim.averaging import EMA, TightSWA
 from pgolf.optim.schedule import looping_active, lr_multiplier, momentum_at, progress
 from pgolf.train import checkpoint as ckpt
+from pgolf.train import compile as tc
 from pgolf.train.checkpoint import META_FILE, RAW_FILE
 from pgolf.train.config import TrainConfig
 from pgolf.train.loader import PackingLoader
@@ -56,10 +57,14 @@ class Run:
     grad_accum: int
     fingerprint: str
     forward: Callable[..., torch.Tensor]
-    """The model, or its torch.compile'd version on CUDA."""
+    """The model, or its torch.compile'd version on CUDA (:mod:`pgolf.train.compile`)."""
     state: Progress = field(default_factory=Progress)
     qat: FakeQuant | None = None
     """Late QAT's shared fake quantizer (installed before compiling), when train.qat.enabled."""
+    graphs_at_warmup: int = 0
+    """Graphs torch.compile built in this process's warm-up (0 when not compiling)."""
+    graphs_in_training: int = 0
+    """Graphs built after the warm-up: recompilations that cost training time (0 expected)."""
 
 
 def fingerprint(model_cfg: ModelConfig, cfg: TrainConfig, data_manifest: dict, world_size: int) -> str:
@@ -73,7 +78,8 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, data_manife
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = GPT(model_cfg).to(info.device)
-    opts = build_optimizers(model, cfg)
+    compiling = tc.enabled(cfg.compile, info.device)
+    opts = build_optimizers(model, cfg, compile_backend=tc.BACKEND if compiling else None)
     loader = PackingLoader(shard_dir, tokens_per_rank=cfg.micro_batch_tokens, seq_len=cfg.seq_len,
                            rank=info.rank, world_size=info.world_size, bos_id=model_cfg.bos_id)  # fmt: skip
     if cfg.averaging.kind == "ema":
@@ -81,8 +87,7 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, data_manife
     else:
         averager = TightSWA(model, cfg.averaging.swa_every, cfg.averaging.swa_start_below_lr)
     qat = install_fake_quant(model, cfg.qat.bits) if cfg.qat.enabled else None
-    use_compile = cfg.compile and info.device.type == "cuda"
-    forward = torch.compile(model, dynamic=False) if use_compile else model
+    forward = tc.compile_model(model, cfg.seq_len) if compiling else model
     return Run(model, opts, loader, averager, cfg, info, cfg.grad_accum(info.world_size),
                fingerprint(model_cfg, cfg, data_manifest, info.world_size), forward, qat=qat)  # fmt: skip
 
@@ -93,11 +98,19 @@ def _step(run: Run, looped: bool) -> float:
 
 
 def warmup(run: Run) -> float:
-    """The thrown-away compile warm-up; returns its seconds. The loader restarts afterwards."""
-    if run.cfg.warmup_steps <= 0:
+    """The thrown-away compile warm-up; returns its seconds. The loader restarts afterwards.
+
+    When compiling: forward/backward of one real row with every cu_seqlens bucket, both schedules (no step), then
+    ``warmup_steps`` full steps unlooped and looped; weights and optimizer state are restored afterwards."""
+    compiling = isinstance(run.forward, tc.CompiledModel)
+    if run.cfg.warmup_steps <= 0 and not compiling:
         return 0.0
-    start = time.perf_counter()
+    start, graphs = time.perf_counter(), tc.graphs_compiled()
     loader_state = run.loader.state_dict()
+    if compiling:
+        batch = run.loader.next_batch().to(run.info.device)
+        tc.bucket_warmup(run.forward, run.model, batch.inputs, batch.targets, seq_len=run.cfg.seq_len,
+                         autocast=lambda: dist.autocast(run.info.device))  # fmt: skip
 
     def steps(looped: bool) -> None:
         for _ in range(run.cfg.warmup_steps):
@@ -105,7 +118,20 @@ def warmup(run: Run) -> float:
 
     compile_warmup(steps, run.model, run.opts)
     run.loader.load_state_dict(loader_state)
+    run.graphs_at_warmup = tc.graphs_compiled() - graphs
+    if compiling:
+        dist.print0(f"train: compile warm-up built {run.graphs_at_warmup} graphs "
+                    f"({time.perf_counter() - start:.1f} s, not counted in the budget)")  # fmt: skip
     return time.perf_counter() - start
+
+
+def _check_recompiles(run: Run, graphs_before: int) -> None:
+    """Report graphs built during training: each one stalled a step on compilation."""
+    built = tc.graphs_compiled() - graphs_before
+    if built > run.graphs_in_training:
+        dist.print0(f"train: WARNING torch.compile built {built - run.graphs_in_training} new graph(s) at "
+                    f"step {run.state.step} (a cu_seqlens bucket or schedule the warm-up did not cover)")  # fmt: skip
+        run.graphs_in_training = built
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -245,9 +271,12 @@ def train(run: Run, *, val: ValData | None, resume_dir: Path, live_dir: Path) ->
     warm_seconds = warmup(run)
     resumed = try_resume(run, resume_dir)
     logger = Logger(live_dir, resumed, run.info.is_main, total=100)
-    last_save = time.perf_counter()
+    last_save, graphs = time.perf_counter(), tc.graphs_compiled()
+    compiling = isinstance(run.forward, tc.CompiledModel)
     try:
         while _one_step(run, logger, val):
+            if compiling:
+                _check_recompiles(run, graphs)
             since = dist.all_max(time.perf_counter() - last_save, run.info.device)  # every rank decides alike
             if run.cfg.checkpoint_seconds and since >= run.cfg.checkpoint_seconds:
                 save_checkpoint(run, resume_dir)
@@ -258,7 +287,9 @@ def train(run: Run, *, val: ValData | None, resume_dir: Path, live_dir: Path) ->
     return {"steps": s.step, "tokens": s.tokens, "train_seconds": round(s.train_seconds, 3),
             "warmup_seconds": round(warm_seconds, 3), "looping_from_step": s.looping_from_step,
             "final_train_loss": s.last_loss, "resumed": resumed, "world_size": run.info.world_size,
-            "grad_accum": run.grad_accum, "averaging": run.cfg.averaging.kind, "commit": code_version()}  # fmt: skip
+            "grad_accum": run.grad_accum, "averaging": run.cfg.averaging.kind, "compiled": compiling,
+            "graphs_at_warmup": run.graphs_at_warmup, "graphs_in_training": run.graphs_in_training,
+            "commit": code_version()}  # fmt: skip
 
 
 def code_version() -> str:

@@ -48,7 +48,9 @@ class Optimizers:
             opt.zero_grad(set_to_none=True)
 
 
-def build_optimizers(model: GPT, cfg: TrainConfig) -> Optimizers:
+def build_optimizers(model: GPT, cfg: TrainConfig, compile_backend: str | Callable | None = None) -> Optimizers:
+    """Muon, embedding AdamW and scalar AdamW with ``base_lr`` recorded; ``compile_backend`` compiles Muon's
+    Newton–Schulz (None: eager)."""
     roles = model.param_roles()
     params = dict(model.named_parameters())
     by_role = {r: [params[n] for n, role in roles.items() if role == r] for r in set(roles.values())}
@@ -56,7 +58,8 @@ def build_optimizers(model: GPT, cfg: TrainConfig) -> Optimizers:
     ns_dtype = torch.bfloat16 if next(model.parameters()).is_cuda else torch.float32
     muon = Muon(by_role.get("attn", []) + by_role.get("mlp", []), lr=m.lr, momentum=m.momentum_warmup_start,
                 weight_decay=m.weight_decay, nesterov=m.nesterov, row_normalize=m.row_normalize,
-                ns_steps=m.ns_steps, ns_coeffs=m.ns_coeffs, ns_dtype=ns_dtype)  # fmt: skip
+                ns_steps=m.ns_steps, ns_coeffs=m.ns_coeffs, ns_dtype=ns_dtype,
+                compile_backend=compile_backend)  # fmt: skip
     betas = (a.beta1, a.beta2)
     embed = torch.optim.AdamW(by_role["embedding"], lr=a.embed_lr, betas=betas, eps=a.eps, weight_decay=a.embed_wd)
     scalars = by_role.get("control", []) + by_role.get("attn_gate", [])

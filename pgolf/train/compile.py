@@ -1,0 +1,112 @@
+"""``torch.compile`` for training: the model as one graph per (cu_seqlens bucket, recurrence schedule), the warm-up
+that builds those graphs before the clock starts, and a count of graphs so that a recompilation during training
+is reported rather than silently slowing steps down.
+
+Static shapes (``dynamic=False``): a packed row always has ``train.micro_batch_tokens`` tokens and its
+``cu_seqlens`` is padded to a multiple of 64 entries (:func:`pgolf.train.loader.build_cu_seqlens`), so the shapes
+that reach the graph are the row and a few cu lengths. ``looped`` is a Python bool, so switching recurrence on is a
+guard miss: one more graph per bucket, built during the warm-up (unlooped, then looped) as in the record (spec
+§8.2), not at the switch. The attention bound ``max_seqlen`` is ``train.seq_len`` (segments are cut there), which
+lets the flash backends trace without a host sync (see :mod:`pgolf.model.attention`).
+
+The model compiles with ``fullgraph=True`` like the record. If some op cannot be traced (FlexAttention's
+block-mask construction, or a kernel this PyTorch cannot trace), the first call warns with the reason and the
+model compiles with graph breaks instead.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from pgolf.model.attention import set_max_seqlen
+
+BACKEND = "inductor"
+"""The backend of every compiled function (tests use ``aot_eager`` on CPU)."""
+
+PAD_MULTIPLE = 64
+"""The loader pads cu_seqlens to a multiple of this many entries."""
+BUCKET_LENGTHS = (64, 128, 192, 256)
+"""cu_seqlens lengths compiled during the warm-up (the record's: batches of up to 255 segments never recompile)."""
+
+
+def enabled(compile_flag: bool, device: torch.device) -> bool:
+    """Whether training compiles: ``train.compile`` on a CUDA device (compiling on CPU costs more than it saves)."""
+    return compile_flag and device.type == "cuda"
+
+
+def graphs_compiled() -> int:
+    """Graphs Dynamo has built in this process so far (all functions together)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+class CompiledModel:
+    """``model(...)`` through ``torch.compile(dynamic=False, fullgraph=True)``, falling back once, with a warning,
+    to a compile with graph breaks when the full graph cannot be traced."""
+
+    def __init__(self, model: nn.Module, backend: str | Callable | None = None) -> None:
+        self.model, self.backend = model, backend or BACKEND
+        self.fullgraph = True
+        self._fn = torch.compile(model, dynamic=False, fullgraph=True, backend=self.backend)
+
+    def __call__(self, *args, **kwargs) -> Tensor:
+        if not self.fullgraph:
+            return self._fn(*args, **kwargs)
+        try:
+            return self._fn(*args, **kwargs)
+        except torch._dynamo.exc.Unsupported as err:  # raised while tracing, before anything ran
+            reason = str(err).strip().splitlines()[0]
+            warnings.warn(f"torch.compile: the model is not one graph ({reason}); compiling with graph breaks, "
+                          "which costs speed", stacklevel=2)  # fmt: skip
+            torch._dynamo.reset()
+            self.fullgraph = False
+            self._fn = torch.compile(self.model, dynamic=False, backend=self.backend)
+            return self._fn(*args, **kwargs)
+
+
+def compile_model(model: nn.Module, seq_len: int, backend: str | Callable | None = None) -> CompiledModel:
+    """Bound every attention layer's segments by ``seq_len`` (static ``max_seqlen``), then compile ``model``."""
+    set_max_seqlen(model, seq_len)
+    return CompiledModel(model, backend)
+
+
+def bucket_cu_seqlens(tokens: int, seq_len: int, length: int, device: torch.device) -> Tensor:
+    """A ``cu_seqlens`` of ``length`` entries for a row of ``tokens``: boundaries every ``seq_len`` tokens (at most
+    ``length - 1`` of them), padded by repeating ``tokens`` like the loader's."""
+    bounds = list(range(0, tokens, max(1, seq_len)))[: length - 1] + [tokens]
+    cu = torch.full((length,), tokens, dtype=torch.int32)
+    cu[: len(bounds)] = torch.tensor(bounds, dtype=torch.int32)
+    return cu.to(device)
+
+
+def bucket_warmup(
+    forward: Callable[..., Tensor],
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    seq_len: int,
+    autocast: Callable[[], object],
+    buckets: tuple[int, ...] | None = None,
+) -> int:
+    """Forward and backward (no optimizer step) of one real row with every cu_seqlens bucket, unlooped then
+    looped, so that training never compiles; returns the graphs built. Gradients are cleared afterwards.
+    ``buckets``: the cu_seqlens lengths (default :data:`BUCKET_LENGTHS`)."""
+    before = graphs_compiled()
+    tokens = inputs.numel()
+    for looped in (False, True):
+        for length in buckets or BUCKET_LENGTHS:
+            if length - PAD_MULTIPLE >= tokens + 1:  # a row of n tokens has at most n + 1 boundaries
+                continue
+            cu = bucket_cu_seqlens(tokens, seq_len, length, inputs.device)
+            with autocast():
+                loss = forward(inputs, targets, cu_seqlens=cu, looped=looped)
+            loss.backward()
+    for p in model.parameters():
+        p.grad = None
+    return graphs_compiled() - before
