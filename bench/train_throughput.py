@@ -2,6 +2,11 @@
 
     python bench/train_throughput.py --preset presets/record_1855.yaml --micro-batch-tokens 98304 --steps 200
     python bench/train_throughput.py --preset params.yaml --steps 10            # the CPU default
+    python bench/train_throughput.py --preset params.yaml --compile on          # inductor on this device
+
+Compilation (``--compile auto``: the preset's ``train.compile`` on CUDA, as training does) goes through
+:mod:`pgolf.train.compile`: the model as one graph per cu_seqlens bucket and schedule, Muon's Newton–Schulz, and
+the bucket warm-up; compile seconds and the graphs built during the timed steps (0 expected) are reported.
 
 Steps run on synthetic packed rows (documents of random length, attention segments of at most ``train.seq_len``)
 through the real model, optimizer groups and gradient accumulation of the preset, with recurrence off and on.
@@ -35,6 +40,7 @@ from pgolf.dist import autocast  # noqa: E402
 from pgolf.model.config import ModelConfig, ModelParams  # noqa: E402
 from pgolf.model.gpt import GPT  # noqa: E402
 from pgolf.tokenizer import TokenizerConfig  # noqa: E402
+from pgolf.train import compile as tc  # noqa: E402
 from pgolf.train.config import TrainConfig  # noqa: E402
 from pgolf.train.loader import build_cu_seqlens  # noqa: E402
 from pgolf.train.step import build_optimizers  # noqa: E402
@@ -82,19 +88,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(model, opts, forward, batches, steps: int, warmup: int, looped: bool, device) -> float:
-    """Mean seconds per optimizer step (after ``warmup`` steps)."""
+def measure(model, opts, forward, batches, steps: int, warmup: int, looped: bool, device) -> tuple[float, float, int]:
+    """(seconds per optimizer step after ``warmup`` untimed steps, seconds of those warm-up steps, graphs
+    torch.compile built during the timed steps)."""
+    begin = time.perf_counter()
     for i in range(warmup + steps):
         if i == warmup:
             _sync(device)
-            start = time.perf_counter()
+            start, graphs = time.perf_counter(), tc.graphs_compiled()
         for x, y, cu in batches:
             with autocast(device):
                 loss = forward(x, y, cu_seqlens=cu, looped=looped)
             (loss / len(batches)).backward()
         opts.step()
     _sync(device)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, start - begin, tc.graphs_compiled() - graphs
 
 
 def main() -> None:
@@ -104,6 +112,9 @@ def main() -> None:
     parser.add_argument("--grad-accum", type=int, help="micro-batches per step (default: the preset's on 1 rank)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--compile", choices=("auto", "on", "off", "both"), default="auto",
+                        help="auto: train.compile on CUDA (as training); on/off: force; both: eager then compiled "
+                             "in one run, with their ratio")  # fmt: skip
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     args = parser.parse_args()
 
@@ -113,34 +124,56 @@ def main() -> None:
     micro = args.micro_batch_tokens or train_cfg.micro_batch_tokens
     accum = args.grad_accum or train_cfg.global_batch_tokens // micro
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
-    model = GPT(model_cfg).to(device)
-    opts = build_optimizers(model, train_cfg)
-    use_compile = train_cfg.compile and device.type == "cuda"
-    forward = torch.compile(model, dynamic=False) if use_compile else model
     rng = np.random.default_rng(0)
     batches = [synthetic_batch(model_cfg, micro, train_cfg.seq_len, rng, device) for _ in range(accum)]
     peak = matmul_peak(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    rows = []
-    for looped in (False, True):
-        seconds = measure(model, opts, forward, batches, args.steps, args.warmup, looped, device)
-        rate = micro * accum / seconds
-        flops = flops_per_token(model, looped, batches[0][2])
-        rows.append((looped, seconds * 1000, rate, flops, rate * flops / peak))
+    modes = {"auto": [tc.enabled(train_cfg.compile, device)], "on": [True], "off": [False], "both": [False, True]}
+    results = [bench_mode(model_cfg, train_cfg, batches, device, args, peak, compiling)
+               for compiling in modes[args.compile]]  # fmt: skip
     memory = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # fmt: skip
-    report(args, device, micro, accum, peak, memory, rows)
+    report(args, device, micro, accum, peak, memory, results)
 
 
-def report(args, device, micro, accum, peak, memory, rows) -> None:
+def bench_mode(model_cfg, train_cfg, batches, device, args, peak, compiling: bool) -> tuple[bool, float, list]:
+    """(compiling, compile + warm-up seconds, one row per recurrence setting) for a fresh model."""
+    torch.manual_seed(0)
+    model = GPT(model_cfg).to(device)
+    opts = build_optimizers(model, train_cfg, compile_backend=tc.BACKEND if compiling else None)
+    forward = tc.compile_model(model, train_cfg.seq_len) if compiling else model
+    compile_seconds = 0.0
+    if compiling:
+        start = time.perf_counter()
+        x, y, _ = batches[0]
+        tc.bucket_warmup(forward, model, x, y, seq_len=train_cfg.seq_len, autocast=lambda: autocast(device))
+        compile_seconds = time.perf_counter() - start
+    tokens = sum(x.numel() for x, _, _ in batches)
+    rows = []
+    for looped in (False, True):
+        seconds, warm_seconds, recompiles = measure(model, opts, forward, batches, args.steps, args.warmup, looped,
+                                                    device)  # fmt: skip
+        compile_seconds += warm_seconds if compiling else 0.0
+        flops = flops_per_token(model, looped, batches[0][2])
+        rows.append((looped, seconds * 1000, tokens / seconds, flops, tokens / seconds * flops / peak, recompiles))
+    return compiling, compile_seconds, rows
+
+
+def report(args, device, micro, accum, peak, memory, results) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     lines = [f"\n## {datetime.date.today()} {Path(args.preset).name} on {name}\n",
              f"`python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}`  ",
              f"tokens/step {micro * accum:,} ({accum} x {micro:,}), matmul peak {peak / 1e12:.3f} TFLOP/s, "
-             f"peak memory {memory:,.0f} MiB\n", "| recurrence | ms/step | tokens/s | model FLOPs/token | MFU |",
-             "|---|---:|---:|---:|---:|"]  # fmt: skip
-    for looped, ms, rate, flops, mfu in rows:
-        lines.append(f"| {'on' if looped else 'off'} | {ms:,.1f} | {rate:,.0f} | {flops / 1e6:,.1f} M | {mfu:.1%} |")
+             f"peak memory {memory:,.0f} MiB\n",
+             "| mode | recurrence | ms/step | tokens/s | model FLOPs/token | MFU | graphs built while timed |",
+             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for compiling, compile_seconds, rows in results:
+        mode = f"compiled ({tc.BACKEND}, {compile_seconds:.0f} s untimed)" if compiling else "eager"
+        for looped, ms, rate, flops, mfu, recompiles in rows:
+            lines.append(f"| {mode} | {'on' if looped else 'off'} | {ms:,.1f} | {rate:,.0f} | {flops / 1e6:,.1f} M "
+                         f"| {mfu:.1%} | {recompiles} |")  # fmt: skip
+    if len(results) == 2:
+        ratios = [c[2] / e[2] for e, c in zip(results[0][2], results[1][2], strict=True)]
+        lines.append(f"\ncompiled / eager tokens/s: {ratios[0]:.2f} (recurrence off), {ratios[1]:.2f} (on)")
     text = "\n".join(lines) + "\n"
     print(text)
     with open(args.results, "a") as f:
