@@ -120,14 +120,16 @@ def test_a_graph_break_falls_back_with_a_warning():
     assert not forward.fullgraph and torch.equal(out, torch.full((3,), 3.0))
 
 
-def test_compiled_newton_schulz_matches_eager_and_never_recompiles_for_the_schedule():
+@pytest.mark.parametrize("batch", [False, True])
+def test_compiled_newton_schulz_matches_eager_and_never_recompiles_for_the_schedule(batch):
     torch.manual_seed(3)
     shapes = [(16, 8), (8, 16), (16, 8), (12, 12)]
     eager_params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
     compiled_params = [torch.nn.Parameter(p.detach().clone()) for p in eager_params]
     kw = dict(lr=0.02, momentum=0.9, weight_decay=0.01, nesterov=True, row_normalize=True, ns_steps=5,
               ns_coeffs="polar_express")  # fmt: skip
-    eager, compiled = Muon(eager_params, **kw), Muon(compiled_params, **kw, compile_backend=BACKEND)
+    eager = Muon(eager_params, **kw)
+    compiled = Muon(compiled_params, **kw, compile_backend=BACKEND, batch_by_shape=batch)
     start = tc.graphs_compiled()
     for step in range(4):
         grads = [torch.randn(s) for s in shapes]
@@ -137,6 +139,6 @@ def test_compiled_newton_schulz_matches_eager_and_never_recompiles_for_the_sched
             for p, grad in zip(params, grads, strict=True):
                 p.grad = grad.clone()
             opt.step()
-    assert tc.graphs_compiled() - start == 3  # one graph per distinct matrix shape
+    assert tc.graphs_compiled() - start == 3  # one graph per matrix shape (batched: (2,16,8), (1,8,16), ...)
     for a, b in zip(eager_params, compiled_params, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

@@ -184,9 +184,13 @@ def test_muon_update_is_scaled_orthogonal():
 # ------------------------------------------------------------------------------------------- Muon optimizer
 
 
+def _muon_kw() -> dict:
+    return dict(lr=0.05, momentum=0.9, weight_decay=0.0, nesterov=True, row_normalize=False, ns_steps=5,
+                ns_coeffs="polar_express")  # fmt: skip
+
+
 def _muon(params, **over) -> Muon:
-    kw = dict(lr=0.05, momentum=0.9, weight_decay=0.0, nesterov=True, row_normalize=False, ns_steps=5)
-    return Muon(params, **{**kw, "ns_coeffs": "polar_express", **over})
+    return Muon(params, **{**_muon_kw(), **over})
 
 
 def test_muon_decreases_quadratic_loss():
@@ -234,12 +238,12 @@ def test_muon_momentum_buffer_dtype_and_group_momentum():
 
 def _dist_params() -> list[nn.Parameter]:
     g = torch.Generator().manual_seed(9)
-    shapes = [(16, 8), (8, 16), (3, 12, 12), (20, 5), (6, 6)]
+    shapes = [(16, 8), (8, 16), (3, 12, 12), (20, 5), (6, 6), (16, 8), (6, 6), (16, 8)]
     return [nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
 
 
-def _run_three_steps(params: list[nn.Parameter]) -> Muon:
-    opt = _muon(params, lr=0.02, weight_decay=0.1, row_normalize=True)
+def _run_three_steps(params: list[nn.Parameter], batch: bool = False) -> Muon:
+    opt = _muon(params, lr=0.02, weight_decay=0.1, row_normalize=True, batch_by_shape=batch)
     for step in range(3):
         g = torch.Generator().manual_seed(100 + step)
         for p in params:
@@ -250,30 +254,44 @@ def _run_three_steps(params: list[nn.Parameter]) -> Muon:
     return opt
 
 
-def _dist_worker(rank: int, world: int, store_path: str, out_dir: str) -> None:
+def _dist_worker(rank: int, world: int, store_path: str, out_dir: str, batch: bool) -> None:
     store = dist.FileStore(store_path, world)
     # A short timeout turns a mismatched collective into a failure instead of a hung test.
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=30))
     try:
         params = _dist_params()
-        opt = _run_three_steps(params)
+        opt = _run_three_steps(params, batch)
         owned = [i for i, p in enumerate(params) if p in opt.state]
         torch.save({"params": [p.detach() for p in params], "owned": owned}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_muon_two_ranks_match_single_process(tmp_path):
-    mp.spawn(_dist_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("batch", [False, True])
+def test_muon_two_ranks_match_single_process(tmp_path, batch):
+    """Each rank batches only the matrices it owns ((6,6) x2 on rank 0, (16,8) x2 on rank 1; three (16,8) in one
+    process), and all of them agree."""
+    mp.spawn(_dist_worker, args=(2, str(tmp_path / "store"), str(tmp_path), batch), nprocs=2, join=True)
     single_params = _dist_params()
-    _run_three_steps(single_params)
+    _run_three_steps(single_params, batch)
     single = [p.detach() for p in single_params]
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    assert results[0]["owned"] == [0, 2, 4] and results[1]["owned"] == [1, 3]
+    assert results[0]["owned"] == [0, 2, 4, 6] and results[1]["owned"] == [1, 3, 5, 7]
     for r in results:
         for got, want in zip(r["params"], single, strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     assert any((p - q).abs().max() > 1e-3 for p, q in zip(single, _dist_params(), strict=True))
+
+
+def test_batched_newton_schulz_matches_one_matrix_at_a_time():
+    """Batching by shape changes how the products are launched, not the update: repeated shapes, a bank,
+    momentum buffers carried over three steps."""
+    unbatched, batched = _dist_params(), _dist_params()
+    opts = [_run_three_steps(unbatched, batch=False), _run_three_steps(batched, batch=True)]
+    for p, q in zip(unbatched, batched, strict=True):
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-6)
+        torch.testing.assert_close(opts[1].state[q]["momentum_buffer"], opts[0].state[p]["momentum_buffer"])
+    assert Muon([nn.Parameter(torch.ones(2, 2))], **_muon_kw()).batch_by_shape is False  # CPU default
 
 
 # ------------------------------------------------------------------------------------------- config

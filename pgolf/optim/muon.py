@@ -184,9 +184,14 @@ class Muon(torch.optim.Optimizer):
     Each group's ``lr``, ``momentum``, ``weight_decay``, ``nesterov``, ``row_normalize``, ``ns_steps`` and
     ``ns_coeffs`` are read at every step, so a schedule may rewrite ``lr`` and ``momentum`` between steps.
 
+    ``batch_by_shape`` (default: on CUDA): matrices of the same group, shape and dtype go through Newton–Schulz
+    together, as one batch: one launch per product for all of them instead of one per matrix (the record's
+    parameter banks batch likewise). On CPU the default is one matrix at a time, which measured faster there for
+    the record's shapes (``bench/muon_step.py``).
+
     ``compile_backend`` (e.g. ``"inductor"``): run Newton–Schulz through ``torch.compile(dynamic=False,
-    fullgraph=True)``, as the record does; one graph per distinct matrix shape, none of which depends on the
-    schedule (lr and momentum stay outside the compiled function). None: eager.
+    fullgraph=True)``, as the record does; one graph per batch shape, none of which depends on the schedule (lr
+    and momentum stay outside the compiled function). None: eager.
     """
 
     def __init__(
@@ -202,6 +207,7 @@ class Muon(torch.optim.Optimizer):
         ns_coeffs: NSCoeffs,
         ns_dtype: torch.dtype = torch.float32,
         compile_backend: str | Callable | None = None,
+        batch_by_shape: bool | None = None,
     ) -> None:
         params = list(params)
         for p in params:
@@ -221,16 +227,26 @@ class Muon(torch.optim.Optimizer):
         self.ns_dtype = ns_dtype
         """dtype of the momentum buffers and of the Newton–Schulz iteration (bf16 on CUDA in the record)."""
         self.orthogonalize = newton_schulz if compile_backend is None else _compiled_ns(params, compile_backend)
-        """The Newton–Schulz function: eager, or compiled once per matrix shape."""
+        """The Newton–Schulz function: eager, or compiled once per batch shape."""
+        on_cuda = any(isinstance(p, Tensor) and p.is_cuda for p in params)
+        self.batch_by_shape = on_cuda if batch_by_shape is None else batch_by_shape
+        """Run Newton–Schulz once per (group, shape, dtype) batch instead of once per matrix."""
 
-    def _update(self, p: Tensor, group: dict) -> Tensor:
-        """This rank's update for ``p`` (owner only), contiguous and in p's dtype."""
-        state = self.state[p]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p, dtype=self.ns_dtype)
+    def _bucket_updates(self, params: list[Tensor], group: dict) -> list[Tensor]:
+        """This rank's updates for same-shape matrices of one group: momentum on their stacked buffers and one
+        batched Newton–Schulz (one call, or one compiled graph, per shape instead of one per matrix); each
+        update contiguous and in its parameter's dtype."""
+        bufs = []
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p, dtype=self.ns_dtype)
+            bufs.append(state["momentum_buffer"])
+        single = len(params) == 1
+        stacked = bufs[0] if single else torch.stack(bufs)
         update = muon_update(
-            p.grad,
-            state["momentum_buffer"],
+            params[0].grad if single else torch.stack([p.grad for p in params]),
+            stacked,
             momentum=group["momentum"],
             nesterov=group["nesterov"],
             row_normalize=group["row_normalize"],
@@ -239,27 +255,47 @@ class Muon(torch.optim.Optimizer):
             ns_dtype=self.ns_dtype,
             orthogonalize=self.orthogonalize,
         )
-        return update.to(p.dtype).contiguous()
+        if single:
+            return [update.to(params[0].dtype).contiguous()]
+        torch._foreach_copy_(bufs, list(stacked.unbind(0)))
+        return [u.to(p.dtype).contiguous() for p, u in zip(params, update.unbind(0), strict=True)]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One Muon step over all groups (see the class docstring for the multi-rank split)."""
+        """One Muon step over all groups (see the class docstring for the multi-rank split).
+
+        The owner computes the updates of its matrices bucket by bucket (same group, shape and dtype), the first
+        time the parameter order reaches a bucket; the broadcasts follow the parameter order on every rank."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         rank, world = pdist.group_rank_world()
-        pending: list[tuple[Tensor, Tensor, dict, object]] = []
+        order: list[tuple[Tensor, dict, int, tuple]] = []
+        buckets: dict[tuple, list[Tensor]] = {}
         index = 0
-        for group in self.param_groups:
+        for gi, group in enumerate(self.param_groups):
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 owner = index % world
+                key = (gi, tuple(p.shape), p.dtype, p.device) if self.batch_by_shape else (gi, id(p))
                 index += 1
-                update = self._update(p, group) if owner == rank else torch.empty_like(p)
-                handle = dist.broadcast(update, src=owner, async_op=True) if world > 1 else None
-                pending.append((p, update, group, handle))
+                order.append((p, group, owner, key))
+                if owner == rank:
+                    buckets.setdefault(key, []).append(p)
+        ready: dict[int, Tensor] = {}
+        pending: list[tuple[Tensor, Tensor, dict, object]] = []
+        for p, group, owner, key in order:
+            if owner == rank:
+                if id(p) not in ready:
+                    bucket = buckets[key]
+                    ready.update(zip(map(id, bucket), self._bucket_updates(bucket, group), strict=True))
+                update = ready.pop(id(p))
+            else:
+                update = torch.empty_like(p)
+            handle = dist.broadcast(update, src=owner, async_op=True) if world > 1 else None
+            pending.append((p, update, group, handle))
         for p, update, group, handle in pending:
             if handle is not None:
                 handle.wait()  # type: ignore[attr-defined]
@@ -271,8 +307,8 @@ class Muon(torch.optim.Optimizer):
 
 
 def _compiled_ns(params: list[Tensor], backend: str | Callable) -> Callable:
-    """``newton_schulz`` compiled with static shapes. Each distinct matrix shape is one recompilation of the same
-    function, so Dynamo's per-function recompile limit is raised to the number of shapes when it is lower."""
+    """``newton_schulz`` compiled with static shapes. Each batch shape is one recompilation of the same function,
+    so Dynamo's per-function recompile limit is raised to the number of matrix shapes when it is lower."""
     import torch._dynamo
 
     shapes = {tuple(p.shape) for p in params}
