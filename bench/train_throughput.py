@@ -3,6 +3,7 @@
     python bench/train_throughput.py --preset presets/record_1855.yaml --micro-batch-tokens 98304 --steps 200
     python bench/train_throughput.py --preset params.yaml --steps 10            # the CPU default
     python bench/train_throughput.py --preset params.yaml --compile on          # inductor on this device
+    python bench/train_throughput.py --preset presets/record_1855.yaml --grad-accum 8 --profile 3   # + top costs
 
 Compilation (``--compile auto``: the preset's ``train.compile`` on CUDA, as training does) goes through
 :mod:`pgolf.train.compile`: the model as one graph per cu_seqlens bucket and schedule, Muon's Newton–Schulz, and
@@ -115,6 +116,9 @@ def main() -> None:
     parser.add_argument("--compile", choices=("auto", "on", "off", "both"), default="auto",
                         help="auto: train.compile on CUDA (as training); on/off: force; both: eager then compiled "
                              "in one run, with their ratio")  # fmt: skip
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="after timing, profile this many steps (recurrence on, last mode) and report the top "
+                             "costs by self device time")  # fmt: skip
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     args = parser.parse_args()
 
@@ -135,8 +139,9 @@ def main() -> None:
     report(args, device, micro, accum, peak, memory, results)
 
 
-def bench_mode(model_cfg, train_cfg, batches, device, args, peak, compiling: bool) -> tuple[bool, float, list]:
-    """(compiling, compile + warm-up seconds, one row per recurrence setting) for a fresh model."""
+def bench_mode(model_cfg, train_cfg, batches, device, args, peak, compiling: bool) -> tuple[bool, float, list, list]:
+    """(compiling, compile + warm-up seconds, one row per recurrence setting, top profiled costs) for a fresh
+    model."""
     torch.manual_seed(0)
     model = GPT(model_cfg).to(device)
     opts = build_optimizers(model, train_cfg, compile_backend=tc.BACKEND if compiling else None)
@@ -155,7 +160,30 @@ def bench_mode(model_cfg, train_cfg, batches, device, args, peak, compiling: boo
         compile_seconds += warm_seconds if compiling else 0.0
         flops = flops_per_token(model, looped, batches[0][2])
         rows.append((looped, seconds * 1000, tokens / seconds, flops, tokens / seconds * flops / peak, recompiles))
-    return compiling, compile_seconds, rows
+    top = profile_steps(opts, forward, batches, args.profile, device) if args.profile else []
+    return compiling, compile_seconds, rows, top
+
+
+def profile_steps(opts, forward, batches, steps: int, device, limit: int = 8) -> list[tuple[str, float, float, int]]:
+    """The ``limit`` costliest ops of ``steps`` optimizer steps with recurrence on, by self time on the device
+    (CUDA kernels on a GPU, CPU time otherwise): (name, ms per step, share of the total, calls per step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            for x, y, cu in batches:
+                with autocast(device):
+                    loss = forward(x, y, cu_seqlens=cu, looped=True)
+                (loss / len(batches)).backward()
+            opts.step()
+        _sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, attr) > 0]
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, attr), reverse=True)
+    return [(e.key, getattr(e, attr) / 1000 / steps, getattr(e, attr) / total, e.count // steps)
+            for e in events[:limit]]  # fmt: skip
 
 
 def report(args, device, micro, accum, peak, memory, results) -> None:
@@ -166,7 +194,7 @@ def report(args, device, micro, accum, peak, memory, results) -> None:
              f"peak memory {memory:,.0f} MiB\n",
              "| mode | recurrence | ms/step | tokens/s | model FLOPs/token | MFU | graphs built while timed |",
              "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for compiling, compile_seconds, rows in results:
+    for compiling, compile_seconds, rows, _ in results:
         mode = f"compiled ({tc.BACKEND}, {compile_seconds:.0f} s untimed)" if compiling else "eager"
         for looped, ms, rate, flops, mfu, recompiles in rows:
             lines.append(f"| {mode} | {'on' if looped else 'off'} | {ms:,.1f} | {rate:,.0f} | {flops / 1e6:,.1f} M "
@@ -174,6 +202,14 @@ def report(args, device, micro, accum, peak, memory, results) -> None:
     if len(results) == 2:
         ratios = [c[2] / e[2] for e, c in zip(results[0][2], results[1][2], strict=True)]
         lines.append(f"\ncompiled / eager tokens/s: {ratios[0]:.2f} (recurrence off), {ratios[1]:.2f} (on)")
+    if top := results[-1][3]:
+        lines += [
+            f"\nTop costs by self {'GPU' if device.type == 'cuda' else 'CPU'} time ({args.profile} profiled "
+            "steps, recurrence on):\n",
+            "| op | ms/step | share | calls/step |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [f"| `{name[:80]}` | {ms:,.1f} | {share:.1%} | {calls} |" for name, ms, share, calls in top]
     text = "\n".join(lines) + "\n"
     print(text)
     with open(args.results, "a") as f:
