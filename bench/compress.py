@@ -28,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import publish  # noqa: E402
 from pgolf.compress import codecs, entropy, pergroup  # noqa: E402
 from pgolf.compress.stage import CompressConfig, load_quantized  # noqa: E402
 from pgolf.config import load_section  # noqa: E402
@@ -127,10 +128,7 @@ def main() -> None:
              "| coder | total bytes | integer bytes / bound | seconds |", "|---|---:|---:|---:|"]  # fmt: skip
     for label, total, ratio, seconds in rows:
         lines.append(f"| {label} | {total:,} | {'' if ratio is None else f'{ratio:.4f}'} | {seconds:.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with args.results.open("a") as f:
-        f.write("\n" + text)
+    publish(["", *lines], args.results)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import device_name, publish  # noqa: E402
 from pgolf.config import load_section  # noqa: E402
 from pgolf.model.config import ModelParams  # noqa: E402
 from pgolf.model.gpt import GPT  # noqa: E402
@@ -75,7 +76,7 @@ def main() -> None:
 
 
 def report(args, device, shapes: dict, medians: dict[str, float]) -> None:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = device_name(device)
     (base_name, base), (new_name, new) = medians.items()
     lines = [f"\n## {datetime.date.today()} Muon step, {Path(args.preset).name} on {name}\n",
              f"`python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}`  ",
@@ -83,10 +84,7 @@ def report(args, device, shapes: dict, medians: dict[str, float]) -> None:
              + f"; Newton–Schulz {'compiled' if args.compile else 'eager'}; median of {args.rounds} rounds\n",
              "| variant | ms/step |", "|---|---:|", f"| {base_name} | {base:,.2f} |", f"| {new_name} | {new:,.2f} |",
              f"\nbatched / per matrix: {new / base:.2f}"]  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(args.results, "a") as f:
-        f.write(text)
+    publish(lines, args.results)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._results import device_name, publish  # noqa: E402
 from pgolf.config import load_section  # noqa: E402
 from pgolf.dist import autocast  # noqa: E402
 from pgolf.model.config import ModelConfig, ModelParams  # noqa: E402
@@ -97,13 +98,18 @@ def measure(model, opts, forward, batches, steps: int, warmup: int, looped: bool
         if i == warmup:
             _sync(device)
             start, graphs = time.perf_counter(), tc.graphs_compiled()
-        for x, y, cu in batches:
-            with autocast(device):
-                loss = forward(x, y, cu_seqlens=cu, looped=looped)
-            (loss / len(batches)).backward()
-        opts.step()
+        one_step(opts, forward, batches, looped, device)
     _sync(device)
     return (time.perf_counter() - start) / steps, start - begin, tc.graphs_compiled() - graphs
+
+
+def one_step(opts, forward, batches, looped: bool, device) -> None:
+    """Gradient accumulation over ``batches``, then the optimizer step."""
+    for x, y, cu in batches:
+        with autocast(device):
+            loss = forward(x, y, cu_seqlens=cu, looped=looped)
+        (loss / len(batches)).backward()
+    opts.step()
 
 
 def main() -> None:
@@ -172,11 +178,7 @@ def profile_steps(opts, forward, batches, steps: int, device, limit: int = 8) ->
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
-            for x, y, cu in batches:
-                with autocast(device):
-                    loss = forward(x, y, cu_seqlens=cu, looped=True)
-                (loss / len(batches)).backward()
-            opts.step()
+            one_step(opts, forward, batches, True, device)
         _sync(device)
     attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = [e for e in prof.key_averages() if getattr(e, attr) > 0]
@@ -187,7 +189,7 @@ def profile_steps(opts, forward, batches, steps: int, device, limit: int = 8) ->
 
 
 def report(args, device, micro, accum, peak, memory, results) -> None:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    name = device_name(device)
     lines = [f"\n## {datetime.date.today()} {Path(args.preset).name} on {name}\n",
              f"`python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}`  ",
              f"tokens/step {micro * accum:,} ({accum} x {micro:,}), matmul peak {peak / 1e12:.3f} TFLOP/s, "
@@ -210,10 +212,7 @@ def report(args, device, micro, accum, peak, memory, results) -> None:
             "|---|---:|---:|---:|",
         ]
         lines += [f"| `{name[:80]}` | {ms:,.1f} | {share:.1%} | {calls} |" for name, ms, share, calls in top]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(args.results, "a") as f:
-        f.write(text)
+    publish(lines, args.results)
 
 
 if __name__ == "__main__":
