@@ -226,7 +226,8 @@ class Muon(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.ns_dtype = ns_dtype
         """dtype of the momentum buffers and of the Newton–Schulz iteration (bf16 on CUDA in the record)."""
-        self.orthogonalize = newton_schulz if compile_backend is None else _compiled_ns(params, compile_backend)
+        self.orthogonalize = (newton_schulz if compile_backend is None
+                              else _compiled_ns(self.param_groups, compile_backend))  # fmt: skip
         """The Newton–Schulz function: eager, or compiled once per batch shape."""
         on_cuda = any(isinstance(p, Tensor) and p.is_cuda for p in params)
         self.batch_by_shape = on_cuda if batch_by_shape is None else batch_by_shape
@@ -306,12 +307,13 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
-def _compiled_ns(params: list[Tensor], backend: str | Callable) -> Callable:
-    """``newton_schulz`` compiled with static shapes. Each batch shape is one recompilation of the same function,
-    so Dynamo's per-function recompile limit is raised to the number of matrix shapes when it is lower."""
+def _compiled_ns(param_groups: list[dict], backend: str | Callable) -> Callable:
+    """``newton_schulz`` compiled with static shapes. Each batch shape is one recompilation of the same function
+    (at most one per group and matrix shape), so Dynamo's per-function recompile limit is raised to that count
+    when it is lower."""
     import torch._dynamo
 
-    shapes = {tuple(p.shape) for p in params}
+    shapes = {(i, tuple(p.shape)) for i, group in enumerate(param_groups) for p in group["params"]}
     if len(shapes) > torch._dynamo.config.recompile_limit:
         torch._dynamo.config.recompile_limit = len(shapes)
     return torch.compile(newton_schulz, dynamic=False, fullgraph=True, backend=backend)
