@@ -44,7 +44,7 @@ from pgolf.model.gpt import GPT  # noqa: E402
 from pgolf.tokenizer import TokenizerConfig  # noqa: E402
 from pgolf.train import compile as tc  # noqa: E402
 from pgolf.train.config import TrainConfig  # noqa: E402
-from pgolf.train.loader import build_cu_seqlens  # noqa: E402
+from pgolf.train.loader import CU_PAD_MULTIPLE, build_cu_seqlens  # noqa: E402
 from pgolf.train.step import build_optimizers  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def synthetic_batch(cfg: ModelConfig, tokens: int, seq_len: int, rng: np.random.
     bos = np.cumsum(rng.integers(200, 3 * seq_len, size=tokens // 200 + 2))
     bos = np.concatenate([[0], bos[bos < tokens]])
     ids[bos] = cfg.bos_id
-    cu = build_cu_seqlens(bos, tokens, seq_len, 64)
+    cu = build_cu_seqlens(bos, tokens, seq_len, CU_PAD_MULTIPLE)
     x, y = torch.from_numpy(ids[:-1])[None], torch.from_numpy(ids[1:])[None]
     return x.to(device), y.to(device), cu.to(device)
 

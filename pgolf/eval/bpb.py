@@ -52,7 +52,7 @@ from pgolf import tokenizer as tok
 from pgolf.data import shards
 from pgolf.dist import autocast, dist_info
 from pgolf.errors import PgolfError
-from pgolf.train.loader import build_cu_seqlens
+from pgolf.train.loader import CU_PAD_MULTIPLE, build_cu_seqlens
 
 ByteCount = Literal["sidecar", "tokenizer_luts"]
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -176,7 +176,7 @@ def doc_windows(num_tokens: int, seq_len: int, *, rank: int = 0, world_size: int
     return [(w * seq_len, w * seq_len + seq_len + 1) for w in range(lo, hi)]
 
 
-def window_cu_seqlens(inputs: np.ndarray, bos_id: int, pad_multiple: int = 64) -> torch.Tensor:
+def window_cu_seqlens(inputs: np.ndarray, bos_id: int, pad_multiple: int = CU_PAD_MULTIPLE) -> torch.Tensor:
     """``cu_seqlens`` of a ``[B, T]`` batch of windows flattened to one stream of ``B*T`` tokens.
 
     Segments start at every row start and every BOS, so attention never crosses a window or a document.
@@ -205,7 +205,7 @@ def evaluate(
     world_size: int = 1,
     progress: bool = False,
     device: torch.device | str = "cpu",
-    pad_multiple: int = 64,
+    pad_multiple: int = CU_PAD_MULTIPLE,
 ) -> BpbTotals:
     """Score every target of the truncated val stream once, in doc-masked windows; totals over all ranks.
 

@@ -19,16 +19,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pgolf.model.attention import set_max_seqlen
+from pgolf.train.loader import CU_PAD_MULTIPLE, build_cu_seqlens
 
 BACKEND = "inductor"
 """The backend of every compiled function (tests use ``aot_eager`` on CPU)."""
 
-PAD_MULTIPLE = 64
-"""The loader pads cu_seqlens to a multiple of this many entries."""
 BUCKET_LENGTHS = (64, 128, 192, 256)
 """cu_seqlens lengths compiled during the warm-up (the record's: batches of up to 255 segments never recompile)."""
 
@@ -76,12 +76,10 @@ def compile_model(model: nn.Module, seq_len: int, backend: str | Callable | None
 
 
 def bucket_cu_seqlens(tokens: int, seq_len: int, length: int, device: torch.device) -> Tensor:
-    """A ``cu_seqlens`` of ``length`` entries for a row of ``tokens``: boundaries every ``seq_len`` tokens (at most
-    ``length - 1`` of them), padded by repeating ``tokens`` like the loader's."""
-    bounds = list(range(0, tokens, max(1, seq_len)))[: length - 1] + [tokens]
-    cu = torch.full((length,), tokens, dtype=torch.int32)
-    cu[: len(bounds)] = torch.tensor(bounds, dtype=torch.int32)
-    return cu.to(device)
+    """A ``cu_seqlens`` of ``length`` entries for a row of ``tokens``: segment starts every ``seq_len`` tokens (at
+    most ``length - 1`` of them), through the loader's own padding."""
+    starts = np.arange(0, tokens, max(1, seq_len))[: length - 1]
+    return build_cu_seqlens(starts, tokens, 0, length).to(device)
 
 
 def bucket_warmup(
@@ -101,7 +99,7 @@ def bucket_warmup(
     tokens = inputs.numel()
     for looped in (False, True):
         for length in buckets or BUCKET_LENGTHS:
-            if length - PAD_MULTIPLE >= tokens + 1:  # a row of n tokens has at most n + 1 boundaries
+            if length - CU_PAD_MULTIPLE >= tokens + 1:  # a row of n tokens has at most n + 1 boundaries
                 continue
             cu = bucket_cu_seqlens(tokens, seq_len, length, inputs.device)
             with autocast():

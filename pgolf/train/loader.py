@@ -37,6 +37,9 @@ import torch
 from pgolf.data import shards
 from pgolf.data.shards import ShardError
 
+CU_PAD_MULTIPLE = 64
+"""cu_seqlens are padded to a multiple of this many entries, so a compiled model sees a few static shapes."""
+
 
 def build_cu_seqlens(bos_offsets: np.ndarray, length: int, max_seq_len: int, pad_multiple: int) -> torch.Tensor:
     """Varlen segment boundaries (int32) of a packed row of ``length`` tokens.
@@ -97,7 +100,7 @@ class PackingLoader:
         rank: int,
         world_size: int,
         bos_id: int,
-        pad_multiple: int = 64,
+        pad_multiple: int = CU_PAD_MULTIPLE,
     ) -> None:
         if tokens_per_rank <= 0 or seq_len <= 0 or world_size <= 0 or not 0 <= rank < world_size:
             raise ValueError(

@@ -66,6 +66,10 @@ class Run:
     graphs_in_training: int = 0
     """Graphs built after the warm-up: recompilations that cost training time (0 expected)."""
 
+    @property
+    def compiling(self) -> bool:
+        return isinstance(self.forward, tc.CompiledModel)
+
 
 def fingerprint(model_cfg: ModelConfig, cfg: TrainConfig, data_manifest: dict, world_size: int) -> str:
     """What a resumable checkpoint must match: configs, data and world size (the launcher is irrelevant)."""
@@ -102,12 +106,11 @@ def warmup(run: Run) -> float:
 
     When compiling: forward/backward of one real row with every cu_seqlens bucket, both schedules (no step), then
     ``warmup_steps`` full steps unlooped and looped; weights and optimizer state are restored afterwards."""
-    compiling = isinstance(run.forward, tc.CompiledModel)
-    if run.cfg.warmup_steps <= 0 and not compiling:
+    if run.cfg.warmup_steps <= 0 and not run.compiling:
         return 0.0
     start, graphs = time.perf_counter(), tc.graphs_compiled()
     loader_state = run.loader.state_dict()
-    if compiling:
+    if run.compiling:
         batch = run.loader.next_batch().to(run.info.device)
         tc.bucket_warmup(run.forward, run.model, batch.inputs, batch.targets, seq_len=run.cfg.seq_len,
                          autocast=lambda: dist.autocast(run.info.device))  # fmt: skip
@@ -119,7 +122,7 @@ def warmup(run: Run) -> float:
     compile_warmup(steps, run.model, run.opts)
     run.loader.load_state_dict(loader_state)
     run.graphs_at_warmup = tc.graphs_compiled() - graphs
-    if compiling:
+    if run.compiling:
         dist.print0(f"train: compile warm-up built {run.graphs_at_warmup} graphs "
                     f"({time.perf_counter() - start:.1f} s, not counted in the budget)")  # fmt: skip
     return time.perf_counter() - start
@@ -272,10 +275,9 @@ def train(run: Run, *, val: ValData | None, resume_dir: Path, live_dir: Path) ->
     resumed = try_resume(run, resume_dir)
     logger = Logger(live_dir, resumed, run.info.is_main, total=100)
     last_save, graphs = time.perf_counter(), tc.graphs_compiled()
-    compiling = isinstance(run.forward, tc.CompiledModel)
     try:
         while _one_step(run, logger, val):
-            if compiling:
+            if run.compiling:
                 _check_recompiles(run, graphs)
             since = dist.all_max(time.perf_counter() - last_save, run.info.device)  # every rank decides alike
             if run.cfg.checkpoint_seconds and since >= run.cfg.checkpoint_seconds:
@@ -287,7 +289,7 @@ def train(run: Run, *, val: ValData | None, resume_dir: Path, live_dir: Path) ->
     return {"steps": s.step, "tokens": s.tokens, "train_seconds": round(s.train_seconds, 3),
             "warmup_seconds": round(warm_seconds, 3), "looping_from_step": s.looping_from_step,
             "final_train_loss": s.last_loss, "resumed": resumed, "world_size": run.info.world_size,
-            "grad_accum": run.grad_accum, "averaging": run.cfg.averaging.kind, "compiled": compiling,
+            "grad_accum": run.grad_accum, "averaging": run.cfg.averaging.kind, "compiled": run.compiling,
             "graphs_at_warmup": run.graphs_at_warmup, "graphs_in_training": run.graphs_in_training,
             "commit": code_version()}  # fmt: skip
 
