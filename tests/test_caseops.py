@@ -1,11 +1,12 @@
 """CaseOps: a bijection onto its image on arbitrary text, the documented examples, strict decoding, weights."""
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from pgolf.data import caseops
 from pgolf.data.caseops import ALLCAPS, CAPNEXT, ESC, TITLE
+
+hypothesis = pytest.importorskip("hypothesis")
+given, settings, st = hypothesis.given, hypothesis.settings, hypothesis.strategies
 
 # Text biased towards what matters: ASCII letters of both cases, the operator characters, other Unicode.
 ALPHABET = st.sampled_from(list("aAbBzZ") + list(caseops.OPERATORS) + [" ", "'", "1", "é", "É", "ß", "😀", "\n"])

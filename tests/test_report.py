@@ -7,11 +7,14 @@ import sys
 
 import pytest
 import yaml
-from scipy import stats
 
 from pgolf.errors import PgolfError
 from pgolf.report import plots, records, significance
 from pgolf.report.significance import Group, compare, welch
+
+stats = pytest.importorskip("scipy.stats")
+pytest.importorskip("vl_convert")
+pytest.importorskip("dvc")
 
 # Post-TTT val_bpb / val_loss of record #1855's seeds 42, 0, 1234 (spec record-eval-data.md A7.1), and the reported
 # seeds of #1492 (42, 314, 999) and #1802 (42, 314, 999) (spec other-seeds.md 2.3, 4.3).

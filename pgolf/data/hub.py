@@ -65,7 +65,14 @@ class Hub:
         """Fail at once, not after the client's retries, when the hub's host cannot be reached."""
         if self._checked:
             return
-        from huggingface_hub import constants
+        try:
+            from huggingface_hub import constants
+        except ImportError as err:
+            raise HubUnavailableError(
+                f"data.source={self.source} downloads from the Hugging Face hub (repo {self.cfg.repo}) with the "
+                'package huggingface_hub, not installed: pip install "huggingface_hub>=0.24" (in the extra '
+                "pgolf[pipeline]), or point data.hub.mirror at a local copy of the repository."
+            ) from err
 
         host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
         try:

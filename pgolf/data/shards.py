@@ -88,9 +88,7 @@ def read_header(path: Path | str) -> int:
     expected = HEADER_BYTES + 2 * count
     if size != expected:
         what = "truncated" if size < expected else "has trailing bytes"
-        raise ShardError(
-            f"{path}: {what}: header says {count} entries = {expected} bytes, file has {size} bytes"
-        )
+        raise ShardError(f"{path}: {what}: header says {count} entries = {expected} bytes, file has {size} bytes")
     return count
 
 

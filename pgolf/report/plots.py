@@ -26,10 +26,12 @@ import yaml
 
 from pgolf.cli import run
 from pgolf.errors import PgolfError
+from pgolf.report import optional_import
 
 
 def dvc_plot_specs(repo: Path, revs: list[str] | None = None) -> dict[str, dict]:
     """{plot id: Vega-Lite spec} from ``dvc plots show|diff --json`` run in ``repo``."""
+    optional_import("dvc", "dvc>=3.60", "pipeline")  # run below as python -m dvc
     cmd = [sys.executable, "-m", "dvc", "plots", *(["diff", *revs] if revs else ["show"]), "--json"]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -62,8 +64,7 @@ def top_level_ids(repo: Path) -> list[str]:
 
 def to_png(spec: dict, scale: float = 2.0) -> bytes:
     """A Vega-Lite spec as PNG bytes."""
-    import vl_convert
-
+    vl_convert = optional_import("vl_convert", "vl-convert-python>=1.6", "report")
     return vl_convert.vegalite_to_png(spec, scale=scale)
 
 

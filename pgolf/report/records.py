@@ -24,6 +24,7 @@ import yaml
 
 from pgolf.cli import run
 from pgolf.errors import PgolfError
+from pgolf.report import optional_import
 
 SUBMISSION_FILES = ("model.bin", "pgolf_code.py")
 LOG_PATTERNS = ("metrics/*.json", "metrics/*.csv", "metrics/train/*.json", "metrics/train/plots/**/*.tsv")
@@ -65,10 +66,9 @@ class RunSource:
         self.repo, self.rev = repo, rev
         self.fs = None
         if rev is not None:
-            from dvc.api import DVCFileSystem
-
+            dvc_api = optional_import("dvc.api", "dvc>=3.60", "pipeline")
             try:
-                self.fs = DVCFileSystem(str(repo), rev=rev)
+                self.fs = dvc_api.DVCFileSystem(str(repo), rev=rev)
                 self.fs.ls("/", detail=False)  # resolves the revision now
             except Exception as err:  # dvc/scmrepo raise several types for a bad revision
                 raise PgolfError(f"--exp {rev!r}: not a git revision or DVC experiment of {repo}: {err}") from err

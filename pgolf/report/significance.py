@@ -29,10 +29,9 @@ import math
 import statistics
 from dataclasses import asdict, dataclass
 
-from scipy import stats
-
 from pgolf.cli import run
 from pgolf.errors import PgolfError
+from pgolf.report import optional_import
 
 MIN_GAIN_NATS = 0.005
 ALPHA = 0.01
@@ -79,6 +78,7 @@ def welch(candidate: Group, baseline: Group, shift: float = 0.0) -> Welch:
         raise PgolfError("both groups have zero variance; a t-test is undefined")
     t = (baseline.mean - candidate.mean - shift) / math.sqrt(se2)
     df = se2**2 / (vc**2 / (candidate.n - 1) + vb**2 / (baseline.n - 1))
+    stats = optional_import("scipy.stats", "scipy>=1.11", "report")
     return Welch(t=t, df=df, p_one_sided=float(stats.t.sf(t, df)))
 
 
@@ -130,10 +130,9 @@ def _group_dict(g: Group) -> dict:
 
 def _read_rev(rev: str, metric: str, metrics_file: str, repo: str) -> tuple[float, float | None]:
     """(metric, bytes per token or None) of ``metrics_file`` at git revision or experiment ``rev``."""
-    from dvc.api import DVCFileSystem
-
+    dvc_api = optional_import("dvc.api", "dvc>=3.60", "pipeline")
     try:
-        fs = DVCFileSystem(repo, rev=None if rev == "workspace" else rev)
+        fs = dvc_api.DVCFileSystem(repo, rev=None if rev == "workspace" else rev)
         text = fs.read_text(metrics_file)
     except FileNotFoundError as err:
         raise PgolfError(f"{rev}: no {metrics_file} there; run the pipeline through evaluate first") from err
