@@ -6,13 +6,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from pgolf.compress import codecs, entropy, pergroup
 from pgolf.compress.simsort import inverse, similarity_order
 from pgolf.config import parse_section, read_params
 from pgolf.quant import formats
+
+pytest.importorskip("constriction")
+pytest.importorskip("zstandard")
+hypothesis = pytest.importorskip("hypothesis")
+given, settings, st = hypothesis.given, hypothesis.settings, hypothesis.strategies
 
 HAVE_LRZIP = shutil.which("lrzip") is not None
 BYTE_CODECS = ["raw", "brotli", "lzma", "zstd", pytest.param("lrzip", marks=pytest.mark.skipif(

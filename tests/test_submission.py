@@ -22,6 +22,9 @@ from pgolf.quant.policy import QuantizeConfig, decide
 from pgolf.quant.quantize import quantize_state
 from pgolf.train import checkpoint as ckpt
 
+for _package in ("constriction", "zstandard", "python_minifier"):  # the ans and zstd codecs, minify
+    pytest.importorskip(_package)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -25,6 +25,7 @@ import brotli
 from pydantic import Field
 
 from pgolf.config import Section
+from pgolf.errors import PgolfError
 
 BUNDLE_FILE = "pgolf_code.py"
 ENTRIES = ("stages/train.py", "stages/evaluate.py")
@@ -95,8 +96,12 @@ def bundle_files(root: Path, entries: tuple[str, ...] = ENTRIES) -> list[str]:
 
 
 def _minify(source: str) -> str:
-    import python_minifier
-
+    try:
+        import python_minifier  # only the compress stage minifies; training and evaluation never import it
+    except ImportError:
+        raise PgolfError("the python-minifier package is not installed (needed by compress.bundle.minify: true): "
+                         "install it with `pip install python-minifier`, or set `compress.bundle.minify: false`"
+                         ) from None  # fmt: skip
     return python_minifier.minify(
         source, remove_annotations=False, remove_pass=False, remove_literal_statements=True,
         combine_imports=True, hoist_literals=False, rename_locals=False, rename_globals=False,

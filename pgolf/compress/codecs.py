@@ -4,6 +4,7 @@
 * ``brotli``  quality and window (the record: quality 11 everywhere, lgwin 24 for its remainder stream).
 * ``lzma``    the stdlib .xz container at a preset (the record's alternative: preset 9).
 * ``zstd``    the ``zstandard`` library at a level (22 = ultra); single-threaded, so the bytes are reproducible.
+              The library is imported on first use (:func:`optional_module`).
 * ``lrzip``   the Debian ``lrzip`` CLI (the record's per-group coder: ``-z`` ZPAQ context mixing, ``-L 9``). Its output
               depends on the thread count, which defaults to the number of CPUs, so we always pass ``-p`` (the
               record does not; dvc-notes §1.6 measured different bytes at -p1 and -p16) and set ``LRZIP=NOCONFIG``
@@ -17,17 +18,18 @@ then 1, 1+s, ...), the #1851 lineage's ``BSHF`` trick that puts the exponent byt
 
 from __future__ import annotations
 
+import importlib
 import lzma
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Literal, Protocol
 
 import brotli
 import numpy as np
-import zstandard
 from pydantic import Field
 
 from pgolf.config import Section
@@ -38,7 +40,20 @@ CodecName = Literal["raw", "brotli", "lzma", "zstd", "lrzip"]
 
 
 class CodecError(PgolfError):
-    """A codec that cannot run (missing binary) or a stream it cannot decode."""
+    """A codec that cannot run (missing binary or package) or a stream it cannot decode."""
+
+
+def optional_module(module: str, package: str, needed_by: str) -> ModuleType:
+    """``import module``, or a CodecError that names the pip package to install.
+
+    The optional coders (zstandard, constriction) are imported where they are used, so that decoding a model.bin
+    of the default codecs (lrzip, brotli) needs neither: the GPU box that evaluates has neither.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise CodecError(f"the {package} package is not installed (needed by {needed_by}): install it with "
+                         f"`pip install {package}`") from None  # fmt: skip
 
 
 class BrotliConfig(Section):
@@ -116,13 +131,18 @@ class Zstd:
     name: str = "zstd"
 
     def compress(self, data: bytes) -> bytes:
-        return zstandard.ZstdCompressor(level=self.cfg.level, threads=0).compress(bytes(data))
+        return _zstandard().ZstdCompressor(level=self.cfg.level, threads=0).compress(bytes(data))
 
     def decompress(self, data: bytes) -> bytes:
+        zstandard = _zstandard()
         try:
             return zstandard.ZstdDecompressor().decompress(data)
         except zstandard.ZstdError as err:
             raise CodecError(f"zstd stream is corrupt: {err}") from None
+
+
+def _zstandard() -> ModuleType:
+    return optional_module("zstandard", "zstandard", "the zstd codec")
 
 
 def lrzip_binary() -> str:

@@ -25,18 +25,23 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Literal
 
-import constriction
 import numpy as np
 from pydantic import Field
 
-from pgolf.compress.codecs import CodecError
+from pgolf.compress.codecs import CodecError, optional_module
 from pgolf.config import Section
 
 VERSION = 1
 CONTEXTS = ("none", "row_class")
 _HEADER = struct.Struct("<BBBbB")
+
+
+def _constriction() -> ModuleType:
+    """The range coder's library, imported on first use: decoding a model.bin of another codec does not need it."""
+    return optional_module("constriction", "constriction", "the ans codec")
 
 
 class AnsConfig(Section):
@@ -116,6 +121,7 @@ def encode(arrays: Sequence[np.ndarray], cfg: AnsConfig) -> bytes:
         members = [rows[i] for i in np.flatnonzero(row_class == k)]
         if members:
             counts[k] = np.bincount(np.concatenate(members).astype(np.int64) - lo, minlength=alphabet)
+    constriction = _constriction()
     coder = constriction.stream.queue.RangeEncoder()
     for k in range(classes):
         members = [rows[i] for i in np.flatnonzero(row_class == k)]
@@ -149,6 +155,7 @@ def decode(data: bytes, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
         row_class = np.zeros(row_len.size, dtype=np.uint8)
     if (len(view) - pos) % 4:
         raise CodecError("ans stream is truncated (coder words are not whole 32-bit words)")
+    constriction = _constriction()
     coder = constriction.stream.queue.RangeDecoder(np.frombuffer(view[pos:], dtype="<u4").astype(np.uint32))
     values = np.zeros(int(row_len.sum()), dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(row_len)])

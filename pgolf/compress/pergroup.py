@@ -12,6 +12,10 @@
   compressed with ``rest_codec``. No torch.save blob: every key, dtype and shape is in the layout.
 * **Permutations**: uint16 (uint32 for more than 65,536 rows), little-endian, through ``rest_codec``.
 
+The groups and the rest stream are independent, so they are coded, and decoded, one per worker thread
+(:mod:`pgolf.compress.parallel`; the sort of a group runs in its worker). The streams come back in the serial order
+and every codec is deterministic, so the bytes of model.bin do not depend on the number of workers.
+
 The layout (a JSON-able dict stored in the container's manifest) names every stream and tensor, so decoding does
 not assume a layer count or a tensor order (the record's decoder assumed exactly L tensors per group).
 
@@ -23,15 +27,16 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from pgolf.compress import entropy
+from pgolf.compress import entropy, parallel
 from pgolf.compress.codecs import CodecError, CodecName, CodecsConfig, make_codec, shuffle, unshuffle
-from pgolf.compress.simsort import inverse, similarity_order
+from pgolf.compress.simsort import inverse, similarity_order, torch_threads
 from pgolf.quant import formats
 
 LAYER_PREFIX = re.compile(r"^blocks\.\d+\.")
@@ -100,43 +105,60 @@ def _timed(name: str, codec: str, raw: int, bits: float | None, fn) -> Stream:
     return Stream(name, codec, data, raw, bits, time.perf_counter() - start)
 
 
-def serialize(entries: list[formats.Entry], cfg: SerializeConfig) -> tuple[list[Stream], dict[str, Any]]:
-    """The compressed streams of the quantized entries and the layout that decodes them."""
-    groups: dict[str, list[str]] = {}
-    for name in _int_matrices(entries):
-        groups.setdefault(group_key(name, cfg.grouping), []).append(name)
-    mats = _int_matrices(entries)
-    streams, layout_groups, perms = [], [], []
-    for key, names in groups.items():
-        sort = cfg.grouping == "role" and key in cfg.simsort and cfg.codec != "ans"  # ans ignores row order
-        arrays = []
-        for name in names:
-            q = mats[name].q
-            if sort:
-                order = similarity_order(q)
-                perms.append(order)
-                q = q[torch.from_numpy(order)]
-            arrays.append(q.numpy())
-        bits = entropy.order0_entropy_bits(np.concatenate([a.reshape(-1) for a in arrays]))
-        raw = sum(a.size for a in arrays)
-        if cfg.codec == "ans":
-            streams.append(_timed(f"group:{key}", "ans", raw, bits, lambda a=arrays: entropy.encode(a, cfg.ans)))
-        else:
-            blob = b"".join((a.T if cfg.transpose else a).tobytes() for a in arrays)
-            codec = make_codec(cfg.codec, cfg)
-            streams.append(_timed(f"group:{key}", cfg.codec, raw, bits, lambda b=blob, c=codec: c.compress(b)))
-        layout_groups.append({"key": key, "tensors": names, "simsort": sort})
-    rest_codec = make_codec(cfg.rest_codec, cfg)
-    rest = _rest_tensors(entries)
+def _encode_group(name: str, mats: list[formats.QuantizedMatrix], sort: bool, cfg: SerializeConfig
+                  ) -> tuple[Stream, list[np.ndarray]]:  # fmt: skip
+    """One integer group's stream, its rows first put in similarity order when ``sort``, and those orders."""
+    arrays, perms = [], []
+    for m in mats:
+        q = m.q
+        if sort:
+            order = similarity_order(q)
+            perms.append(order)
+            q = q[torch.from_numpy(order)]
+        arrays.append(q.numpy())
+    bits = entropy.order0_entropy_bits(np.concatenate([a.reshape(-1) for a in arrays]))
+    raw = sum(a.size for a in arrays)
+    if cfg.codec == "ans":
+        return _timed(name, "ans", raw, bits, lambda: entropy.encode(arrays, cfg.ans)), perms
+    blob = b"".join((a.T if cfg.transpose else a).tobytes() for a in arrays)
+    codec = make_codec(cfg.codec, cfg)
+    return _timed(name, cfg.codec, raw, bits, lambda: codec.compress(blob)), perms
+
+
+def _encode_rest(rest: dict[str, torch.Tensor], cfg: SerializeConfig) -> tuple[Stream, list[np.ndarray]]:
+    """The rest stream (no permutations: the same return shape as :func:`_encode_group`, for one pool)."""
     blob = b"".join(_tensor_bytes(t) for t in rest.values())
-    streams.append(_timed("rest", cfg.rest_codec, len(blob), None,
-                          lambda: rest_codec.compress(shuffle(blob, cfg.rest_shuffle))))  # fmt: skip
+    codec = make_codec(cfg.rest_codec, cfg)
+    return _timed("rest", cfg.rest_codec, len(blob), None, lambda: codec.compress(shuffle(blob, cfg.rest_shuffle))), []
+
+
+def serialize(entries: list[formats.Entry], cfg: SerializeConfig, workers: int | None = None
+              ) -> tuple[list[Stream], dict[str, Any]]:  # fmt: skip
+    """The compressed streams of the quantized entries and the layout that decodes them.
+
+    The groups and the rest stream are coded on ``workers`` threads (None: one per stream, up to the CPUs; 1: one
+    after another); the streams, in the same order, and their bytes do not depend on it.
+    """
+    mats = _int_matrices(entries)
+    groups: dict[str, list[str]] = {}
+    for name in mats:
+        groups.setdefault(group_key(name, cfg.grouping), []).append(name)
+    # ans ignores the row order, so it gets no sort (and no permutation stream)
+    sorts = {key: cfg.grouping == "role" and key in cfg.simsort and cfg.codec != "ans" for key in groups}
+    rest = _rest_tensors(entries)
+    jobs = [partial(_encode_group, f"group:{key}", [mats[n] for n in names], sorts[key], cfg)
+            for key, names in groups.items()]  # fmt: skip
+    with torch_threads(1):  # each sort on one thread, the pool's threads included (see torch_threads)
+        done = parallel.run_all([*jobs, partial(_encode_rest, rest, cfg)], workers)
+    streams = [stream for stream, _ in done]
+    perms = [order for _, orders in done for order in orders]
     perm_dtype = "<u2" if all(p.size <= 1 << 16 for p in perms) else "<u4"
     perm_blob = b"".join(p.astype(perm_dtype).tobytes() for p in perms)
     if perms:
-        streams.append(_timed("perms", cfg.rest_codec, len(perm_blob), None, lambda: rest_codec.compress(perm_blob)))
+        perm_codec = make_codec(cfg.rest_codec, cfg)
+        streams.append(_timed("perms", cfg.rest_codec, len(perm_blob), None, lambda: perm_codec.compress(perm_blob)))
     layout = {
-        "groups": layout_groups,
+        "groups": [{"key": key, "tensors": names, "simsort": sorts[key]} for key, names in groups.items()],
         "codec": cfg.codec,
         "transpose": cfg.transpose,
         "rest": [{"key": k, "dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape)} for k, t in rest.items()],
@@ -164,20 +186,34 @@ def _decode_group(group: dict, data: bytes, layout: dict, shapes: dict[str, tupl
     return arrays
 
 
+def _decode_streams(streams: dict[str, bytes], layout: dict[str, Any], shapes: dict[str, tuple[int, int]],
+                    cfg: CodecsConfig, workers: int | None) -> tuple[list[list[np.ndarray]], bytes, bytes]:  # fmt: skip
+    """Every stream decoded, on ``workers`` threads: the groups' arrays (still row-sorted), rest and permutations."""
+    rest_codec = make_codec(layout["rest_codec"], cfg)
+    jobs = [partial(_decode_group, group, streams[f"group:{group['key']}"], layout, shapes, cfg)
+            for group in layout["groups"]]  # fmt: skip
+    jobs.append(lambda: unshuffle(rest_codec.decompress(streams["rest"]), layout["rest_shuffle"]))
+    if "perms" in streams:
+        jobs.append(lambda: rest_codec.decompress(streams["perms"]))
+    done, count = parallel.run_all(jobs, workers), len(layout["groups"])
+    return done[:count], done[count], done[count + 1] if "perms" in streams else b""
+
+
 def deserialize(
-    streams: dict[str, bytes], layout: dict[str, Any], quant_manifest: dict[str, Any]
+    streams: dict[str, bytes], layout: dict[str, Any], quant_manifest: dict[str, Any], workers: int | None = None
 ) -> list[formats.Entry]:
-    """The quantized entries back from the streams of :func:`serialize` (bit-exact); needs no params."""
+    """The quantized entries back from the streams of :func:`serialize` (bit-exact); needs no params.
+
+    The streams are decoded on ``workers`` threads (None: one per stream, up to the CPUs; 1: one after another).
+    """
     cfg = CodecsConfig.model_validate(layout["codecs"])
     records = {r["name"]: r for r in quant_manifest["entries"]}
     shapes = {n: tuple(r["shape"]) for n, r in records.items()}
+    decoded, rest, perm_blob = _decode_streams(streams, layout, shapes, cfg, workers)
     tensors: dict[str, torch.Tensor] = {}
-    perm_codec = make_codec(layout["rest_codec"], cfg)
-    perm_blob = perm_codec.decompress(streams["perms"]) if "perms" in streams else b""
     perm_item = np.dtype(layout["perm_dtype"]).itemsize
     perm_pos = 0
-    for group in layout["groups"]:
-        arrays = _decode_group(group, streams[f"group:{group['key']}"], layout, shapes, cfg)
+    for group, arrays in zip(layout["groups"], decoded, strict=True):
         for name, q in zip(group["tensors"], arrays, strict=True):
             if group["simsort"]:
                 n = q.shape[0]
@@ -185,7 +221,6 @@ def deserialize(
                 perm_pos += n * perm_item
                 q = q[inverse(order.astype(np.int64))]
             tensors[f"{name}.q"] = torch.from_numpy(np.array(q, dtype=np.int8, order="C"))
-    rest = unshuffle(make_codec(layout["rest_codec"], cfg).decompress(streams["rest"]), layout["rest_shuffle"])
     offset = 0
     for spec in layout["rest"]:
         size = int(np.prod(spec["shape"], dtype=np.int64)) * TORCH_DTYPES[spec["dtype"]].itemsize

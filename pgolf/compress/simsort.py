@@ -11,6 +11,9 @@ Reference: the record's ``_similarity_sort_l1`` (PR #1855; spec record-quant-com
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -22,12 +25,24 @@ def similarity_order(q: Tensor) -> np.ndarray:
         raise ValueError(f"similarity_order needs a 2-D tensor, got shape {tuple(q.shape)}")
     if q.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # thousands of small reductions: thread hand-off costs more than it saves
-    try:
+    with torch_threads(1):  # thousands of small reductions: thread hand-off costs more than it saves
         return _greedy_order(q)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch at ``count`` intra-op threads in this thread, the previous setting back afterwards.
+
+    torch keeps this per thread, and a thread takes the process-wide value (the last one set anywhere) at its
+    first parallel op. So a pool whose jobs sort is opened inside ``torch_threads(1)``: its threads then all start,
+    save and restore at one thread, and the overlapping restores cannot leave another value behind.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _greedy_order(q: Tensor) -> np.ndarray:

@@ -1,7 +1,9 @@
 """The compress stage: artifacts/quant -> artifacts/submission/{model.bin, pgolf_code.py} + metrics/compress.json.
 
 After writing, the stage reads model.bin back and checks that every quantized tensor comes out bit-identical (the
-decompression time it reports is that of this check), so a codec bug can never reach the evaluate stage.
+decompression time it reports is that of this check), so a codec bug can never reach the evaluate stage. Both the
+coding and the read-back run one stream per worker thread (``workers`` in the metrics; the bytes do not depend on
+it), the read-back exactly as the evaluate stage decodes.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pgolf.compress import bundle, pergroup, submission
+from pgolf.compress import bundle, parallel, pergroup, submission
 from pgolf.errors import PgolfError
 from pgolf.quant import formats
 from pgolf.train import checkpoint as ckpt
@@ -55,18 +57,29 @@ def group_metrics(streams: list[pergroup.Stream]) -> list[dict]:
     return rows
 
 
-def run_compress(cfg: CompressConfig, quant_dir: Path, out: Path, root: Path) -> dict:
-    """Write model.bin and the code bundle into ``out``; returns metrics/compress.json's content."""
+def pool_size(streams: list[pergroup.Stream], workers: int | None) -> int:
+    """The threads that coded ``streams``: one per stream but the permutations (coded after the sorts), at most
+    ``workers`` (None: one per CPU)."""
+    jobs = sum(s.name != "perms" for s in streams)
+    return parallel.default_workers(jobs) if workers is None else max(1, min(workers, jobs))
+
+
+def run_compress(cfg: CompressConfig, quant_dir: Path, out: Path, root: Path, workers: int | None = None) -> dict:
+    """Write model.bin and the code bundle into ``out``; returns metrics/compress.json's content.
+
+    ``workers``: threads that code, and then read back, the streams (None: one per stream, up to the CPUs).
+    """
     entries, meta = load_quantized(quant_dir)
     start = time.perf_counter()
-    blob, streams = submission.pack_model(entries, meta, cfg)
+    blob, streams = submission.pack_model(entries, meta, cfg, workers)
     compress_seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.iterdir():  # the directory is exactly what is counted
         stale.unlink()
-    (out / submission.MODEL_BIN).write_bytes(blob)
+    model_bin = out / submission.MODEL_BIN
+    model_bin.write_bytes(blob)
     start = time.perf_counter()
-    restored, _ = submission.unpack_model((out / submission.MODEL_BIN).read_bytes(), str(out / submission.MODEL_BIN))
+    restored, _ = submission.unpack_model(model_bin.read_bytes(), str(model_bin), workers)
     decompress_seconds = time.perf_counter() - start
     check_identical(entries, restored)
     files = bundle.bundle_files(root)
@@ -88,6 +101,7 @@ def run_compress(cfg: CompressConfig, quant_dir: Path, out: Path, root: Path) ->
         "bytes_by_codec": by_codec,
         "compress_seconds": round(compress_seconds, 3),
         "decompress_seconds": round(decompress_seconds, 3),
+        "workers": pool_size(streams, workers),
         "code_files": len(files),
         "groups": groups,
     }

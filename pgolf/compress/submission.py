@@ -20,10 +20,13 @@ MODEL_BIN = container.MODEL_BIN
 FORMAT = "pgolf.model"
 
 
-def pack_model(entries: list[formats.Entry], quant_meta: dict[str, Any], cfg: pergroup.SerializeConfig
-               ) -> tuple[bytes, list[pergroup.Stream]]:  # fmt: skip
-    """The container bytes of the quantized ``entries``; ``quant_meta`` is artifacts/quant/manifest.json."""
-    streams, layout = pergroup.serialize(entries, cfg)
+def pack_model(entries: list[formats.Entry], quant_meta: dict[str, Any], cfg: pergroup.SerializeConfig,
+               workers: int | None = None) -> tuple[bytes, list[pergroup.Stream]]:  # fmt: skip
+    """The container bytes of the quantized ``entries``; ``quant_meta`` is artifacts/quant/manifest.json.
+
+    ``workers``: threads that code the streams (None: one per stream, up to the CPUs); the bytes do not depend on it.
+    """
+    streams, layout = pergroup.serialize(entries, cfg, workers)
     manifest = {
         "format": FORMAT,
         "model_config": quant_meta["model_config"],
@@ -34,17 +37,19 @@ def pack_model(entries: list[formats.Entry], quant_meta: dict[str, Any], cfg: pe
     return container.pack(manifest, [(s.name, s.data) for s in streams]), streams
 
 
-def unpack_model(blob: bytes, source: str = MODEL_BIN) -> tuple[list[formats.Entry], dict[str, Any]]:
-    """The quantized entries and the container manifest of a model.bin's bytes."""
+def unpack_model(blob: bytes, source: str = MODEL_BIN, workers: int | None = None
+                 ) -> tuple[list[formats.Entry], dict[str, Any]]:  # fmt: skip
+    """The quantized entries and the container manifest of a model.bin's bytes (streams decoded on ``workers``
+    threads, None: one per stream up to the CPUs)."""
     manifest, streams = container.unpack(blob, source)
     if manifest.get("format") != FORMAT:
         raise container.ContainerError(f"{source}: holds {manifest.get('format')!r}, not a {FORMAT!r}")
-    return pergroup.deserialize(streams, manifest["layout"], manifest["quant"]), manifest
+    return pergroup.deserialize(streams, manifest["layout"], manifest["quant"], workers), manifest
 
 
-def load_model(path: Path) -> tuple[GPT, bool]:
+def load_model(path: Path, workers: int | None = None) -> tuple[GPT, bool]:
     """The dequantized GPT stored in a model.bin and whether it runs looped (CPU, eval mode)."""
-    entries, manifest = unpack_model(Path(path).read_bytes(), str(path))
+    entries, manifest = unpack_model(Path(path).read_bytes(), str(path), workers)
     model = GPT(ModelConfig.model_validate(manifest["model_config"]))
     model.load_state_dict(formats.dequantized_state(entries))
     return model.eval(), bool(manifest["looped"])
