@@ -75,6 +75,7 @@ def eval_cfg(**overrides: dict) -> EvalConfig:
     raw = {
         "max_docs": 0,
         "progress": False,
+        "compile": False,
         "plain": {"enabled": True, "seq_len": seq, "batch_windows": 4},
         "sliding": {"enabled": True, "seq_len": seq, "stride": 5, "batch_windows": 4},
         "lora_ttt": {"enabled": True, "rank": 4, "alpha": 8.0, "lr": 1e-2, "beta1": 0.0, "beta2": 0.99,

@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from test_eval_modes import BOS, eval_cfg, one_thread, random_texts, repetitive_texts, text_val, tiny_model
 
 from pgolf.eval.common import Scores, TokenRecorder, score_windows
+from pgolf.eval.compile import EvalForward
 from pgolf.eval.documents import chunk_window, num_chunks, split_documents
 from pgolf.eval.modes import run_mode, run_modes
 from pgolf.eval.ttt_lora import doc_queue, phase_ends
@@ -38,7 +39,8 @@ def test_lora_ttt_with_zero_learning_rates_scores_like_the_unadapted_model_on_th
     windows = [chunk_window(d, k, c.chunk_size, c.context) for d in docs for k in range(num_chunks(d, c.chunk_size))]
     plain = TokenRecorder(len(val.tokens))
     scores = Scores(torch.device("cpu"), plain)
-    score_windows(model, val, windows, scores, batch_windows=1, looped=True)
+    eager = EvalForward(model, looped=True, backend=None, max_width=c.context)
+    score_windows(eager, val, windows, scores, batch_windows=1)
     assert np.array_equal(ttt.counts, plain.counts) and ttt.counts[1:].min() == 1
     np.testing.assert_allclose(ttt.nats[1:], plain.nats[1:], rtol=0, atol=1e-5)
     assert result.totals.nats == pytest.approx(scores.local().nats, rel=1e-7)

@@ -187,6 +187,15 @@ def window_cu_seqlens(inputs: np.ndarray, bos_id: int, pad_multiple: int = CU_PA
     return build_cu_seqlens(starts, flat.size, seq_len, pad_multiple)
 
 
+def to_device(batch: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host batch (tokens, masks, ``cu_seqlens``) on ``device``: through pinned memory and a non-blocking copy
+    on CUDA, so the copy overlaps the work already queued; unchanged on the CPU."""
+    tensor = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
+    if torch.device(device).type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def _window_batch(val: ValData, windows: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, int]:
     """Inputs and targets ``[B, T]`` (int64) of some windows, and the bytes of their targets."""
     rows = np.stack([np.asarray(val.tokens[s:e], dtype=np.int64) for s, e in windows])
@@ -225,7 +234,7 @@ def evaluate(
             inputs, targets, num_bytes = _window_batch(val, chunk)
             cu_seqlens = window_cu_seqlens(inputs, bos_id, pad_multiple)
             args = (torch.from_numpy(inputs), torch.from_numpy(targets), cu_seqlens)
-            out = loss_fn(*(t.to(device) for t in args))
+            out = loss_fn(*(to_device(t, device) for t in args))
             if tuple(out.shape) != targets.shape:
                 raise ValueError(f"loss_fn returned shape {tuple(out.shape)}, expected per-token nats {targets.shape}")
             batch_nats = out.detach().double().sum()  # stays on the device: no sync per batch

@@ -1,5 +1,6 @@
-"""What the evaluation modes share: the per-token forward, score accumulation, a per-token recorder for audits,
-the result type and the scoring of a list of windows with a fixed model.
+"""What the evaluation modes share: score accumulation, a per-token recorder for audits, the result type and the
+scoring of a list of windows with a fixed model (through an :class:`~pgolf.eval.compile.EvalForward`, eager or
+compiled).
 
 Sums are float64 on the model's device (no host sync per batch) and all-reduced once at the end of a mode
 (:meth:`Scores.totals` -> :meth:`BpbTotals.all_reduce`); per-rank figures are never averaged.
@@ -14,10 +15,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from pgolf.dist import autocast
 from pgolf.eval.bpb import BpbTotals, ValData
-from pgolf.eval.documents import Rows, Window, gather, length_batches, rank_share
-from pgolf.model.layers import Adapters
+from pgolf.eval.compile import EvalForward
+from pgolf.eval.documents import Rows, Window, length_batches, rank_share
 
 
 @dataclass
@@ -29,11 +29,13 @@ class ModeResult:
     seconds: dict[str, float] = field(default_factory=dict)
     compliant: bool = True
     phases: list[dict] = field(default_factory=list)
+    compile: dict = field(default_factory=dict)  # CompileStats.finish(): warm-up seconds, graphs built (not timed)
 
     def summary(self) -> dict:
         t = self.totals
         return {"val_bpb": t.val_bpb, "val_loss": t.val_loss, "tokens": t.tokens, "bytes": t.bytes,
-                "compliant": self.compliant, "seconds": self.seconds, "phases": self.phases}  # fmt: skip
+                "compliant": self.compliant, "seconds": self.seconds, "phases": self.phases,
+                "compile": self.compile}  # fmt: skip
 
 
 class TokenRecorder:
@@ -81,37 +83,33 @@ class Scores:
         return self.local().all_reduce()
 
 
-def token_nats(
-    model: nn.Module, inputs: Tensor, targets: Tensor, looped: bool, adapters: Adapters | None = None
-) -> Tensor:
-    """Per-token nats [B, T] of rows that each hold one document window (no cu_seqlens needed: pads trail)."""
-    with autocast(inputs.device):
-        return model(inputs, targets, looped=looped, adapters=adapters, reduction="none")
-
-
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def window_batches(windows: list[Window], batch_windows: int, rank: int = 0, world_size: int = 1) -> list[list[Window]]:
+    """This rank's batches of ``windows``, batched by length (longest first)."""
+    return rank_share(length_batches(windows, batch_windows), rank, world_size)
+
+
 def score_windows(
-    model: nn.Module,
+    forward: EvalForward,
     val: ValData,
     windows: list[Window],
     scores: Scores,
     *,
     batch_windows: int,
-    looped: bool,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
     desc: str = "score",
 ) -> None:
-    """Score this rank's share of ``windows`` with the model as it is (no_grad), batched by length."""
-    device = model_device(model)
-    batches = rank_share(length_batches(windows, batch_windows), rank, world_size)
+    """Score this rank's share of ``windows`` (:func:`window_batches`) with the model as it is (no_grad); compiled,
+    each batch is padded to ``batch_windows`` rows and a bucketed width."""
+    batches = window_batches(windows, batch_windows, rank, world_size)
     bar = tqdm(batches, desc=desc, unit="batch", disable=not (progress and rank == 0), leave=False)
     with torch.no_grad():
         for batch in bar:
-            rows = gather(val, batch)
-            inputs, targets, mask = rows.tensors(device)
-            scores.add(token_nats(model, inputs, targets, looped), rows, mask)
+            rows = forward.gather(val, batch, batch_windows)
+            inputs, targets, mask = rows.tensors(forward.device)
+            scores.add(forward(inputs, targets), rows, mask)

@@ -163,6 +163,7 @@ class AuditConfig(Section):
 class EvalConfig(Section):
     max_docs: int  # record: 0 (all 50,000 val documents); CPU runs score a prefix of the documents
     progress: bool  # tqdm bars on rank 0
+    compile: bool  # record: true. torch.compile the scoring/TTT forward, warmed up before the timer (CUDA only)
     plain: PlainConfig
     sliding: SlidingConfig
     lora_ttt: LoraTttConfig

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from pgolf.errors import PgolfError
-from pgolf.eval.bpb import ValData
+from pgolf.eval.bpb import ValData, to_device
 
 PAD_ID = 0
 Window = tuple[int, int, int, int]  # (stream start, input length, first scored offset, end of scored offsets)
+EMPTY_WINDOW: Window = (0, 0, 0, 0)  # a row of padding only (fills a batch up to a compiled shape)
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,8 @@ class Rows:
     target_bytes: np.ndarray  # [B, T] int64, 0 outside the mask
 
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (torch.from_numpy(self.inputs).to(device), torch.from_numpy(self.targets).to(device),
-                torch.from_numpy(self.mask).to(device))  # fmt: skip
+        """Inputs, targets and the scored mask on ``device`` (pinned, non-blocking copies on CUDA)."""
+        return to_device(self.inputs, device), to_device(self.targets, device), to_device(self.mask, device)
 
 
 def gather(val: ValData, windows: list[Window], width: int | None = None) -> Rows:

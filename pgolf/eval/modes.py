@@ -2,7 +2,8 @@
 
 The modes score the same documents (the first ``eval.max_docs`` val documents), so their figures compare.
 Test-time training adapts a deep copy per mode, never the caller's model, so nothing leaks between modes.
-There is no warm-up or compilation here; one that is added must use random tokens, never validation data (B9.9).
+With ``eval.compile`` on CUDA each mode compiles its scoring/TTT forward and warms it up on random tokens, never
+validation data (B9.9), before its timer starts (:mod:`pgolf.eval.compile`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from torch import nn
 
 from pgolf.dist import group_rank_world
 from pgolf.eval.bpb import ValData
-from pgolf.eval.common import ModeResult, TokenRecorder
+from pgolf.eval.common import ModeResult, TokenRecorder, model_device
+from pgolf.eval.compile import backend_for
 from pgolf.eval.config import EvalConfig
 from pgolf.eval.documents import Document, split_documents
 from pgolf.eval.sliding import evaluate_sliding
@@ -59,13 +61,15 @@ def enabled_modes(cfg: EvalConfig) -> list[str]:
 def run_mode(
     name: str, model: nn.Module, val: ValData, cfg: EvalConfig, looped: bool, recorder: TokenRecorder | None = None
 ) -> ModeResult:
-    """Run one mode on a deep copy of ``model`` (the caller's model is never changed)."""
+    """Run one mode on a deep copy of ``model`` (the caller's model is never changed), compiled when
+    ``cfg.compile`` and the model is on CUDA."""
     if name not in RUNNERS:
         raise ValueError(f"unknown evaluation mode {name!r}; expected one of {', '.join(MODES)}")
     rank, world_size = group_rank_world()
     docs = scored_documents(val, cfg, model.cfg.bos_id)
+    backend = backend_for(cfg.compile, model_device(model))
     return RUNNERS[name](copy.deepcopy(model), val, docs, cfg, looped=looped, rank=rank, world_size=world_size,
-                         recorder=recorder, progress=cfg.progress)  # fmt: skip
+                         recorder=recorder, progress=cfg.progress, compile_backend=backend)  # fmt: skip
 
 
 def run_modes(model: nn.Module, val: ValData, cfg: EvalConfig, looped: bool) -> dict[str, ModeResult]:

@@ -24,7 +24,7 @@ from torch import nn
 
 from pgolf import dist as pdist
 from pgolf.dist import autocast
-from pgolf.eval.bpb import window_cu_seqlens
+from pgolf.eval.bpb import to_device, window_cu_seqlens
 from pgolf.eval.documents import PAD_ID
 
 Span = tuple[int, int]  # [lo, hi) target indices of a stream
@@ -73,8 +73,8 @@ def sgd_step(
     if pieces:
         device = params[0].device
         inputs, targets, valid = _piece_rows(stream, pieces, seq_len)
-        cu = window_cu_seqlens(inputs, bos_id).to(device)
-        inputs, targets, valid = (torch.from_numpy(a).to(device) for a in (inputs, targets, valid))
+        cu = to_device(window_cu_seqlens(inputs, bos_id), device)
+        inputs, targets, valid = (to_device(a, device) for a in (inputs, targets, valid))
         with autocast(device):
             nats = model(inputs, targets, cu_seqlens=cu, looped=looped, reduction="none")
         loss = torch.where(valid, nats.float(), 0.0).sum() / (hi - lo)

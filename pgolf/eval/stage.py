@@ -43,8 +43,9 @@ def expected_bytes(docs_dir: Path, count: int) -> int | None:
 
 def score_first(name: str, model: GPT, val: ValData, cfg: EvalConfig, looped: bool) -> dict:
     """The score-first audit of one mode on the first ``cfg.audit.docs`` documents, cut in the middle of the
-    longest of them."""
-    small = cfg.model_copy(update={"max_docs": cfg.audit.docs, "progress": False})
+    longest of them. Eager: so few documents make batches of their own shapes, each a graph to compile, and the
+    compiled forward scores like the eager one (tests/test_eval_compile.py)."""
+    small = cfg.model_copy(update={"max_docs": cfg.audit.docs, "progress": False, "compile": False})
     docs = scored_documents(val, small, model.cfg.bos_id)
     doc = max(docs, key=lambda d: d.num_targets)
     result = audit.score_first_audit(lambda v, rec: run_mode(name, model, v, small, looped, rec), val, doc,

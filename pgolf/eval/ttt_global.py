@@ -15,12 +15,13 @@ import time
 
 from torch import nn
 
-from pgolf.eval.bpb import ValData
-from pgolf.eval.common import ModeResult, TokenRecorder
+from pgolf.eval.bpb import BpbTotals, ValData
+from pgolf.eval.common import ModeResult, Scores, TokenRecorder, model_device, score_windows, window_batches
+from pgolf.eval.compile import Backend
 from pgolf.eval.config import MultiPhaseConfig
 from pgolf.eval.documents import Document
 from pgolf.eval.sgd import train_stream
-from pgolf.eval.sliding import evaluate_sliding
+from pgolf.eval.sliding import document_windows, fixed_model_forward
 from pgolf.eval.ttt_chunk import stream_of
 
 
@@ -35,23 +36,30 @@ def evaluate_multi_phase(
     world_size: int = 1,
     recorder: TokenRecorder | None = None,
     progress: bool = False,
+    compile_backend: Backend = None,
 ) -> ModeResult:
-    """Score, then ``passes`` times (train on everything, re-score); ``model`` is adapted in place (pass a copy)."""
-    start = time.perf_counter()
+    """Score, then ``passes`` times (train on everything, re-score); ``model`` is adapted in place (pass a copy).
+    Every scoring pass is sliding (:func:`pgolf.eval.sliding.evaluate_sliding`) through one warmed-up forward."""
     _, stream = stream_of(val, docs)
+    windows = document_windows(docs, cfg.seq_len, cfg.stride)
+    batches = window_batches(windows, cfg.batch_windows, rank, world_size)
+    forward, stats = fixed_model_forward(model, batches, seq_len=cfg.seq_len, batch_windows=cfg.batch_windows,
+                                         looped=looped, compile_backend=compile_backend)  # fmt: skip
+    start = time.perf_counter()
 
-    def score(phase: int) -> ModeResult:
-        return evaluate_sliding(model, val, docs, seq_len=cfg.seq_len, stride=cfg.stride,
-                                batch_windows=cfg.batch_windows, looped=looped, name=f"multi_phase/{phase}",
-                                rank=rank, world_size=world_size, recorder=recorder, progress=progress)  # fmt: skip
+    def score(phase: int) -> BpbTotals:
+        scores = Scores(model_device(model), recorder)
+        score_windows(forward, val, windows, scores, batch_windows=cfg.batch_windows, rank=rank,
+                      world_size=world_size, progress=progress, desc=f"multi_phase/{phase}")  # fmt: skip
+        return scores.totals()
 
-    result = score(0)
-    phases = [{"phase": 0, "val_bpb": result.totals.val_bpb, "val_loss": result.totals.val_loss}]
+    totals = score(0)
+    phases = [{"phase": 0, "val_bpb": totals.val_bpb, "val_loss": totals.val_loss}]
     for phase in range(1, cfg.passes + 1):
         train_stream(model, stream, lr=cfg.lr, momentum=cfg.momentum, epochs=1, chunk_tokens=cfg.chunk_tokens,
                      seq_len=cfg.seq_len, grad_clip=cfg.grad_clip, skip_last_chunk=False, looped=looped,
                      bos_id=model.cfg.bos_id, rank=rank, world_size=world_size)  # fmt: skip
-        result = score(phase)
-        phases.append({"phase": phase, "val_bpb": result.totals.val_bpb, "val_loss": result.totals.val_loss})
-    return ModeResult("multi_phase", result.totals, {"eval": time.perf_counter() - start}, compliant=False,
-                      phases=phases)  # fmt: skip
+        totals = score(phase)
+        phases.append({"phase": phase, "val_bpb": totals.val_bpb, "val_loss": totals.val_loss})
+    return ModeResult("multi_phase", totals, {"eval": time.perf_counter() - start}, compliant=False, phases=phases,
+                      compile=stats.finish("multi_phase"))  # fmt: skip

@@ -18,6 +18,11 @@ Deliberate differences (legality is the same, A6.11; determinism is better):
 * Fresh adapters draw A from a generator seeded by ``seed`` and the batch's queue position.
 * The global-SGD stream concatenates the documents as BOS + tokens (the next document's BOS is the end-of-document
   target), without the record's harmless "BOS BOS" pairs.
+* Every chunk's forward runs with grad enabled, the last one too (one compiled graph per shape, not two).
+
+With ``eval.compile`` the chunk forward is compiled (:mod:`pgolf.eval.compile`): one graph per (batch size, width
+bucket) this rank meets, warmed up on random tokens through throw-away adapters before the timer starts; the
+adapters are graph inputs. Global SGD runs eagerly, as in the record.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pgolf.eval.bpb import BpbTotals, ValData
-from pgolf.eval.common import ModeResult, Scores, TokenRecorder, model_device, token_nats
+from pgolf.eval.bpb import BpbTotals, ValData, to_device
+from pgolf.eval.common import ModeResult, Scores, TokenRecorder, model_device
+from pgolf.eval.compile import Backend, EvalForward, warmup
 from pgolf.eval.config import LoraTttConfig
-from pgolf.eval.documents import Document, chunk_window, gather, num_chunks
+from pgolf.eval.documents import Document, chunk_window, num_chunks
 from pgolf.eval.sgd import set_trainable, train_stream
 from pgolf.model.lora import BatchedLoRA
 
@@ -57,6 +63,17 @@ def phase_ends(queue: list[list[Document]], phases: list[int]) -> list[tuple[int
     return ends
 
 
+def rank_positions(segments: list[tuple[int, int]], rank: int, world_size: int) -> list[int]:
+    """The queue positions this rank runs: round-robin within each phase segment ``[lo, hi)``."""
+    return [p for lo, hi in segments for p in range(lo + rank, hi, world_size)]
+
+
+def chunk_widths(batch: list[Document], cfg: LoraTttConfig) -> list[int]:
+    """The longest window of each chunk step of a batch: ``min((c + 1) C, longest document, context)``."""
+    longest = max(d.num_targets for d in batch)
+    return [min((c + 1) * cfg.chunk_size, longest, cfg.context) for c in range(-(-longest // cfg.chunk_size))]
+
+
 def _fresh_lora(model: nn.Module, cfg: LoraTttConfig, batch: int, looped: bool, seed: int) -> BatchedLoRA:
     schedule = model.schedule(looped)
     num_slots = len(schedule.encoder) + len(schedule.decoder)
@@ -70,9 +87,18 @@ def _fresh_lora(model: nn.Module, cfg: LoraTttConfig, batch: int, looped: bool, 
 class LoraTtt:
     """The per-rank state of the phased TTT: the reusable adapters (warm A) and the running scores."""
 
-    def __init__(self, model: nn.Module, val: ValData, cfg: LoraTttConfig, looped: bool, scores: Scores) -> None:
-        self.model, self.val, self.cfg, self.looped, self.scores = model, val, cfg, looped, scores
+    def __init__(self, forward: EvalForward, val: ValData, cfg: LoraTttConfig, scores: Scores) -> None:
+        self.forward, self.val, self.cfg, self.scores = forward, val, cfg, scores
+        self.model, self.looped = forward.model, forward.looped
         self.lora: BatchedLoRA | None = None
+
+    def warmup_shapes(self, batches: list[list[Document]]) -> set[tuple[int, int]]:
+        """The (rows, width) of every chunk step of these batches (what :meth:`run_batch` will call)."""
+        return {self.forward.shape(len(b), w) for b in batches for w in set(chunk_widths(b, self.cfg))}
+
+    def throwaway_lora(self, batch: int) -> BatchedLoRA:
+        """Adapters for the warm-up (drawn under a forked RNG: the run's own draws do not change)."""
+        return _fresh_lora(self.model, self.cfg, batch, self.looped, seed=0)
 
     def adapters_for(self, batch: int, position: int) -> BatchedLoRA:
         """The reusable adapters reset for a full batch (B = 0; A kept or redrawn), else fresh ones (A6.7.5)."""
@@ -87,20 +113,19 @@ class LoraTtt:
 
     def run_batch(self, docs: list[Document], position: int) -> None:
         """Score every chunk of a batch of documents, each chunk before the AdamW step that learns from it."""
-        cfg, device = self.cfg, model_device(self.model)
+        cfg, device = self.cfg, self.forward.device
         lora = self.adapters_for(len(docs), position)
         opt = torch.optim.AdamW(lora.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                                 weight_decay=cfg.weight_decay)  # fmt: skip
         chunks = np.array([num_chunks(d, cfg.chunk_size) for d in docs])
         for c in range(int(chunks.max())):
-            rows = gather(self.val, [chunk_window(d, c, cfg.chunk_size, cfg.context) for d in docs])
+            rows = self.forward.gather(self.val, [chunk_window(d, c, cfg.chunk_size, cfg.context) for d in docs])
             inputs, targets, mask = rows.tensors(device)
-            learn = bool((chunks > c + 1).any())
-            with torch.set_grad_enabled(learn):
-                nats = token_nats(self.model, inputs, targets, self.looped, lora)
+            with torch.enable_grad():
+                nats = self.forward(inputs, targets, lora)
             self.scores.add(nats, rows, mask)  # score first ...
-            if learn:  # ... then learn from the chunk just scored, only where a later chunk remains
-                more = torch.from_numpy(chunks > c + 1).to(device)[:, None] & mask
+            if (chunks > c + 1).any():  # ... then learn from the chunk just scored, only where a later chunk remains
+                more = to_device(chunks > c + 1, device)[:, None] & mask
                 weights = more / mask.sum(1, keepdim=True).clamp(min=1)
                 opt.zero_grad(set_to_none=True)
                 (nats.float() * weights).sum().backward()
@@ -128,23 +153,27 @@ def evaluate_lora_ttt(
     world_size: int = 1,
     recorder: TokenRecorder | None = None,
     progress: bool = False,
+    compile_backend: Backend = None,
 ) -> ModeResult:
-    """Phased score-first LoRA TTT over ``docs``; ``model`` is adapted in place (pass a copy)."""
-    start = time.perf_counter()
+    """Phased score-first LoRA TTT over ``docs``; ``model`` is adapted in place (pass a copy). ``compile_backend``:
+    compile the chunk forward with it (None: eager); the warm-up is not timed."""
     model.eval()
     set_trainable(model, False)
     scores = Scores(model_device(model), recorder)
-    ttt = LoraTtt(model, val, cfg, looped, scores)
+    ttt = LoraTtt(EvalForward(model, looped, compile_backend, max_width=cfg.context), val, cfg, scores)
     queue = doc_queue(docs, cfg.batch_docs)
     ends = phase_ends(queue, cfg.phases)
     cuts = [0] + [q + 1 for q, _ in ends] + [len(queue)]  # phase k runs after queue[:cuts[k + 1]]
     segments = list(zip(cuts[:-1], cuts[1:], strict=True))
+    mine = [queue[p] for p in rank_positions(segments, rank, world_size)]
+    stats = warmup(ttt.forward, ttt.warmup_shapes(mine), adapters=ttt.throwaway_lora)
+    start = time.perf_counter()
     seconds, phases = {"sgd": 0.0}, []
     bar = tqdm(total=len(queue), desc="lora_ttt", unit="batch", disable=not (progress and rank == 0), leave=False)
     before = BpbTotals()
     with bar:
         for k, (lo, hi) in enumerate(segments):
-            for position in range(lo + rank, hi, world_size):
+            for position in rank_positions([(lo, hi)], rank, world_size):
                 ttt.run_batch(queue[position], position)
             bar.update(hi - lo)
             so_far = scores.totals()  # a collective: every rank reaches each segment end
@@ -162,4 +191,4 @@ def evaluate_lora_ttt(
             phases.append(row)
     totals = scores.totals()
     seconds["eval"] = time.perf_counter() - start
-    return ModeResult("lora_ttt", totals, seconds, compliant=True, phases=phases)
+    return ModeResult("lora_ttt", totals, seconds, compliant=True, phases=phases, compile=stats.finish("lora_ttt"))
