@@ -133,9 +133,11 @@ def cpu_twin(params: dict) -> dict:
     if twin["model"]["num_loops"]:
         twin["model"]["num_loops"] = 1
     train = default["train"]
-    twin["train"].update({k: train[k] for k in ("launcher", "max_wallclock_seconds", "global_batch_tokens",
-                                                "micro_batch_tokens", "seq_len", "warmup_steps", "log_every",
-                                                "val_every", "val_max_tokens", "checkpoint_seconds")})  # fmt: skip
+    twin["train"].update({k: train[k] for k in ("launcher", "max_wallclock_seconds", "iterations",
+                                                "global_batch_tokens", "micro_batch_tokens", "seq_len",
+                                                "warmup_steps", "log_every",
+                                                "val_every", "val_max_tokens", "checkpoint_seconds",
+                                                "dtype_policy")})  # fmt: skip
     twin["train"]["muon"]["momentum_warmup_steps"] = train["muon"]["momentum_warmup_steps"]
     twin["train"]["averaging"]["ema_decay"] = train["averaging"]["ema_decay"]
     twin["train"]["averaging"]["swa_every"] = 10
@@ -144,7 +146,8 @@ def cpu_twin(params: dict) -> dict:
     eval_ = default["eval"]
     for mode in ("plain", "sliding", "lora_ttt", "chunk_sgd", "multi_phase"):
         twin["eval"][mode] = {**eval_[mode], "enabled": params["eval"][mode]["enabled"]}
-    twin["eval"]["max_docs"] = eval_["max_docs"]
+    for key in ("max_docs", "compile"):  # the CPU scope, eager
+        twin["eval"][key] = eval_[key]
     return twin
 
 

@@ -146,3 +146,106 @@ def test_cuda_backends_match_the_dense_reference(backend, dtype):
     for c in (cu, None):
         ref = reference_attention(q, k, v, c).to(dtype)
         torch.testing.assert_close(backend_fn(backend)(q, k, v, c).cpu(), ref, rtol=tol, atol=tol)
+
+
+def _fake_varlen(signature: str):
+    """A CPU stand-in for ``varlen_attn`` with the keyword arguments of one torch release: it checks the causal
+    flag and the KV head count it is given, then attends with the float64 reference (flattened rows, B = 1)."""
+
+    def attend(q, k, v, cu_q, cu_k, max_q, max_k, causal, gqa):
+        assert causal and torch.equal(cu_q, cu_k) and max_q == max_k >= int((cu_q[1:] - cu_q[:-1]).max())
+        assert gqa or k.size(1) == q.size(1), "KV heads must be repeated when enable_gqa is not a parameter"
+        calls.append({"kv_heads": k.size(1), "gqa": gqa})
+        return reference_attention(q[None], k[None], v[None], cu_q)[0].to(q.dtype)
+
+    def v2_10(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        return attend(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal, False)
+
+    def v2_11(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+              window_size=(-1, -1)):  # fmt: skip
+        return attend(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, tuple(window_size) == (-1, 0), False)
+
+    def v2_13(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+              window_size=(-1, -1), enable_gqa=False, seqused_k=None):  # fmt: skip
+        causal = tuple(window_size) == (-1, 0)
+        return attend(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, causal, enable_gqa)
+
+    calls: list[dict] = []
+    return {"2.10": v2_10, "2.11": v2_11, "2.13": v2_13}[signature], calls
+
+
+@pytest.mark.parametrize("signature", ["2.10", "2.11", "2.13"])
+def test_varlen_call_is_built_from_the_installed_signature(signature):
+    """Each torch release's varlen_attn gets the causal flag it knows and, without native GQA, repeated KV heads;
+    the result equals the dense reference (run on CPU in bf16 through a fake kernel)."""
+    from pgolf.model.attention import make_varlen_attention
+
+    fake, calls = _fake_varlen(signature)
+    g = torch.Generator().manual_seed(6)
+    q, k, v = qkv(g, 2, 48, 8, 2, 16, dtype=torch.bfloat16)
+    cu = random_cu(g, 96, pad_multiple=16)
+    y = make_varlen_attention(fake)(q, k, v, cu, 96)
+    torch.testing.assert_close(y.double(), reference_attention(q, k, v, cu), rtol=3e-2, atol=3e-2)
+    assert calls == [{"kv_heads": 2 if signature == "2.13" else 8, "gqa": signature == "2.13"}]
+
+
+def test_varlen_with_an_unknown_signature_names_the_alternatives():
+    from pgolf.model.attention import make_varlen_attention
+
+    def odd(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, mask=None):
+        raise AssertionError("never called")
+
+    with pytest.raises(RuntimeError, match="neither window_size nor is_causal.*sdpa_gather"):
+        make_varlen_attention(odd)
+
+
+@pytest.mark.skipif(not available("flex", "cpu"), reason="flex_attention unavailable")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_flex_block_mask_has_the_block_structure_of_the_dense_construction(seed):
+    """The block mask built from the segments' block ranges equals PyTorch's create_block_mask over the same
+    mask_mod (partial and full blocks alike), without evaluating n x n positions."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from pgolf.model.attention import _document_ids, document_block_mask
+
+    g = torch.Generator().manual_seed(seed)
+    n, block = 512, 16
+    cu = random_cu(g, n, pad_multiple=16) if seed else torch.tensor([40, 90, 300, 300, 470, 470], dtype=torch.int32)
+    if seed == 2:  # long segments: whole blocks inside one document, which need no mask
+        cu = torch.tensor([0, 200, 201, 480, 512], dtype=torch.int32)
+    doc = _document_ids(cu.long(), n)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (doc[q_idx] == doc[kv_idx]) & (doc[q_idx] >= 0)
+
+    want = create_block_mask(mask_mod, None, None, n, n, device="cpu", BLOCK_SIZE=block)
+    got = document_block_mask(cu, n, block)
+    for name in ("kv_num_blocks", "full_kv_num_blocks"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    for num, idx in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")):
+        for row, count in enumerate(getattr(want, num)[0, 0].tolist()):
+            assert sorted(getattr(got, idx)[0, 0, row, :count].tolist()) == sorted(
+                getattr(want, idx)[0, 0, row, :count].tolist()
+            ), (idx, row)
+    if seed == 2:
+        assert int(want.full_kv_num_blocks.sum()) > 0
+
+
+@pytest.mark.skipif(not available("flex", "cpu"), reason="flex_attention unavailable")
+@torch.no_grad()
+def test_flex_builds_one_block_mask_per_forward(monkeypatch):
+    from pgolf.model import attention
+
+    built = []
+    original = attention._block_structure
+    monkeypatch.setattr(attention, "_block_structure", lambda doc, block: built.append(1) or original(doc, block))
+    model = GPT(model_cfg())
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.attend = DocAttention("flex")
+    ids = torch.randint(2, 64, (1, 32))
+    cu = torch.tensor([0, 9, 32, 32], dtype=torch.int32)
+    model(ids, cu_seqlens=cu, looped=True)
+    assert len(built) == 1 < model_cfg().num_layers
+    model(ids, cu_seqlens=cu.clone(), looped=True)  # a new batch's cu_seqlens: a new mask
+    assert len(built) == 2

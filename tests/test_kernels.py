@@ -49,14 +49,41 @@ def _check_ce(rows, vocab, dtype, device, block_v, tol):
 
 _INTERPRETED = """
 import torch
-from test_kernels import TOL, _check_ce, _check_compiled, _check_mlp
+from test_kernels import TOL, _check_ce, _check_compiled, _check_mlp, _check_wide
 for dtype in (torch.float32, torch.float64):
     for slope in (0.5, 0.0):
         _check_mlp((3, 7, 20), 37, slope, dtype, "cpu", (16, 16, 16), TOL[dtype])  # M=21, N=37, K=20: ragged edges
     _check_ce(13, 100, dtype, "cpu", 32, TOL[dtype])  # V=100 over blocks of 32
 _check_compiled()
+_check_wide()
 print("ok")
 """
+
+
+def _check_wide():
+    """The int64-offset variants (taken past 2^31 elements) compute what the int32 ones do."""
+    import triton
+    import triton.language as tl
+
+    from pgolf.kernels._triton import leaky_square_grad_kernel
+    from pgolf.kernels.mlp import _matmul
+
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(21, 20, generator=g), torch.randn(20, 37, generator=g)
+    pre = torch.empty(21, 37)
+    narrow = _matmul(a, b, (16, 16, 16), pre=pre, slope=0.5, wide=False)
+    wide_pre = torch.empty(21, 37)
+    wide = _matmul(a, b, (16, 16, 16), pre=wide_pre, slope=0.5, wide=True)
+    assert torch.equal(narrow, wide) and torch.equal(pre, wide_pre)
+    dh = torch.randn(21, 37, generator=g)
+    outs = []
+    for flag in (False, True):
+        out = torch.empty_like(pre)
+        leaky_square_grad_kernel[(triton.cdiv(pre.numel(), 256),)](
+            dh, pre, out, pre.numel(), 0.5, ACC=tl.float32, BLOCK=256, WIDE=flag
+        )
+        outs.append(out)
+    assert torch.equal(*outs)
 
 
 def _check_compiled():
@@ -80,6 +107,20 @@ def _check_compiled():
         torch.testing.assert_close(got, want, **TOL[torch.float64])
 
 
+def _interpreter_broken() -> bool:
+    """Triton < 3.6's interpreter converts 1-element arrays to Python scalars, which NumPy >= 2.4 refuses (a
+    test-only problem: compiled kernels never run the interpreter)."""
+    import numpy as np
+    import triton
+
+    def version(text: str) -> tuple[int, int]:
+        major, minor = text.split(".")[:2]
+        return int(major), int(minor)
+
+    return version(triton.__version__) < (3, 6) and version(np.__version__) >= (2, 4)
+
+
+@pytest.mark.skipif(_interpreter_broken(), reason="Triton < 3.6's interpreter fails on NumPy >= 2.4")
 def test_kernels_match_eager_under_the_interpreter():
     """Forward and backward of both kernels, float32 and float64, ragged shapes, in Triton's CPU interpreter; the
     custom ops under opcheck and torch.compile."""
@@ -87,6 +128,15 @@ def test_kernels_match_eager_under_the_interpreter():
     here = Path(__file__).resolve().parent
     run = subprocess.run([sys.executable, "-c", _INTERPRETED], cwd=here, env=env, capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+def test_int64_offsets_are_taken_past_int32():
+    from pgolf.kernels.mlp import needs_int64
+
+    small = torch.empty_strided((98304, 2048), (2048, 1), device="meta")  # the record's MLP activation
+    assert not needs_int64(small, small.t())
+    assert needs_int64(torch.empty_strided((2**20 + 1, 2048), (2048, 1), device="meta"))
+    assert needs_int64(torch.empty_strided((2, 3), (2**31, 1), device="meta"))  # a wide stride, few elements
 
 
 def test_dispatch_is_eager_on_cpu():

@@ -181,3 +181,30 @@ def test_batch_to_device():
     b = Batch(torch.zeros(1, 3, dtype=torch.int64), torch.ones(1, 3, dtype=torch.int64), torch.zeros(64).int())
     moved = b.to("cpu")
     assert torch.equal(moved.targets, b.targets) and moved.cu_seqlens.dtype == torch.int32
+
+
+def test_next_shard_is_read_in_the_background_and_batches_are_unchanged(three_shards, monkeypatch):
+    """Every shard after the first is read and scanned on the prefetch thread before the step that needs it; the
+    batches equal those of a loader without prefetch, through two epochs."""
+    import threading
+
+    path, _ = three_shards
+    loads: list[tuple[object, int, str]] = []
+    load = PackingLoader._load
+
+    def recording(self, index):
+        loads.append((self, index, threading.current_thread().name))
+        return load(self, index)
+
+    monkeypatch.setattr(PackingLoader, "_load", recording)
+    fetching = loader(path)
+    plain = PackingLoader(path, tokens_per_rank=9, seq_len=8, rank=0, world_size=2, bos_id=BOS, prefetch=False)
+    for _ in range(30):
+        a, b = fetching.next_batch(), plain.next_batch()
+        for x, y in zip((a.inputs, a.targets, a.cu_seqlens), (b.inputs, b.targets, b.cu_seqlens), strict=True):
+            assert torch.equal(x, y)
+    assert fetching.epoch == plain.epoch == 2
+    mine = [(index, thread) for who, index, thread in loads if who is fetching]
+    assert mine[0] == (0, "MainThread")  # the constructor
+    assert all(thread.startswith("shard-prefetch") for _, thread in mine[1:])  # every switch was prefetched
+    assert [index for index, _ in mine[1:6]] == [1, 2, 0, 1, 2]

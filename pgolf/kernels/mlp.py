@@ -7,6 +7,8 @@ for ``dx = dpre W`` and ``dW = dpre^T x``. Shapes need not be multiples of the b
 
 The eager path (CPU, or ``triton=False``) is the reference: ``F.leaky_relu(F.linear(x, w), slope).square()``.
 
+Offsets are int32 below 2^31 elements and int64 above (:func:`needs_int64`), where int32 would wrap.
+
 Both directions are custom ops (``pgolf::up_activation``, ``pgolf::up_activation_backward``) with fake
 implementations, so a compiled model treats them as opaque calls and stays one graph.
 """
@@ -33,8 +35,20 @@ def _acc_and_precision(dtype: torch.dtype):
     return acc, "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
 
 
-def _matmul(a: Tensor, b: Tensor, blocks: Blocks, pre: Tensor | None = None, slope: float = 0.0) -> Tensor:
-    """a (M, K) @ b (K, N) with any strides; with ``pre`` given, also the LeakyReLU² epilogue (see module doc)."""
+INT32_LIMIT = 2**31 - 1
+
+
+def needs_int64(*tensors: Tensor) -> bool:
+    """Whether some element offset of ``tensors`` (sum of (size - 1) * stride) passes int32: the kernels then
+    address in int64 (``WIDE``); below it they keep the cheaper int32 arithmetic."""
+    return any(sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True)) > INT32_LIMIT for t in tensors)
+
+
+def _matmul(
+    a: Tensor, b: Tensor, blocks: Blocks, pre: Tensor | None = None, slope: float = 0.0, wide: bool | None = None
+) -> Tensor:
+    """a (M, K) @ b (K, N) with any strides; with ``pre`` given, also the LeakyReLU² epilogue (see module doc).
+    ``wide``: int64 offsets (default: when :func:`needs_int64`)."""
     import triton
 
     from pgolf.kernels._triton import matmul_kernel
@@ -43,10 +57,11 @@ def _matmul(a: Tensor, b: Tensor, blocks: Blocks, pre: Tensor | None = None, slo
     c = torch.empty(M, N, device=a.device, dtype=a.dtype)
     bm, bn, bk = blocks
     acc, precision = _acc_and_precision(a.dtype)
+    wide = needs_int64(a, b, c) if wide is None else wide
     matmul_kernel[(triton.cdiv(M, bm), triton.cdiv(N, bn))](
         a, b, c, c if pre is None else pre, M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), slope,
-        ACTIVATE=pre is not None, ACC=acc, PRECISION=precision, BM=bm, BN=bn, BK=bk,
+        ACTIVATE=pre is not None, ACC=acc, PRECISION=precision, BM=bm, BN=bn, BK=bk, WIDE=wide,
     )  # fmt: skip
     return c
 
@@ -73,7 +88,7 @@ def _up_activation_backward_op(
     acc, _ = _acc_and_precision(pre.dtype)
     n = pre.numel()
     leaky_square_grad_kernel[(triton.cdiv(n, ELEMENTWISE_BLOCK),)](
-        dh, pre, dpre, n, slope, ACC=acc, BLOCK=ELEMENTWISE_BLOCK
+        dh, pre, dpre, n, slope, ACC=acc, BLOCK=ELEMENTWISE_BLOCK, WIDE=n > INT32_LIMIT
     )
     return _matmul(dpre, w, (bm, bn, bk)), _matmul(dpre.t(), x2, (bm, bn, bk))
 

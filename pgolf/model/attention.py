@@ -12,7 +12,10 @@ over each row.
 * ``flex``: ``torch.nn.attention.flex_attention`` with a document-causal ``BlockMask`` from the segment id of each
   position. Eager on CPU (unfused: materialises the scores; forward only, PyTorch has no CPU flex backward);
   compiled on CUDA.
-* ``varlen``: ``torch.nn.attention.varlen.varlen_attn`` (PyTorch's flash varlen kernel), CUDA, fp16/bf16.
+* ``varlen``: ``torch.nn.attention.varlen.varlen_attn`` (PyTorch's flash varlen kernel, torch >= 2.10), CUDA,
+  fp16/bf16. Its arguments changed between releases (2.10: ``is_causal``; 2.11: ``window_size``; later:
+  ``enable_gqa`` too), so the call is built from the installed function's signature when the backend is built, and
+  the KV heads are repeated where grouped-query attention is not a parameter.
 * ``fa3``: FlashAttention-3 ``flash_attn_varlen_func`` from ``flash_attn_interface`` (the record's kernel), CUDA,
   fp16/bf16; imported lazily.
 
@@ -26,12 +29,14 @@ Under ``torch.compile`` the model stays one graph with sdpa_gather, varlen and f
 * ``varlen`` and ``fa3`` need ``max_seqlen`` as a host integer. A caller that knows a bound (training: segments
   are cut at ``train.seq_len``) sets :attr:`DocAttention.max_seqlen`, as the record passes 2048; without one the
   longest segment is read on the host (a sync, eager only). Eager calls check the bound.
-* ``flex`` builds its block mask eagerly (``torch.compiler.disable``), a graph break.
+* ``flex`` builds its block mask eagerly (``torch.compiler.disable``), a graph break; the mask is built from the
+  segments' block structure (no dense n x n mask) once per ``cu_seqlens`` tensor, so the layers of one forward share it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from collections.abc import Callable
 from functools import cache
 
@@ -121,21 +126,68 @@ def sdpa_gather_attention(
     return _sdpa_gather(q, k, v, cu_seqlens)
 
 
-@torch.compiler.disable  # the mask depends on the data; the flex kernel itself stays in the graph
-def document_block_mask(cu_seqlens: Tensor, n: int):  # -> BlockMask
-    """Causal, same-segment ``BlockMask`` over a flattened stream of ``n`` positions (segment id by position;
-    positions outside every segment, id -1, attend to nothing)."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    cu = cu_seqlens.long()
+def _document_ids(cu: Tensor, n: int) -> Tensor:
+    """(n,) segment id of every flattened position, -1 outside every segment."""
     pos = torch.arange(n, device=cu.device)
-    doc = torch.searchsorted(cu, pos, right=True) - 1
-    doc = torch.where(_covered(cu, n), doc, -1)
+    return torch.where(_covered(cu, n), torch.searchsorted(cu, pos, right=True) - 1, -1)
+
+
+def _block_structure(doc: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    """(partial, full) (nb, nb) bools over query x key blocks of ``block`` positions for the document-causal mask,
+    from per-block document ranges in O(nb^2) (never n x n). Segment ids never decrease along the stream, so a key
+    block before a query block shares a document with it iff its last document is the query block's first; the
+    pair needs no mask (``full``) when both blocks are whole, covered and inside that one document. Diagonal
+    blocks are always partial (causal inside the block)."""
+    n = doc.numel()
+    nb = -(-n // block)
+    padded = torch.full((nb * block,), -1, dtype=doc.dtype, device=doc.device)
+    padded[:n] = doc
+    blocks = padded.view(nb, block)
+    covered = blocks >= 0
+    big = torch.iinfo(doc.dtype).max
+    first = torch.where(covered, blocks, big).amin(1)
+    last = blocks.amax(1)  # -1 for a block outside every segment
+    any_covered = covered.any(1)
+    whole = covered.all(1) & (first == last)
+    i, j = torch.arange(nb, device=doc.device)[:, None], torch.arange(nb, device=doc.device)[None, :]
+    both = any_covered[:, None] & any_covered[None, :]
+    before = (j < i) & both & (last[None, :] == first[:, None])
+    full = before & whole[:, None] & whole[None, :]
+    partial = (before & ~full) | ((i == j) & both)
+    return partial, full
+
+
+def _kv_lists(allowed: Tensor) -> tuple[Tensor, Tensor]:
+    """(num_blocks (1, 1, nb) int32, indices (1, 1, nb, nb) int32, the allowed ones first in order) of a bool map."""
+    order = torch.argsort((~allowed).to(torch.int8), dim=1, stable=True)
+    return allowed.sum(1, dtype=torch.int32)[None, None], order.to(torch.int32)[None, None]
+
+
+_MASK_CACHE: list = []
+"""[cu_seqlens tensor, (its version, n, block), block mask] of the last call: the layers of a forward reuse it."""
+
+
+@torch.compiler.disable  # the mask depends on the data; the flex kernel itself stays in the graph
+def document_block_mask(cu_seqlens: Tensor, n: int, block: int = 128):  # -> BlockMask
+    """Causal, same-segment ``BlockMask`` over a flattened stream of ``n`` positions (segment id by position;
+    positions outside every segment attend to nothing), built from the block structure of the segments
+    (:func:`_block_structure`, no dense n x n mask) and built once per ``cu_seqlens`` tensor: the layers of one
+    forward share it."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    key = (cu_seqlens._version, n, block)
+    if _MASK_CACHE and _MASK_CACHE[0] is cu_seqlens and _MASK_CACHE[1] == key:
+        return _MASK_CACHE[2]
+    doc = _document_ids(cu_seqlens.long(), n)
 
     def mask_mod(b, h, q_idx, kv_idx):
         return (q_idx >= kv_idx) & (doc[q_idx] == doc[kv_idx]) & (doc[q_idx] >= 0)
 
-    return create_block_mask(mask_mod, None, None, n, n, device=cu.device)
+    partial, full = _block_structure(doc, block)
+    mask = BlockMask.from_kv_blocks(*_kv_lists(partial), *_kv_lists(full), BLOCK_SIZE=block, mask_mod=mask_mod,
+                                    seq_lengths=(n, n))  # fmt: skip
+    _MASK_CACHE[:] = [cu_seqlens, key, mask]
+    return mask
 
 
 @cache
@@ -197,21 +249,54 @@ def _host_bound(fn: AttentionFn) -> AttentionFn:
     return call
 
 
-@_host_bound
-def varlen_attention(
-    q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None, max_seqlen: int | None = None
-) -> Tensor:
-    """PyTorch's varlen flash kernel (``torch.nn.attention.varlen.varlen_attn``, a custom op), causal, GQA."""
-    if q.dtype not in _FLASH_DTYPES:
-        return sdpa_gather_attention(q, k, v, cu_seqlens)
-    if cu_seqlens is None:
-        return _causal(q, k, v)
+def varlen_function() -> Callable:
+    """The installed ``torch.nn.attention.varlen.varlen_attn``."""
     from torch.nn.attention.varlen import varlen_attn
 
-    (qf, kf, vf), cu, longest = _flattened_segments(q, k, v, cu_seqlens, max_seqlen)
-    y = varlen_attn(qf, kf, vf, cu, cu, longest, longest, window_size=(-1, 0), enable_gqa=True)
-    y = torch.where(_covered(cu.long(), qf.size(0))[:, None, None], y, 0)
-    return y.view(q.shape)
+    return varlen_attn
+
+
+def varlen_arguments(fn: Callable) -> tuple[dict, bool]:
+    """(causal keyword arguments, native grouped-query) for a ``varlen_attn`` of this signature: torch 2.10 takes
+    ``is_causal``, 2.11 ``window_size=(-1, 0)`` without GQA, newer ones also ``enable_gqa``. Where GQA is not a
+    parameter the KV heads are repeated (the kernel's documented contract is one KV head per query head)."""
+    params = inspect.signature(fn).parameters
+    if "window_size" in params:
+        causal: dict = {"window_size": (-1, 0)}
+    elif "is_causal" in params:
+        causal = {"is_causal": True}
+    else:
+        raise RuntimeError(
+            f"torch {torch.__version__}: varlen_attn{inspect.signature(fn)} takes neither window_size nor is_causal; "
+            "choose another attention backend (sdpa_gather, flex or fa3)"
+        )
+    gqa = "enable_gqa" in params
+    return ({**causal, "enable_gqa": True} if gqa else causal), gqa
+
+
+def make_varlen_attention(fn: Callable | None = None) -> AttentionFn:
+    """The ``varlen`` backend around ``fn`` (default: the installed ``varlen_attn``), its call built once, here,
+    from ``fn``'s signature (:func:`varlen_arguments`), so nothing is inspected while a graph is traced."""
+    fn = fn or varlen_function()
+    kwargs, gqa = varlen_arguments(fn)
+
+    def varlen_attention(
+        q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None, max_seqlen: int | None = None
+    ) -> Tensor:
+        """PyTorch's varlen flash kernel (a custom op), causal, grouped-query, document-isolated."""
+        if q.dtype not in _FLASH_DTYPES:
+            return sdpa_gather_attention(q, k, v, cu_seqlens)
+        if cu_seqlens is None:
+            return _causal(q, k, v)
+        (qf, kf, vf), cu, longest = _flattened_segments(q, k, v, cu_seqlens, max_seqlen)
+        if not gqa and kf.size(1) != qf.size(1):
+            rep = qf.size(1) // kf.size(1)
+            kf, vf = kf.repeat_interleave(rep, dim=1), vf.repeat_interleave(rep, dim=1)
+        y = fn(qf, kf, vf, cu, cu, longest, longest, **kwargs)
+        y = torch.where(_covered(cu.long(), qf.size(0))[:, None, None], y, 0)
+        return y.view(q.shape)
+
+    return _host_bound(varlen_attention)
 
 
 @_host_bound
@@ -232,11 +317,11 @@ def fa3_attention(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None, ma
     return y.reshape(q.shape)
 
 
-_FUNCTIONS: dict[str, AttentionFn] = {
-    "sdpa_gather": sdpa_gather_attention,
-    "flex": flex_doc_attention,
-    "varlen": varlen_attention,
-    "fa3": fa3_attention,
+_FUNCTIONS: dict[str, Callable[[], AttentionFn]] = {
+    "sdpa_gather": lambda: sdpa_gather_attention,
+    "flex": lambda: flex_doc_attention,
+    "varlen": make_varlen_attention,
+    "fa3": lambda: fa3_attention,
 }
 
 
@@ -267,9 +352,10 @@ def select_backend(device: torch.device | str, preferred: str | None = None) -> 
 
 
 def backend_fn(name: str) -> AttentionFn:
+    """The attention function of backend ``name`` (varlen's call is built from the installed signature here)."""
     if name not in _FUNCTIONS:
         raise ValueError(f"unknown attention backend {name!r}; known: {BACKENDS}")
-    return _FUNCTIONS[name]
+    return _FUNCTIONS[name]()
 
 
 class DocAttention:

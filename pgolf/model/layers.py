@@ -42,6 +42,17 @@ def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x.float(), (x.size(-1),)).to(x.dtype)
 
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a matmul on ``x`` runs in: autocast's dtype for x's device when autocast is on, else x's own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def use_fused_mlp(n: Tensor, training: bool) -> bool:
+    """Whether the MLP takes the fused Triton up-projection: CUDA tensors in training."""
+    return n.is_cuda and training
+
+
 def _adapt(y: Tensor, adapters: Adapters | None, site: Site, slot: int, x: Tensor) -> Tensor:
     if adapters is None:
         return y
@@ -178,8 +189,9 @@ class MLP(nn.Module):
         self.slope = 0.5 if cfg.mlp_activation == "leaky_relu2" else 0.0
 
     def forward(self, n: Tensor) -> Tensor:
-        if n.is_cuda and self.training:  # the fused Triton up-projection + activation (training only, as the record)
-            return self.down(fused_up_activation(n, self.up.effective_weight().to(n.dtype), self.slope))
+        if use_fused_mlp(n, self.training):  # the fused Triton up-projection + activation (training, as the record)
+            dtype = compute_dtype(n)  # autocast does not reach a custom op: hand it bf16, not fp32 (no tensor cores)
+            return self.down(fused_up_activation(n.to(dtype), self.up.effective_weight().to(dtype), self.slope))
         # Everywhere else through self.up, whose forward hooks collect the calibration Hessians.
         return self.down(F.leaky_relu(self.up(n), self.slope).square())
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pgolf.errors import PgolfError
 from pgolf.model.attention import set_max_seqlen
 from pgolf.train.loader import CU_PAD_MULTIPLE, build_cu_seqlens
 
@@ -45,6 +46,30 @@ def graphs_compiled() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+RECOMPILE_HEADROOM = 4
+"""Graphs per schedule allowed beyond the warmed-up buckets (a batch with more segments than the largest bucket
+holds compiles one more, with a warning) before training stops with :class:`CompileLimitHit`."""
+
+
+class CompileLimitHit(PgolfError):
+    """The model needed more graphs than Dynamo's recompile limit allows (``fullgraph=True`` cannot fall back)."""
+
+
+def recompile_limit(buckets: tuple[int, ...], schedules: int = 2) -> int:
+    """The recompile limit for a model compiled per (cu_seqlens bucket, schedule): every warmed-up pair plus
+    :data:`RECOMPILE_HEADROOM` more per schedule. Dynamo's default (8) is exactly 4 buckets x 2 schedules, so the
+    first unseen bucket would kill the rank that met it."""
+    return schedules * (len(buckets) + RECOMPILE_HEADROOM)
+
+
+def raise_recompile_limit(limit: int) -> None:
+    """Raise Dynamo's per-function recompile limit (and the accumulated one) to at least ``limit``; never lowers
+    them (Muon's Newton–Schulz sizes them too)."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, limit)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, limit)
+
+
 class CompiledModel:
     """``model(...)`` through ``torch.compile(dynamic=False, fullgraph=True)``, falling back once, with a warning,
     to a compile with graph breaks when the full graph cannot be traced."""
@@ -55,6 +80,17 @@ class CompiledModel:
         self._fn = torch.compile(model, dynamic=False, fullgraph=True, backend=self.backend)
 
     def __call__(self, *args, **kwargs) -> Tensor:
+        try:
+            return self._call(*args, **kwargs)
+        except torch._dynamo.exc.FailOnRecompileLimitHit as err:
+            limit = torch._dynamo.config.recompile_limit
+            raise CompileLimitHit(
+                f"torch.compile: the model needed more than {limit} graphs (the recompile limit): batches brought "
+                f"cu_seqlens lengths the warm-up did not build; add them to pgolf.train.compile.BUCKET_LENGTHS "
+                f"(now {BUCKET_LENGTHS}) or set train.compile: false"
+            ) from err
+
+    def _call(self, *args, **kwargs) -> Tensor:
         if not self.fullgraph:
             return self._fn(*args, **kwargs)
         try:
@@ -69,9 +105,13 @@ class CompiledModel:
             return self._fn(*args, **kwargs)
 
 
-def compile_model(model: nn.Module, seq_len: int, backend: str | Callable | None = None) -> CompiledModel:
-    """Bound every attention layer's segments by ``seq_len`` (static ``max_seqlen``), then compile ``model``."""
+def compile_model(
+    model: nn.Module, seq_len: int, backend: str | Callable | None = None, buckets: tuple[int, ...] = BUCKET_LENGTHS
+) -> CompiledModel:
+    """Bound every attention layer's segments by ``seq_len`` (static ``max_seqlen``), size the recompile limit for
+    ``buckets`` x 2 schedules (:func:`recompile_limit`), then compile ``model``."""
     set_max_seqlen(model, seq_len)
+    raise_recompile_limit(recompile_limit(buckets))
     return CompiledModel(model, backend)
 
 

@@ -62,7 +62,14 @@ class TrainConfig(Section):
     min_lr: float
     """Floor of the LR multiplier during the linear warm-down."""
     grad_clip_norm: float
-    """Global L2 clip of the rank-averaged gradient (0 = off)."""
+    """Clip of the gradient's global L2 norm over all parameters (0 = off)."""
+    grad_clip_scope: Literal["local", "global"]
+    """``local``: each rank clips its own accumulated gradient, then the ranks average (the record);
+    ``global``: the rank-averaged gradient is clipped (what a DDP re-implementation does). Equal on one rank."""
+    dtype_policy: Literal["fp32", "record"]
+    """``fp32``: every parameter an fp32 master weight, so the residual stream stays fp32 under autocast;
+    ``record``: the tied embedding is a bf16 parameter (bf16 AdamW moments and all-reduce), which makes the
+    residual stream bf16, and every initial value is rounded through bf16 as the record's cast-and-restore does."""
     muon: MuonConfig
     adam: AdamConfig
     averaging: AveragingConfig

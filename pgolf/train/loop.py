@@ -32,7 +32,14 @@ from pgolf.train.checkpoint import META_FILE, RAW_FILE
 from pgolf.train.config import TrainConfig
 from pgolf.train.loader import PackingLoader
 from pgolf.train.qat import FakeQuant, install_fake_quant
-from pgolf.train.step import Optimizers, TrainingDiverged, build_optimizers, compile_warmup, train_step
+from pgolf.train.step import (
+    Optimizers,
+    TrainingDiverged,
+    apply_dtype_policy,
+    build_optimizers,
+    compile_warmup,
+    train_step,
+)
 
 
 @dataclass
@@ -82,6 +89,7 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, data_manife
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = GPT(model_cfg).to(info.device)
+    apply_dtype_policy(model, cfg.dtype_policy)
     compiling = tc.enabled(cfg.compile, info.device)
     opts = build_optimizers(model, cfg, compile_backend=tc.BACKEND if compiling else None)
     loader = PackingLoader(shard_dir, tokens_per_rank=cfg.micro_batch_tokens, seq_len=cfg.seq_len,
@@ -98,7 +106,8 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, data_manife
 
 def _step(run: Run, looped: bool) -> float:
     return train_step(run.forward, run.model, run.opts, run.loader, grad_accum=run.grad_accum, looped=looped,
-                      clip=run.cfg.grad_clip_norm, device=run.info.device)  # fmt: skip
+                      clip=run.cfg.grad_clip_norm, clip_scope=run.cfg.grad_clip_scope, device=run.info.device,
+                      compiled=run.compiling)  # fmt: skip
 
 
 def warmup(run: Run) -> float:
@@ -195,9 +204,13 @@ class Logger:
         self.enabled = enabled
         self.live = None
         if enabled:
-            from dvclive import Live
-
-            self.live = Live(str(live_dir), resume=resumed, dvcyaml=False, save_dvc_exp=False)
+            try:
+                from dvclive import Live
+            except ImportError:  # a box with the training packages only (the GPU check): train, without curves
+                dist.print0(f"train: WARNING dvclive is not installed, so no curves go to {live_dir} "
+                            "(pip install dvclive, or pgolf[pipeline])")  # fmt: skip
+            else:
+                self.live = Live(str(live_dir), resume=resumed, dvcyaml=False, save_dvc_exp=False)
         self.bar = tqdm(total=total, unit="%", desc="train", disable=not enabled, mininterval=1)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +16,7 @@ from pgolf import dist
 from pgolf.dist import autocast
 from pgolf.model.gpt import GPT
 from pgolf.optim.muon import Muon
+from pgolf.train.compile import CompileLimitHit
 from pgolf.train.config import TrainConfig
 from pgolf.train.loader import PackingLoader
 
@@ -71,6 +73,36 @@ def build_optimizers(model: GPT, cfg: TrainConfig, compile_backend: str | Callab
     return opts
 
 
+@torch.no_grad()
+def apply_dtype_policy(model: nn.Module, policy: Literal["fp32", "record"]) -> None:
+    """``train.dtype_policy`` on a freshly built model (before the optimizers): ``record`` rounds every initial
+    value through bf16 (the record builds in fp32, casts the model to bf16, then restores fp32 masters) and leaves
+    the tied embedding a bf16 parameter; ``fp32`` changes nothing."""
+    if policy == "fp32":
+        return
+    embedding = model.tok_emb.weight
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16) if p is embedding else p.data.to(torch.bfloat16).float()
+
+
+def _accumulate(
+    forward: Callable[..., Tensor], loader: PackingLoader, grad_accum: int, looped: bool, device: torch.device
+) -> tuple[Tensor, CompileLimitHit | None]:
+    """Forward and backward of ``grad_accum`` micro-batches: (summed loss, the compile-limit error that stopped
+    them, if any: the caller makes every rank stop with it)."""
+    total = torch.zeros((), device=device)
+    for _ in range(grad_accum):
+        batch = loader.next_batch().to(device, non_blocking=True)
+        try:
+            with autocast(device):
+                loss = forward(batch.inputs, batch.targets, cu_seqlens=batch.cu_seqlens, looped=looped)
+        except CompileLimitHit as err:
+            return total, err
+        (loss / grad_accum).backward()
+        total += loss.detach()
+    return total, None
+
+
 def train_step(
     forward: Callable[..., Tensor],
     model: nn.Module,
@@ -80,19 +112,25 @@ def train_step(
     grad_accum: int,
     looped: bool,
     clip: float,
+    clip_scope: Literal["local", "global"] = "global",
     device: torch.device,
+    compiled: bool = False,
 ) -> float:
-    """Accumulate ``grad_accum`` micro-batches, average gradients across ranks, clip, step. Returns the mean loss."""
-    total = torch.zeros((), device=device)
-    for _ in range(grad_accum):
-        batch = loader.next_batch().to(device, non_blocking=True)
-        with autocast(device):
-            loss = forward(batch.inputs, batch.targets, cu_seqlens=batch.cu_seqlens, looped=looped)
-        (loss / grad_accum).backward()
-        total += loss.detach()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    dist.all_reduce_mean(grads)
-    if clip > 0:
+    """Accumulate ``grad_accum`` micro-batches, clip and average gradients across ranks (clipping before the
+    average for ``clip_scope="local"``, after it for ``"global"``), step. Returns the mean loss.
+
+    ``compiled``: the forward is a :class:`~pgolf.train.compile.CompiledModel`; every rank then agrees (one flag
+    all-reduce) on whether some rank hit the recompile limit, and all of them raise it, instead of one rank dying
+    while the others wait in the gradient all-reduce."""
+    total, failure = _accumulate(forward, loader, grad_accum, looped, device)
+    if compiled and dist.any_true(failure is not None, device):
+        raise failure or CompileLimitHit("another rank hit the torch.compile recompile limit (see its error)")
+    if failure is not None:
+        raise failure
+    if clip > 0 and clip_scope == "local":
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    dist.all_reduce_mean([p.grad for p in model.parameters() if p.grad is not None])
+    if clip > 0 and clip_scope == "global":
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opts.step()
     return total.item() / grad_accum
