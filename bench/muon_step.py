@@ -46,7 +46,13 @@ def main() -> None:
     model_cfg = load_section("model", ModelParams, args.preset).resolve(tokenizer.vocab_size, tokenizer.special_ids.bos)
     train_cfg = load_section("train", TrainConfig, args.preset)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backend = tc.BACKEND if args.compile else None
+    shapes, medians = time_variants(model_cfg, train_cfg, device, args.compile, args.rounds, args.steps)
+    report(args, device, shapes, medians)
+
+
+def time_variants(model_cfg, train_cfg, device, compile_ns: bool, rounds: int, steps: int) -> tuple[dict, dict]:
+    """(matrix count by shape, median ms per step of each variant) for the preset's hidden matrices."""
+    backend = tc.BACKEND if compile_ns else None
     torch.manual_seed(0)
     model = GPT(model_cfg).to(device)
     for p in model.parameters():
@@ -60,19 +66,19 @@ def main() -> None:
         run(), run()
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, run in variants.items():
             sync()
             start = time.perf_counter()
-            for _ in range(args.steps):
+            for _ in range(steps):
                 run()
             sync()
-            times[name].append((time.perf_counter() - start) / args.steps * 1000)
+            times[name].append((time.perf_counter() - start) / steps * 1000)
     shapes: dict[tuple, int] = {}
     for group in opt.param_groups:
         for p in group["params"]:
             shapes[tuple(p.shape)] = shapes.get(tuple(p.shape), 0) + 1
-    report(args, device, shapes, {name: statistics.median(t) for name, t in times.items()})
+    return shapes, {name: statistics.median(t) for name, t in times.items()}
 
 
 def report(args, device, shapes: dict, medians: dict[str, float]) -> None:

@@ -125,6 +125,12 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="after timing, profile this many steps (recurrence on, last mode) and report the top "
                              "costs by self device time")  # fmt: skip
+    parser.add_argument(
+        "--buckets",
+        type=int,
+        nargs="+",
+        help="cu_seqlens lengths the compile warm-up builds (default: all of BUCKET_LENGTHS)",
+    )
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     args = parser.parse_args()
 
@@ -156,7 +162,8 @@ def bench_mode(model_cfg, train_cfg, batches, device, args, peak, compiling: boo
     if compiling:
         start = time.perf_counter()
         x, y, _ = batches[0]
-        tc.bucket_warmup(forward, model, x, y, seq_len=train_cfg.seq_len, autocast=lambda: autocast(device))
+        tc.bucket_warmup(forward, model, x, y, seq_len=train_cfg.seq_len, autocast=lambda: autocast(device),
+                         buckets=getattr(args, "buckets", None))  # fmt: skip
         compile_seconds = time.perf_counter() - start
     tokens = sum(x.numel() for x, _, _ in batches)
     rows = []
