@@ -110,10 +110,17 @@ def test_gptq_beats_rtn_on_correlated_hessian(bits: int) -> None:
     assert err_gptq < 0.9 * err_rtn
 
 
-def test_gptq_act_order_and_block_size_matter_only_as_implementation() -> None:
+def test_gptq_act_order_is_a_column_permutation_and_block_size_only_implementation() -> None:
     w = torch.randn(16, 96, generator=_gen(4))
-    h = _correlated_hessian(96)
+    spread = torch.rand(96, generator=_gen(15)) * 3 + 0.25  # input channels of very different energy
+    h = _correlated_hessian(96) * torch.outer(spread, spread)
     s = sdclip_scales(w, K, 6)
+    # Act order is plain GPTQ over the columns taken by decreasing H_jj, with the codes put back in place.
+    perm = torch.argsort(h.diagonal(), descending=True)
+    q_act = gptq_quantize(w, h, s, 6, block_size=32, act_order=True)
+    q_manual = gptq_quantize(w[:, perm], h[perm][:, perm], s, 6, block_size=32, act_order=False)
+    assert torch.equal(q_act, q_manual[:, torch.argsort(perm)])
+    assert not torch.equal(q_act, gptq_quantize(w, h, s, 6, block_size=32, act_order=False))
     q_small = gptq_quantize(w, h, s, 6, block_size=16)
     q_whole = gptq_quantize(w, h, s, 6, block_size=96)
     # Lazy block updates are a reordering of the same arithmetic: at most a rare rounding-boundary flip.
@@ -296,6 +303,9 @@ def test_formats_round_trip_exact_through_safetensors_and_json() -> None:
     entries = _all_entries()
     tensors, manifest = to_tensors(entries)
     assert "tok_emb.weight.q" in tensors and "blocks.0.mlp.fc.weight.lqer.b_scale" in tensors
+    # Fresh tensors that own their storage: torch.save (and safetensors) write exactly these bytes, nothing shared.
+    assert len({t.untyped_storage().data_ptr() for t in tensors.values()}) == len(tensors)
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in tensors.values())
     back = from_tensors(load(save(tensors)), json.loads(json.dumps(manifest)))
     assert [e.name for e in back] == [e.name for e in entries]
     for orig, new in zip(entries, back, strict=True):
@@ -304,7 +314,13 @@ def test_formats_round_trip_exact_through_safetensors_and_json() -> None:
         assert dequantize(new).dtype == getattr(torch, orig.dtype) and dequantize(new).shape == orig.shape
     assert back[0].fmt.bits == 7 and back[0].fmt.rotated is False and back[0].lqer.group == 32
     buf = io.BytesIO()
-    torch.save(tensors, buf)  # the dict is also plain torch.save-able
+    torch.save(tensors, buf)  # the dict is also plain torch.save-able, and loads back without pickled code
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    assert list(loaded) == list(tensors)
+    assert all(loaded[k].dtype == t.dtype and torch.equal(loaded[k], t) for k, t in tensors.items())
+    for orig, new in zip(entries, from_tensors(loaded, manifest), strict=True):
+        assert torch.equal(dequantize(new), dequantize(orig))
 
 
 def test_dequantize_restores_dtype_and_shape() -> None:

@@ -11,9 +11,10 @@ from pgolf.data import shards
 from pgolf.model.config import ModelConfig
 from pgolf.model.gpt import GPT
 from pgolf.quant import formats
+from pgolf.quant.gptq import clip_range
 from pgolf.quant.hessian import EMBEDDING, CalibrateConfig, calibration_windows, collect_hessians
 from pgolf.quant.policy import QuantizeConfig, decide
-from pgolf.quant.quantize import quantize_state
+from pgolf.quant.quantize import quantize_matrix, quantize_state
 
 
 def _calib(**overrides) -> CalibrateConfig:
@@ -88,8 +89,14 @@ def test_record_policy_assigns_the_spec_precision():
                                                       "down": 11, "gate": 11, "passthrough": 61 - 11}  # fmt: skip
     assert by_kind["embedding"] == [("tok_emb.weight", 7)]
     assert all(bits == 6 for kind in ("q", "k", "v", "o", "up", "down") for _, bits in by_kind[kind])
-    ranges = {bits: 2 ** (bits - 1) - 1 for bits in (6, 7, 8)}
-    assert ranges == {6: 31, 7: 63, 8: 127}
+    assert {bits: clip_range(bits) for bits in (6, 7, 8)} == {6: 31, 7: 63, 8: 127}
+    # The quantizer itself saturates at those ranges under the record's decisions: outliers far past the clip.
+    cfg = parse_section(preset["quantize"], "quantize", QuantizeConfig)
+    w = torch.randn(4, 1024, generator=torch.Generator().manual_seed(0))
+    w[0, 0], w[1, 0] = 1e3, -1e3
+    for name, c in (("tok_emb.weight", 63), ("blocks.0.attn.q.weight", 31), ("blocks.0.mlp.up.weight", 31)):
+        q = quantize_matrix(name, w, torch.eye(1024), decisions[name], cfg).entry.fmt.q
+        assert (q.min().item(), q.max().item()) == (-c, c), name
 
 
 def _trained_like(shard_dir):
