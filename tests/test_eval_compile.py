@@ -147,14 +147,14 @@ def test_a_shape_the_warm_up_missed_is_compiled_while_scoring_and_reported(monke
     assert (got.compile["graphs_warmup"], got.compile["graphs_scoring"]) == (0, 2)
 
 
-def test_compiles_on_cuda_only_and_raises_the_recompile_limit(monkeypatch):
+def test_compiles_on_cuda_only_and_raises_the_recompile_limit():
     assert ec.backend_for(True, torch.device("cpu")) is None and ec.backend_for(False, torch.device("cuda")) is None
     assert ec.backend_for(True, torch.device("cuda")) == tc.BACKEND
     val = text_val(texts_of([30, 20]))
     assert run_mode("plain", tiny_model(), val, eval_cfg(compile=True), looped=True).compile["enabled"] is False
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    ec.set_recompile_limit(30)
-    assert torch._dynamo.config.recompile_limit >= 30
+    with torch._dynamo.config.patch(recompile_limit=8):  # a monkeypatch of Dynamo's config deletes it on undo
+        ec.set_recompile_limit(30)
+        assert torch._dynamo.config.recompile_limit >= 30
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned copies need CUDA")

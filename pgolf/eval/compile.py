@@ -65,10 +65,8 @@ def backend_for(compile_flag: bool, device: torch.device) -> str | None:
 
 def set_recompile_limit(graphs: int) -> None:
     """Let Dynamo build ``graphs`` more graphs of one function than this process has built so far (every eval
-    mode's graphs hang on ``GPT.forward``): ``recompile_limit``, called ``cache_size_limit`` on older torch."""
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), tc.graphs_compiled() + graphs))
+    mode's graphs hang on ``GPT.forward``)."""
+    tc.raise_recompile_limit(tc.graphs_compiled() + graphs)
 
 
 class EvalForward:
