@@ -152,3 +152,13 @@ def model_cfg(**overrides):
            "num_loops": 1, "xsa_last_n": 6}  # fmt: skip
     raw.update(overrides)
     return parse_section(raw, "model", ModelConfig)
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Dynamo's caches and graph counters emptied before and after the test (compile tests count graphs)."""
+    import torch
+
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

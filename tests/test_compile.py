@@ -19,11 +19,7 @@ from pgolf.train import compile as tc
 BACKEND = "aot_eager"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def test_sdpa_gather_op_passes_opcheck_and_matches_eager_gradients():

@@ -27,11 +27,7 @@ __all__ = ["one_thread"]  # the autouse fixture of test_eval_modes applies here 
 BACKEND = "aot_eager"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def run(name, model, val, docs, cfg, backend, recorder=None):
