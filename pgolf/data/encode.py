@@ -10,6 +10,10 @@ surfaces and loses bytes that the normalizer drops.)
 
 For ``fineweb_cached`` the published shards are adopted instead: linked, and checked for format, vocabulary range,
 BOS and sidecar alignment.
+
+Either way the content hash of every validation document is written next to the shards (``val_hashes.txt``, see
+:mod:`pgolf.data.provenance`) and summarised in the manifest under ``val_hashes``, so that the stages reading the
+training shards can check that they hold no validation document.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import sentencepiece as spm
 from tqdm import tqdm
 
 from pgolf import tokenizer as tok
-from pgolf.data import caseops, docs, shards
+from pgolf.data import caseops, docs, provenance, shards
 from pgolf.data.sources import CACHED_SHARD_DIR, DataConfig, link_or_copy
 
 BATCH_DOCS = 256
@@ -167,7 +171,7 @@ def adopt_cached(docs_dir: Path, meta: dict, out: Path) -> dict:
 
 
 def tokenize(docs_dir: Path | str, tokenizer_dir: Path | str, cfg: DataConfig, out: Path | str) -> dict:
-    """Write train/val shards (and the val byte sidecar) into ``out``; return and write its manifest."""
+    """Write train/val shards, the val byte sidecar and the val document hashes into ``out``; write its manifest."""
     docs_dir, tokenizer_dir, out = Path(docs_dir), Path(tokenizer_dir), Path(out)
     meta = tok.read_meta(tokenizer_dir)
     source = docs.read_manifest(docs_dir)
@@ -184,6 +188,9 @@ def tokenize(docs_dir: Path | str, tokenizer_dir: Path | str, cfg: DataConfig, o
             raise AssertionError(f"val sidecar sums to {splits['val']['sidecar_bytes']} bytes, docs hold {expected}")
         if splits["val"].get("roundtrip_failures"):
             raise AssertionError(f"{splits['val']['roundtrip_failures']} val documents do not decode to themselves")
+    val_hashes = provenance.write_val_hashes(out, meta["bos_id"])
+    if "docs" in splits["val"] and val_hashes["documents"] != splits["val"]["docs"]:
+        raise AssertionError(f"{val_hashes['documents']} val documents hashed, {splits['val']['docs']} encoded")
     manifest = {
         "source": source["source"],
         "vocab_size": meta["vocab_size"],
@@ -192,6 +199,7 @@ def tokenize(docs_dir: Path | str, tokenizer_dir: Path | str, cfg: DataConfig, o
         "byte_count": "sidecar" if "sidecar_bytes" in splits["val"] else "tokenizer_luts",
         "tokenizer_sha256": meta["model_sha256"],
         "splits": splits,
+        "val_hashes": val_hashes,
     }
     docs.write_manifest(out, manifest)
     return manifest
