@@ -184,7 +184,7 @@ def test_changing_any_token_of_one_document_changes_no_logit_of_another():
 
 def test_segment_attention_equals_a_dense_masked_reference():
     """The gather-per-segment path against one dense block-diagonal causal mask (float64, GQA, two rows)."""
-    from pgolf.model.layers import doc_causal_attention
+    from pgolf.model.attention import sdpa_gather_attention
 
     g = torch.Generator().manual_seed(2)
     B, T, H, G, D = 2, 150, 4, 2, 8
@@ -195,4 +195,4 @@ def test_segment_attention_equals_a_dense_masked_reference():
     mask = (seg[:, :, None] == seg[:, None, :]) & torch.ones(T, T, dtype=torch.bool).tril()
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     ref = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask[:, None], enable_gqa=True)
-    torch.testing.assert_close(doc_causal_attention(q, k, v, cu), ref.transpose(1, 2), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sdpa_gather_attention(q, k, v, cu), ref.transpose(1, 2), rtol=1e-12, atol=1e-12)

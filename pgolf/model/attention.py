@@ -389,6 +389,3 @@ def set_max_seqlen(model: torch.nn.Module, max_seqlen: int | None) -> None:
         for value in vars(module).values():
             if isinstance(value, DocAttention):
                 value.max_seqlen = max_seqlen
-
-
-doc_causal_attention = sdpa_gather_attention  # the name the model used before the backends were split out

@@ -25,7 +25,6 @@ from torch import Tensor, nn
 
 from pgolf.kernels.mlp import fused_up_activation
 from pgolf.model.attention import DocAttention
-from pgolf.model.attention import sdpa_gather_attention as doc_causal_attention  # noqa: F401 (old name)
 from pgolf.model.config import ModelConfig
 
 Role = Literal["embedding", "attn", "mlp", "attn_gate", "control"]

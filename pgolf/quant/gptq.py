@@ -133,12 +133,14 @@ def gptq_quantize(
     return q_perm[:, torch.argsort(perm)].to(torch.int8)
 
 
-def hessian_error(w: Tensor, w_hat: Tensor, h: Tensor) -> float:
-    """trace((W - Ŵ) H (W - Ŵ)^T), the H-weighted (output-space) error GPTQ minimizes, in fp64."""
-    e = w.double() - w_hat.double()
+def hessian_error(error: Tensor, h: Tensor) -> float:
+    """trace(E H E^T) for the error E = W - Ŵ, the H-weighted (output-space) error GPTQ minimizes, in fp64.
+
+    E and H must be in the same domain (both Hadamard-rotated or neither); the rotation leaves the value unchanged."""
+    e = error.double()
     return float(((e @ h.double()) * e).sum())
 
 
-def relative_error(w: Tensor, w_hat: Tensor) -> float:
-    """||W - Ŵ||_F / ||W||_F in fp64."""
-    return float((w.double() - w_hat.double()).norm() / w.double().norm())
+def relative_error(error: Tensor, w: Tensor) -> float:
+    """||E||_F / ||W||_F for the error E = W - Ŵ, in fp64; an all-zero W (whose E is zero too) gives 0."""
+    return float(error.double().norm() / w.double().norm().clamp_min(1e-12))

@@ -19,9 +19,11 @@ from torch import Tensor
 from pgolf.quant.formats import LowRankCorrection, QuantizedMatrix, lowrank_dense, to_fp16_scale
 
 
-def quantization_residual(target: Tensor, fmt: QuantizedMatrix) -> Tensor:
-    """E = target - diag(s) Q in fp32; `target` must be in the same (rotated or not) domain as the stored Q."""
-    return target.float() - fmt.q.float() * fmt.scale.float()[:, None]
+def quantization_residual(target: Tensor, fmt: QuantizedMatrix, correction: LowRankCorrection | None = None) -> Tensor:
+    """E = target - diag(s) Q in fp32, minus Â B̂ when a correction is given (the residual left after LQER);
+    `target` must be in the same (rotated or not) domain as the stored Q."""
+    e = target.float() - fmt.q.float() * fmt.scale.float()[:, None]
+    return e if correction is None else e - lowrank_dense(correction)
 
 
 def low_rank_residual(e: Tensor, rank: int) -> tuple[Tensor, Tensor]:
@@ -67,11 +69,6 @@ def pack_sym(a: Tensor, b: Tensor, bits: int) -> LowRankCorrection:
         mode="sym",
         group=0,
     )
-
-
-def unpack(c: LowRankCorrection) -> Tensor:
-    """Â B̂ in fp32 (the same function formats.dequantize applies)."""
-    return lowrank_dense(c)
 
 
 def select_top_k(errors: dict[str, float], k: int) -> list[str]:
