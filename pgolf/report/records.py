@@ -1,11 +1,14 @@
 """Write a challenge-style records folder for a finished run: README.md, submission.json, logs, code and model.
 
 The layout follows openai/parameter-golf ``records/track_10min_16mb/<date>_<name>/``: a README explaining the run,
-``submission.json`` (the fields of the merged records, e.g. 2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT:
-author, github_id, name, date, track, val_bpb, val_bpb_std, seeds, seed_results, hardware, pytorch_version,
-technique_summary, compliance; plus val_loss and the bytes_* fields other records carry), the logs, and the code.
-Here the code is the self-extracting bundle ``pgolf_code.py`` and the artifact is ``model.bin``, both copied from
-``artifacts/submission/``; the logs are the run's ``metrics/`` files and its ``params.yaml``.
+``submission.json``, the logs, and the code. Every number in both is a measurement read from
+``metrics/summary.json`` (the summary stage): val_bpb per rung of the ladder, the bytes, the compliance checks as
+measured (wall-clock budgets, the score-first audit, the artifact limit, train/val overlap) and the timings, each
+counted once. The other fields are the identity ones of the merged records (e.g.
+2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT: author, github_id, name, date, track, hardware,
+pytorch_version, seeds, technique_summary), given on the command line. Here the code is the self-extracting bundle
+``pgolf_code.py`` and the artifact is ``model.bin``, both copied from ``artifacts/submission/``; the logs are the
+run's ``metrics/`` files and its ``params.yaml``.
 
 The run is the workspace by default, or any git revision / DVC experiment (``--exp``), read through
 ``dvc.api.DVCFileSystem`` (metrics from git, ``artifacts/submission`` from the local DVC cache).
@@ -56,7 +59,20 @@ KEY_PARAMS = (
     "eval.lora_ttt.rank",
     "eval.lora_ttt.phases",
 )
-TIME_LIMIT_S = 600.0
+SUMMARY_FILE = "metrics/summary.json"
+SUMMARY_KEYS = (
+    "documents.count",
+    "ladder",
+    *(f"bytes.{k}" for k in ("model", "code", "total")),
+    *(
+        f"compliance.train.{k}"
+        for k in ("hardware", "train_seconds", "calibrate_seconds", "total_seconds", "budget_seconds", "within")
+    ),  # fmt: skip
+    "compliance.eval",
+    *(f"compliance.artifact.{k}" for k in ("bytes", "limit", "within")),
+    *(f"compliance.data.{k}" for k in ("val_documents", "train_documents", "overlap", "passed")),
+)
+EVAL_KEYS = ("total_seconds", "budget_seconds", "within", "audit")  # of each mode in compliance.eval
 
 
 class RunSource:
@@ -73,6 +89,10 @@ class RunSource:
             except Exception as err:  # dvc/scmrepo raise several types for a bad revision
                 raise PgolfError(f"--exp {rev!r}: not a git revision or DVC experiment of {repo}: {err}") from err
 
+    @property
+    def where(self) -> str:
+        return str(self.repo) if self.rev is None else f"revision {self.rev} (or not in the local DVC cache)"
+
     def exists(self, rel: str) -> bool:
         if self.fs is None:
             return (self.repo / rel).is_file()
@@ -80,8 +100,7 @@ class RunSource:
 
     def read_bytes(self, rel: str) -> bytes:
         if not self.exists(rel):
-            where = str(self.repo) if self.rev is None else f"revision {self.rev} (or not in the local DVC cache)"
-            raise PgolfError(f"{rel} is missing in {where}; run the pipeline through evaluate (dvc repro) first")
+            raise PgolfError(f"{rel} is missing in {self.where}; run the pipeline through evaluate (dvc repro) first")
         return self.fs.read_bytes(rel) if self.fs is not None else (self.repo / rel).read_bytes()
 
     def glob(self, pattern: str) -> list[str]:
@@ -101,69 +120,88 @@ def _get(d: dict, dotted: str):
     return d
 
 
+def read_summary(src: RunSource) -> dict:
+    """metrics/summary.json, checked for every key the records folder reads."""
+    if not src.exists(SUMMARY_FILE):
+        raise PgolfError(
+            f"{SUMMARY_FILE} is missing in {src.where}; run `dvc repro summary` first (every measured field of the "
+            "records folder comes from it)"
+        )
+    summary = src.json(SUMMARY_FILE)
+    modes = _get(summary, "compliance.eval") or {}
+    keys = [*SUMMARY_KEYS, *(f"compliance.eval.{m}.{k}" for m in modes for k in EVAL_KEYS)]
+    missing = [k for k in keys if _get(summary, k) is None]
+    if missing:
+        raise PgolfError(
+            f"{SUMMARY_FILE} has no {', '.join(missing)} (an older summary stage?); run `dvc repro summary`"
+        )
+    return summary
+
+
 def collect(src: RunSource) -> dict:
-    """The run's params and metrics (eval, size, export, quantize, compress; train meta when present)."""
-    run_info = {
-        "params": yaml.safe_load(src.read_bytes("params.yaml")),
-        "eval": src.json("metrics/eval.json"),
-        "size": src.json("metrics/size.json"),
-    }
-    for name in ("export", "quantize", "compress"):
-        rel = f"metrics/{name}.json"
-        run_info[name] = src.json(rel) if src.exists(rel) else {}
-    run_info["train"] = src.json("artifacts/train/meta.json") if src.exists("artifacts/train/meta.json") else {}
-    return run_info
+    """The run's params and its measurements (metrics/summary.json)."""
+    return {"params": yaml.safe_load(src.read_bytes("params.yaml")), "summary": read_summary(src)}
 
 
-def primary_mode(eval_metrics: dict) -> str:
-    """The reported score: phased LoRA TTT when it ran (the record's), else the best compliant mode."""
-    modes = eval_metrics.get("modes", {})
-    if not modes:
-        raise PgolfError("metrics/eval.json has no modes; the evaluate stage did not finish")
-    if "lora_ttt" in modes:
-        return "lora_ttt"
-    compliant = {m: v for m, v in modes.items() if v.get("compliant", True)} or modes
-    return min(compliant, key=lambda m: compliant[m]["val_bpb"])
+def reported_rung(ladder: dict[str, float]) -> str:
+    """The reported score: phased LoRA TTT when it ran (the record's), else the ladder's last rung."""
+    if not ladder:
+        raise PgolfError(f"{SUMMARY_FILE} has an empty ladder; run `dvc repro summary` after evaluate")
+    return "lora_ttt" if "lora_ttt" in ladder else list(ladder)[-1]
+
+
+def failed_checks(summary: dict, mode: str) -> list[str]:
+    """The compliance checks that do not hold, as measured: the train budget, every eval mode's budget, the
+    artifact limit, the train/val overlap, and the reported mode's score-first audit (which must be "compliant";
+    a rung that no eval mode scored has no audit and fails it)."""
+    c = summary["compliance"]
+    checks = {"train.within": c["train"]["within"], "artifact.within": c["artifact"]["within"],
+              "data.passed": c["data"]["passed"]}  # fmt: skip
+    checks |= {f"eval.{m}.within": e["within"] for m, e in c["eval"].items()}
+    failed = [name for name, holds in checks.items() if holds is not True]
+    audit = c["eval"].get(mode, {}).get("audit", "none")
+    if audit != "compliant":
+        failed.append(f"eval.{mode}.audit: {audit}")
+    return failed
+
+
+def timings(summary: dict) -> dict:
+    """Seconds, each counted once: training and calibration (the train budget's two parts, not their total), and
+    each eval mode's total (its decompression, warm-up and scoring are parts of it, never added to it)."""
+    train, evals = summary["compliance"]["train"], summary["compliance"]["eval"]
+    return {"train_seconds": train["train_seconds"], "calibrate_seconds": train["calibrate_seconds"],
+            "eval_seconds": {m: e["total_seconds"] for m, e in evals.items()}}  # fmt: skip
 
 
 def submission_json(info: dict, meta: dict) -> dict:
-    """The challenge's submission.json fields, with this run's values (one seed: std 0)."""
-    mode = primary_mode(info["eval"])
-    score, size, seed = info["eval"]["modes"][mode], info["size"], _get(info["params"], "train.seed")
-    train_s = info["train"].get("train_seconds")
-    eval_s = sum(score.get("seconds", {}).values())
+    """submission.json: the measured fields of metrics/summary.json and the identity fields of ``meta``."""
+    summary = info["summary"]
+    ladder, size = summary["ladder"], summary["bytes"]
+    mode, seed = reported_rung(ladder), _get(info["params"], "train.seed")
+    val_bpb = round(ladder[mode], 8)
+    failed = failed_checks(summary, mode)
     return {
         "author": meta["author"],
         "github_id": meta["github_id"],
         "name": meta["name"],
         "date": meta["date"],
         "track": meta["track"],
-        "val_loss": round(score["val_loss"], 8),
-        "val_bpb": round(score["val_bpb"], 8),
-        "val_bpb_std": 0.0,
+        "val_bpb": val_bpb,
+        "eval_mode": mode,
+        "eval_documents": summary["documents"]["count"],
+        "ladder": {rung: round(bpb, 8) for rung, bpb in ladder.items()},
         "seeds": [seed],
-        "seed_results": {
-            str(seed): {
-                "val_loss": round(score["val_loss"], 8),
-                "val_bpb": round(score["val_bpb"], 8),
-                "artifact_bytes": size["total_bytes"],
-            }
-        },
-        "bytes_total": size["total_bytes"],
-        "bytes_model": size["model_bytes"],
-        "bytes_code": size["code_bytes"],
-        "hardware": meta["hardware"],
+        "seed_results": {str(seed): {"val_bpb": val_bpb, "artifact_bytes": size["total"]}},
+        "bytes_total": size["total"],
+        "bytes_model": size["model"],
+        "bytes_code": size["code"],
+        "hardware": meta["hardware"] or summary["compliance"]["train"]["hardware"],
         "pytorch_version": _torch_version(),
         "technique_summary": meta["summary"] or f"pgolf (PR #1855 recipe as a DVC pipeline), scored by {mode}",
-        "compliance": {
-            "train_under_600s": None if train_s is None else train_s <= TIME_LIMIT_S,
-            "artifact_under_16mb": bool(size["fits"]),
-            "eval_under_600s": eval_s <= TIME_LIMIT_S,
-            "score_first_ttt": bool(score.get("compliant", False)),
-            "three_seeds": False,
-        },
-        "eval_mode": mode,
-        "eval_documents": info["eval"].get("documents"),
+        "compliant": not failed,
+        "failed_checks": failed,
+        "compliance": summary["compliance"],
+        "timings": timings(summary),
     }
 
 
@@ -174,48 +212,56 @@ def _torch_version() -> str | None:
         return None
 
 
+def _compliance_rows(c: dict) -> list[str]:
+    train, art, data = c["train"], c["artifact"], c["data"]
+    rows = [f"| train + calibrate ({train['hardware']}) | {train['total_seconds']} s | {train['budget_seconds']} s "
+            f"| {train['within']} |"]  # fmt: skip
+    rows += [f"| eval {m} (audit: {e['audit']}) | {e['total_seconds']} s | {e['budget_seconds']} s | {e['within']} |"
+             for m, e in c["eval"].items()]  # fmt: skip
+    rows.append(f"| artifact | {art['bytes']:,} bytes | {art['limit']:,} bytes | {art['within']} |")
+    rows.append(f"| train/val overlap ({data['val_documents']} val, {data['train_documents']} train documents) | "
+                f"{data['overlap']} | 0 | {data['passed']} |")  # fmt: skip
+    return rows
+
+
 def readme(info: dict, sub: dict, rev: str | None) -> str:
-    """README.md: what ran, the scores per mode, the bytes, the timings and how to reproduce it."""
+    """README.md: what ran, the ladder, the bytes, the compliance checks, the timings and how to reproduce it."""
+    verdict = "yes" if sub["compliant"] else "no (" + ", ".join(sub["failed_checks"]) + ")"
     lines = [
         f"# {sub['name']}",
         "",
-        f"val_bpb **{sub['val_bpb']:.8f}** ({sub['eval_mode']}, "
-        f"{sub['eval_documents']} val documents), artifact **{sub['bytes_total']:,} bytes**, "
-        f"run {'workspace' if rev is None else rev}, {sub['date']}.",
+        f"val_bpb **{sub['val_bpb']:.8f}** ({sub['eval_mode']}, {sub['eval_documents']} val documents), "
+        f"artifact **{sub['bytes_total']:,} bytes**, run {'workspace' if rev is None else rev}, {sub['date']}. "
+        f"Compliant: **{verdict}**.",
         "",
-    ]
-    lines += [
-        "## Scores per eval mode",
+        "## val_bpb ladder",
         "",
-        "| mode | val_bpb | val_loss | tokens | bytes | compliant | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| rung | val_bpb |",
+        "|---|---|",
     ]
-    for mode, m in info["eval"]["modes"].items():
-        secs = ", ".join(f"{k} {v:.1f}" for k, v in m.get("seconds", {}).items())
-        lines.append(
-            f"| {mode} | {m['val_bpb']:.6f} | {m['val_loss']:.6f} | {m.get('tokens', '')} | "
-            f"{m.get('bytes', '')} | {m.get('compliant', '')} | {secs} |"
-        )
-    for key in ("prequant_ema", "prequant_raw", "unigram_baseline"):
-        if key in info["export"]:
-            lines.append(
-                f"| export: {key} | {info['export'][key]['val_bpb']:.6f} | "
-                f"{info['export'][key]['val_loss']:.6f} | | | | |"
-            )
-    if "quantized" in info["quantize"]:
-        q = info["quantize"]["quantized"]
-        lines.append(f"| quantize: dequantized | {q['val_bpb']:.6f} | {q['val_loss']:.6f} | | | | |")
-    size = info["size"]
+    lines += [f"| {rung} | {bpb:.8f} |" for rung, bpb in sub["ladder"].items()]
     lines += [
         "",
         "## Bytes",
         "",
-        "| model.bin | pgolf_code.py | total | limit | margin | fits |",
-        "|---|---|---|---|---|---|",
-        f"| {size['model_bytes']:,} | {size['code_bytes']:,} | {size['total_bytes']:,} | "
-        f"{size.get('limit_bytes', 16_000_000):,} | {size.get('margin_bytes', 0):,} | {size['fits']} |",
+        "| model.bin | pgolf_code.py | total |",
+        "|---|---|---|",
+        f"| {sub['bytes_model']:,} | {sub['bytes_code']:,} | {sub['bytes_total']:,} |",
+        "",
+        "## Compliance (measured)",
+        "",
+        "| check | measured | limit | holds |",
+        "|---|---|---|---|",
+        *_compliance_rows(sub["compliance"]),
+        "",
+        "## Timings (seconds, each counted once)",
+        "",
+        "| timing | seconds |",
+        "|---|---|",
     ]
-    lines += ["", "## Timings (seconds)", ""] + [f"- {k}: {v}" for k, v in _timings(info).items()]
+    t = sub["timings"]
+    lines += [f"| {k} | {t[k]} |" for k in ("train_seconds", "calibrate_seconds")]
+    lines += [f"| eval {m} (total) | {v} |" for m, v in t["eval_seconds"].items()]
     lines += ["", "## Key parameters", "", "| key | value |", "|---|---|"]
     lines += [f"| `{k}` | `{v}` |" for k in KEY_PARAMS if (v := _get(info["params"], k)) is not None]
     lines += ["", "The full parameters are in `params.yaml`; the metrics and training curves in `logs/`.", ""]
@@ -230,19 +276,6 @@ def readme(info: dict, sub: dict, rev: str | None) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _timings(info: dict) -> dict:
-    t = {
-        "train (wall clock)": info["train"].get("train_seconds"),
-        "export eval (ema)": _get(info["export"], "prequant_ema.seconds"),
-        "quantize": _get(info["quantize"], "quantize_seconds"),
-        "compress": _get(info["compress"], "compress_seconds"),
-        "decompress": _get(info["compress"], "decompress_seconds"),
-    }
-    for mode, m in info["eval"]["modes"].items():
-        t[f"eval {mode}"] = round(sum(m.get("seconds", {}).values()), 2)
-    return {k: v for k, v in t.items() if v is not None}
 
 
 def write_folder(src: RunSource, out: Path, meta: dict, force: bool = False) -> list[str]:
@@ -278,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--author", default="", help="author's name")
     parser.add_argument("--github-id", default="", help="author's GitHub id")
     parser.add_argument("--track", default="10min_16mb", help="default: %(default)s")
-    parser.add_argument("--hardware", default="", help='e.g. "8xH100 80GB SXM"')
+    parser.add_argument("--hardware", default="", help='e.g. "8xH100 80GB SXM" (default: the one measured)')
     parser.add_argument("--summary", default="", help="technique_summary (default: a one-line description)")
     parser.add_argument("--date", default=datetime.date.today().isoformat(), help="default: today")
     parser.add_argument("--force", action="store_true", help="replace an existing folder")
