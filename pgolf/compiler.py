@@ -1,9 +1,9 @@
-"""``torch.compile`` for training: the model as one graph per (cu_seqlens bucket, recurrence schedule), the warm-up
-that builds those graphs before the clock starts, and a count of graphs so that a recompilation during training
-is reported rather than silently slowing steps down.
+"""``torch.compile`` for training (and the helpers evaluation shares): the model as one graph per (cu_seqlens
+bucket, recurrence schedule), the warm-up that builds those graphs before the clock starts, and a count of graphs
+so that a recompilation during training is reported rather than silently slowing steps down.
 
 Static shapes (``dynamic=False``): a packed row always has ``train.micro_batch_tokens`` tokens and its
-``cu_seqlens`` is padded to a multiple of 64 entries (:func:`pgolf.train.loader.build_cu_seqlens`), so the shapes
+``cu_seqlens`` is padded to a multiple of 64 entries (:func:`pgolf.segments.build_cu_seqlens`), so the shapes
 that reach the graph are the row and a few cu lengths. ``looped`` is a Python bool, so switching recurrence on is a
 guard miss: one more graph per bucket, built during the warm-up (unlooped, then looped) as in the record (spec
 §8.2), not at the switch. The attention bound ``max_seqlen`` is ``train.seq_len`` (segments are cut there), which
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from pgolf.errors import PgolfError
 from pgolf.model.attention import set_max_seqlen
-from pgolf.train.loader import CU_PAD_MULTIPLE, build_cu_seqlens
+from pgolf.segments import CU_PAD_MULTIPLE, build_cu_seqlens
 
 BACKEND = "inductor"
 """The backend of every compiled function (tests use ``aot_eager`` on CPU)."""
@@ -86,7 +86,7 @@ class CompiledModel:
             limit = torch._dynamo.config.recompile_limit
             raise CompileLimitHit(
                 f"torch.compile: the model needed more than {limit} graphs (the recompile limit): batches brought "
-                f"cu_seqlens lengths the warm-up did not build; add them to pgolf.train.compile.BUCKET_LENGTHS "
+                f"cu_seqlens lengths the warm-up did not build; add them to pgolf.compiler.BUCKET_LENGTHS "
                 f"(now {BUCKET_LENGTHS}) or set train.compile: false"
             ) from err
 

@@ -11,6 +11,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -27,6 +28,12 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def hardware(self) -> str:
+        """What the job runs on, e.g. ``8x NVIDIA H100 80GB HBM3`` or ``1x cpu``."""
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return f"{self.world_size}x {name}"
 
 
 def dist_info() -> DistInfo:
@@ -122,6 +129,15 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def to_device(batch: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host batch (tokens, masks, ``cu_seqlens``) on ``device``: through pinned memory and a non-blocking copy
+    on CUDA, so the copy overlaps the work already queued; unchanged on the CPU."""
+    tensor = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
+    if torch.device(device).type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def print0(*args: object, **kwargs: object) -> None:

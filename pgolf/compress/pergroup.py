@@ -38,11 +38,10 @@ from pgolf.compress import entropy, parallel
 from pgolf.compress.codecs import CodecError, CodecName, CodecsConfig, make_codec, shuffle, unshuffle
 from pgolf.compress.simsort import inverse, similarity_order, torch_threads
 from pgolf.quant import formats
+from pgolf.tensorio import dtype_name, torch_dtype
 
 LAYER_PREFIX = re.compile(r"^blocks\.\d+\.")
 NUMPY_DTYPES = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "<u2", torch.int8: "i1"}
-DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int8: "int8"}
-TORCH_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
 
 
 class SerializeConfig(CodecsConfig):
@@ -88,13 +87,13 @@ def _rest_tensors(entries: list[formats.Entry]) -> dict[str, torch.Tensor]:
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     if t.dtype not in NUMPY_DTYPES:
-        raise CodecError(f"cannot serialize dtype {t.dtype}; supported: {sorted(DTYPE_NAMES.values())}")
+        raise CodecError(f"cannot serialize dtype {t.dtype}; supported: {sorted(dtype_name(d) for d in NUMPY_DTYPES)}")
     return t.contiguous().view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else (
         t.contiguous().numpy().astype(NUMPY_DTYPES[t.dtype]).tobytes())  # fmt: skip
 
 
 def _tensor_from(buf: bytes, dtype: str, shape: list[int]) -> torch.Tensor:
-    arr = np.frombuffer(buf, dtype=NUMPY_DTYPES[TORCH_DTYPES[dtype]]).copy()
+    arr = np.frombuffer(buf, dtype=NUMPY_DTYPES[torch_dtype(dtype)]).copy()
     t = torch.from_numpy(arr)
     return (t.view(torch.bfloat16) if dtype == "bfloat16" else t).reshape(shape)
 
@@ -161,7 +160,7 @@ def serialize(entries: list[formats.Entry], cfg: SerializeConfig, workers: int |
         "groups": [{"key": key, "tensors": names, "simsort": sorts[key]} for key, names in groups.items()],
         "codec": cfg.codec,
         "transpose": cfg.transpose,
-        "rest": [{"key": k, "dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape)} for k, t in rest.items()],
+        "rest": [{"key": k, "dtype": dtype_name(t.dtype), "shape": list(t.shape)} for k, t in rest.items()],
         "rest_codec": cfg.rest_codec,
         "rest_shuffle": cfg.rest_shuffle,
         "perm_dtype": perm_dtype,
@@ -223,7 +222,7 @@ def deserialize(
             tensors[f"{name}.q"] = torch.from_numpy(np.array(q, dtype=np.int8, order="C"))
     offset = 0
     for spec in layout["rest"]:
-        size = int(np.prod(spec["shape"], dtype=np.int64)) * TORCH_DTYPES[spec["dtype"]].itemsize
+        size = int(np.prod(spec["shape"], dtype=np.int64)) * torch_dtype(spec["dtype"]).itemsize
         if offset + size > len(rest):
             raise CodecError(f"rest stream ends before tensor {spec['key']}")
         tensors[spec["key"]] = _tensor_from(rest[offset : offset + size], spec["dtype"], spec["shape"])

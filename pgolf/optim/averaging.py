@@ -66,9 +66,17 @@ class EMA:
         torch._foreach_mul_(ema, self.decay)
         torch._foreach_add_(ema, [live[n].float() for n in names], alpha=1.0 - self.decay)
 
+    def after_step(self, model: nn.Module, step: int, lr_mul: float) -> None:
+        """The averager's part of an optimizer step (the training loop's one call for EMA and SWA alike)."""
+        self.update(model)
+
     def state_dict(self) -> dict[str, Tensor]:
         """The fp32 averages by state-dict name (live references: clone before mutating)."""
         return dict(self._state)
+
+    def resume_state(self) -> dict[str, Tensor]:
+        """What ``load_state_dict`` takes back on resume: the averages."""
+        return self.state_dict()
 
     def copy_to(self, model: nn.Module) -> None:
         """Overwrite the model's weights with the average, cast to each live tensor's dtype."""
@@ -115,6 +123,10 @@ class TightSWA:
         torch._foreach_add_([self._sum[n] for n in names], [live[n].float() for n in names])
         self._count += 1
         return True
+
+    def after_step(self, model: nn.Module, step: int, lr_mul: float) -> None:
+        """The averager's part of an optimizer step: a snapshot when due (:meth:`maybe_update`)."""
+        self.maybe_update(model, step, lr_mul)
 
     def state_dict(self) -> dict[str, Tensor]:
         """The fp32 average of the snapshots; raises AveragingError when none was taken."""

@@ -24,28 +24,12 @@ import torch
 from torch import Tensor
 
 from pgolf.quant.hadamard import unrotate_weight
+from pgolf.tensorio import torch_dtype
 
 MANIFEST_VERSION = 1
 QUANT_FILE, MANIFEST_FILE = "quantized.safetensors", "manifest.json"  # the quantize stage's to_tensors output
 SCALE_FLOOR = 1e-10
 FP16_TINY = 2.0**-24  # smallest positive fp16 (subnormal); scales that round to 0 are lifted to it
-
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """The manifest name of a float dtype (inverse of DTYPES)."""
-    for name, value in DTYPES.items():
-        if value == dtype:
-            return name
-    raise ValueError(f"unsupported dtype {dtype}; expected one of {sorted(DTYPES)}")
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype for a manifest dtype name."""
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype name {name!r}; expected one of {sorted(DTYPES)}")
-    return DTYPES[name]
 
 
 def to_fp16_scale(x: Tensor) -> Tensor:

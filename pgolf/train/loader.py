@@ -1,4 +1,4 @@
-"""The deterministic document-packing training loader, and the varlen ``cu_seqlens`` it feeds attention.
+"""The deterministic document-packing training loader.
 
 The training shards are one stream of documents, each ``BOS, tok_1, ..., tok_k`` (no EOS). The loader walks that
 stream in order, with no shuffling, so the data order is identical for every seed and every run:
@@ -14,7 +14,8 @@ stream in order, with no shuffling, so the data order is identical for every see
   BOS (its leading tokens are the tail of a document of the previous shard). After the last shard the loader
   wraps to shard 0 and counts an epoch.
 * Attention is document-isolated through ``cu_seqlens``: segment starts at the slab start and at every BOS, and
-  long documents are cut into independent ``seq_len`` chunks aligned to the document start (:func:`build_cu_seqlens`).
+  long documents are cut into independent ``seq_len`` chunks aligned to the document start
+  (:func:`pgolf.segments.build_cu_seqlens`).
   No loss masking: the position before a BOS predicts the BOS (the end of the document).
 
 The next shard is read and scanned for BOS on a background thread while the current one is consumed (numpy
@@ -40,34 +41,7 @@ import torch
 
 from pgolf.data import shards
 from pgolf.data.shards import ShardError
-
-CU_PAD_MULTIPLE = 64
-"""cu_seqlens are padded to a multiple of this many entries, so a compiled model sees a few static shapes."""
-
-
-def build_cu_seqlens(bos_offsets: np.ndarray, length: int, max_seq_len: int, pad_multiple: int) -> torch.Tensor:
-    """Varlen segment boundaries (int32) of a packed row of ``length`` tokens.
-
-    ``bos_offsets`` are the sorted positions of the BOS tokens in the row. Segments start at 0 (the first segment
-    may be the tail of a document that began before the row), at every BOS, and every ``max_seq_len`` tokens after
-    a document's start (``max_seq_len <= 0``: no cutting). The boundaries end with ``length`` and are padded with
-    repeats of ``length`` (empty segments) to a multiple of ``pad_multiple`` entries, for a few static shapes.
-    """
-    if length <= 0 or pad_multiple <= 0:
-        raise ValueError(f"length and pad_multiple must be positive, got {length} and {pad_multiple}")
-    starts = np.asarray(bos_offsets, dtype=np.int64).reshape(-1)
-    if starts.size and (starts[0] < 0 or starts[-1] >= length or np.any(np.diff(starts) <= 0)):
-        raise ValueError(f"bos_offsets must be strictly increasing positions in [0, {length})")
-    if starts.size == 0 or starts[0] != 0:
-        starts = np.concatenate([[0], starts])
-    if max_seq_len > 0:
-        ends = np.append(starts[1:], length)
-        starts = np.concatenate([np.arange(s, e, max_seq_len) for s, e in zip(starts, ends, strict=True)])
-    boundaries = np.append(starts, length)
-    padded = -(-boundaries.size // pad_multiple) * pad_multiple
-    cu = np.full(padded, length, dtype=np.int32)
-    cu[: boundaries.size] = boundaries
-    return torch.from_numpy(cu)
+from pgolf.segments import CU_PAD_MULTIPLE, build_cu_seqlens
 
 
 @dataclass
