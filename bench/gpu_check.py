@@ -311,7 +311,7 @@ def train_step(check: Check, preset: Path) -> dict:
     compiling, compile_seconds, rows, top = tt.bench_mode(model_cfg, train_cfg, batches, check.device, args, peak,
                                                           compiling=True)  # fmt: skip
     memory = torch.cuda.max_memory_allocated() / 2**20
-    from pgolf.train import compile as tc
+    from pgolf import compiler as tc
 
     out_rows, lines = [], [f"matmul peak {peak / 1e12:.0f} TFLOP/s; compile + warm-up {compile_seconds:.0f} s; "
                            f"peak memory {memory:,.0f} MiB"]  # fmt: skip
@@ -353,11 +353,14 @@ def ttt(check: Check, preset: Path, doc_tokens: int = 144) -> dict:
     model with random weights: phased LoRA TTT over two batches of 64 documents of ``doc_tokens`` tokens (chunks
     of 48: a few width buckets, so compilation fits the check), and plain scoring of 2048-token windows."""
     from pgolf.eval.config import EvalConfig
-    from pgolf.eval.modes import run_mode
+    from pgolf.eval.documents import split_documents
+    from pgolf.eval.modes import context, run_mode
+    from pgolf.eval.score import ScoreConfig
     from pgolf.model.gpt import GPT
 
     model_cfg, _ = record_configs(preset)
     cfg = load_section("eval", EvalConfig, preset)
+    score = load_section("score", ScoreConfig, preset)
     lora = cfg.lora_ttt.model_copy(update={"phases": [64]})
     torch.manual_seed(0)
     model = GPT(model_cfg).to(check.device)
@@ -366,8 +369,9 @@ def ttt(check: Check, preset: Path, doc_tokens: int = 144) -> dict:
         ("lora_ttt", synthetic_val(128, doc_tokens, model_cfg.vocab_size, model_cfg.bos_id), {"lora_ttt": lora}),
         ("plain", synthetic_val(64, 4096, model_cfg.vocab_size, model_cfg.bos_id, seed=1), {}),
     ):
-        mode_cfg = cfg.model_copy(update={"max_docs": 0, "progress": False, "compile": True, **update})
-        result = run_mode(name, model, val, mode_cfg, looped=True)
+        mode_cfg = cfg.model_copy(update={"progress": False, "compile": True, **update})
+        docs = split_documents(val.tokens, model_cfg.bos_id)
+        result = run_mode(name, model, val, docs, score, mode_cfg, context(model, mode_cfg, looped=True))
         rate = result.totals.tokens / result.seconds["eval"]
         out[name] = {"tokens": result.totals.tokens, "seconds": result.seconds, "compile": result.compile,
                      "tokens_per_s": rate}  # fmt: skip

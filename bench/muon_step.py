@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._results import device_name, publish  # noqa: E402
+from pgolf import compiler as tc  # noqa: E402
 from pgolf.config import load_section  # noqa: E402
 from pgolf.model.config import ModelParams  # noqa: E402
 from pgolf.model.gpt import GPT  # noqa: E402
 from pgolf.tokenizer import TokenizerConfig  # noqa: E402
-from pgolf.train import compile as tc  # noqa: E402
 from pgolf.train.config import TrainConfig  # noqa: E402
 from pgolf.train.step import build_optimizers  # noqa: E402
 

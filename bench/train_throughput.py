@@ -6,7 +6,7 @@
     python bench/train_throughput.py --preset presets/record_1855.yaml --grad-accum 8 --profile 3   # + top costs
 
 Compilation (``--compile auto``: the preset's ``train.compile`` on CUDA, as training does) goes through
-:mod:`pgolf.train.compile`: the model as one graph per cu_seqlens bucket and schedule, Muon's Newton–Schulz, and
+:mod:`pgolf.compiler`: the model as one graph per cu_seqlens bucket and schedule, Muon's Newton–Schulz, and
 the bucket warm-up; compile seconds and the graphs built during the timed steps (0 expected) are reported.
 
 Steps run on synthetic packed rows (documents of random length, attention segments of at most ``train.seq_len``)
@@ -37,12 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._results import device_name, publish  # noqa: E402
+from pgolf import compiler as tc  # noqa: E402
 from pgolf.config import load_section  # noqa: E402
 from pgolf.dist import autocast  # noqa: E402
 from pgolf.model.config import ModelConfig, ModelParams  # noqa: E402
 from pgolf.model.gpt import GPT  # noqa: E402
 from pgolf.tokenizer import TokenizerConfig  # noqa: E402
-from pgolf.train import compile as tc  # noqa: E402
 from pgolf.train.config import TrainConfig  # noqa: E402
 from pgolf.train.loader import CU_PAD_MULTIPLE, build_cu_seqlens  # noqa: E402
 from pgolf.train.step import build_optimizers  # noqa: E402

@@ -1,32 +1,31 @@
-"""The export stage: pick the final weights (EMA, SWA or raw), cast them to their final dtypes, and measure the
-pre-quantization val_bpb of the raw and the chosen weights through :mod:`pgolf.eval.bpb`.
+"""The export stage: pick the final weights (EMA, SWA or raw), cast them to their final dtypes, and score the
+pre-quantization rungs of the ladder: the raw weights, the chosen weights as exported, and the unigram baseline,
+all through the one scorer (:func:`pgolf.eval.score.score_model`) on the ``score`` section's documents.
 
 The model is rebuilt from the configuration stored with the checkpoint, never from params.yaml, and evaluated with
-the layer schedule it finished training with (recurrence on if it was switched on).
+the layer schedule it finished training with (recurrence on if it was switched on). The chosen weights are scored
+with the values they are exported with (a bf16 embedding is rounded to bf16) in the same fp32 arithmetic as
+every other rung.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from pgolf import dist
-from pgolf.config import ConfigError, Section
+from pgolf import artifacts, dist, tensorio
+from pgolf.config import Section
 from pgolf.data import shards as shard_io
-from pgolf.eval.bpb import ValData, evaluate, evaluate_model, load_val
-from pgolf.model.config import ModelConfig
-from pgolf.model.gpt import GPT
-from pgolf.train import checkpoint as ckpt
-from pgolf.train.checkpoint import META_FILE, RAW_FILE
+from pgolf.eval.bpb import ValData, load_val
+from pgolf.eval.common import EvalContext
+from pgolf.eval.score import ScoreConfig, document_set, rung, score_model, score_token_model, scored_documents
+from pgolf.model.gpt import EMBEDDING, GPT
 
-MODEL_FILE = "model.safetensors"
 UNIGRAM_MAX_TOKENS = 100_000_000
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ExportConfig(Section):
@@ -36,48 +35,14 @@ class ExportConfig(Section):
     """Final dtype of every floating tensor but the embedding."""
     embedding_dtype: Literal["float32", "bfloat16", "float16"]
     """Final dtype of the tied embedding (the record keeps it in bf16)."""
-    eval_seq_len: int
-    """Window of the doc-isolated, non-overlapping pre-quantization evaluation."""
-    eval_batch_windows: int
-
-
-def load_trained(train_dir: Path, which: str) -> tuple[GPT, dict]:
-    """A model holding the ``which`` weights of the train stage, and the train meta."""
-    meta = json.loads((train_dir / META_FILE).read_text())
-    if which != "raw" and which != meta["averaging"]:
-        raise ConfigError(
-            f"export.weights={which} but training kept {meta['averaging']} weights "
-            f"(train.averaging.kind); set export.weights to raw or {meta['averaging']}"
-        )
-    tensors, _ = ckpt.load_tensors(train_dir / (RAW_FILE if which == "raw" else f"{which}.safetensors"))
-    model = GPT(ModelConfig.model_validate(meta["model_config"]))
-    model.load_state_dict(tensors)
-    return model, meta
-
-
-def load_exported(export_dir: Path) -> tuple[GPT, dict]:
-    """The exported model (parameters in fp32 holding the exported values) and its meta."""
-    tensors, meta = ckpt.load_tensors(export_dir / MODEL_FILE)
-    model = GPT(ModelConfig.model_validate(meta["model_config"]))
-    model.load_state_dict(tensors)
-    return model, meta
 
 
 def cast_final(model: GPT, cfg: ExportConfig) -> GPT:
     """Cast parameters to the final dtypes (embedding apart)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.data = p.data.to(DTYPES[cfg.embedding_dtype if name == "tok_emb.weight" else cfg.dtype])
+            p.data = p.data.to(tensorio.torch_dtype(cfg.embedding_dtype if name == EMBEDDING else cfg.dtype))
     return model
-
-
-def score(model: GPT, val: ValData, cfg: ExportConfig, looped: bool) -> dict:
-    """val_loss / val_bpb of ``model`` on the whole validation stream."""
-    start = time.perf_counter()
-    totals = evaluate_model(model, val, seq_len=cfg.eval_seq_len, batch_windows=cfg.eval_batch_windows, looped=looped,
-                            progress=True)  # fmt: skip
-    return {"val_loss": totals.val_loss, "val_bpb": totals.val_bpb, "tokens": totals.tokens,
-            "bytes": totals.bytes, "seconds": round(time.perf_counter() - start, 2)}  # fmt: skip
 
 
 def unigram_log_probs(shard_dir: Path, vocab_size: int, max_tokens: int = UNIGRAM_MAX_TOKENS) -> torch.Tensor:
@@ -93,29 +58,32 @@ def unigram_log_probs(shard_dir: Path, vocab_size: int, max_tokens: int = UNIGRA
     return torch.from_numpy(np.log(counts) - np.log(counts.sum()))
 
 
-def score_unigram(log_probs: torch.Tensor, val, cfg: ExportConfig, bos_id: int) -> dict:
-    """The baseline every model must beat: the same val targets scored by the unigram model."""
-    totals = evaluate(lambda x, y, cu: -log_probs[y], val, seq_len=cfg.eval_seq_len,
-                      batch_windows=cfg.eval_batch_windows, bos_id=bos_id)  # fmt: skip
-    return {"val_loss": totals.val_loss, "val_bpb": totals.val_bpb, "tokens": totals.tokens, "bytes": totals.bytes}
+def prequant_rungs(chosen: GPT, raw: GPT | None, which: str, val: ValData, score: ScoreConfig, looped: bool,
+                   shard_dir: Path) -> dict:  # fmt: skip
+    """The pre-quantization rungs: ``prequant_<which>`` (the chosen weights as exported), ``prequant_raw`` and
+    the unigram baseline, on the ``score`` section's documents; with the document set that names them."""
+    info = dist.dist_info()
+    ctx = EvalContext(looped, info.rank, info.world_size, progress=info.is_main)
+    docs = scored_documents(val, score, chosen.cfg.bos_id)
+    out = {"documents": document_set(val, docs), "byte_count": val.byte_count, "looped": looped, "weights": which}
+    out[f"prequant_{which}"] = rung(score_model(chosen.to(info.device), val, docs, score, ctx, name=which))
+    if raw is not None:
+        out["prequant_raw"] = rung(score_model(raw.to(info.device), val, docs, score, ctx, name="raw"))
+    unigram = unigram_log_probs(shard_dir, chosen.cfg.vocab_size).to(info.device)
+    out["unigram_baseline"] = rung(score_token_model(unigram, val, docs, score, ctx))
+    return out
 
 
-def export(cfg: ExportConfig, train_dir: Path, shards: Path, tokenizer: Path, out: Path) -> dict:
-    """Write the chosen weights + meta into ``out``; return the metrics (pre-quant bpb of raw and chosen)."""
-    chosen, meta = load_trained(train_dir, cfg.weights)
+def export(cfg: ExportConfig, score: ScoreConfig, train_dir: Path, shards: Path, tokenizer: Path, out: Path) -> dict:
+    """Write the chosen weights + meta into ``out``; return the metrics (the pre-quantization rungs)."""
+    chosen, meta = artifacts.load_trained(train_dir, cfg.weights)
     chosen = cast_final(chosen, cfg)
     looped = meta["looping_from_step"] is not None
-    val = load_val(shards, tokenizer)
-    metrics = {"weights": cfg.weights, "byte_count": val.byte_count, "looped": looped}
-    metrics[f"prequant_{cfg.weights}"] = score(chosen, val, cfg, looped)
-    if cfg.weights != "raw":
-        raw, _ = load_trained(train_dir, "raw")
-        metrics["prequant_raw"] = score(raw, val, cfg, looped)
-    unigram = unigram_log_probs(shards, chosen.cfg.vocab_size)
-    metrics["unigram_baseline"] = score_unigram(unigram, val, cfg, chosen.cfg.bos_id)
+    raw = artifacts.load_trained(train_dir, "raw")[0] if cfg.weights != "raw" else None
+    metrics = prequant_rungs(chosen, raw, cfg.weights, load_val(shards, tokenizer), score, looped, shards)
     if dist.dist_info().is_main:
         out.mkdir(parents=True, exist_ok=True)
         export_meta = {**meta, "weights": cfg.weights, "dtype": cfg.dtype, "embedding_dtype": cfg.embedding_dtype}
-        ckpt.save_tensors(out / MODEL_FILE, chosen.state_dict(), export_meta)
-        (out / META_FILE).write_text(json.dumps(export_meta, indent=2) + "\n")
+        tensorio.save_tensors(out / artifacts.MODEL_FILE, chosen.state_dict(), export_meta)
+        (out / artifacts.META_FILE).write_text(json.dumps(export_meta, indent=2) + "\n")
     return metrics

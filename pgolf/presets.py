@@ -18,15 +18,18 @@ import shutil
 from pathlib import Path
 
 from pgolf.cli import run
+from pgolf.compress.bundle import BundleConfig
 from pgolf.compress.size import SizeConfig
 from pgolf.compress.stage import CompressConfig
 from pgolf.config import PARAMS_FILE, ConfigError, Section, load_section, read_params
 from pgolf.data.sources import DataConfig
 from pgolf.eval.config import EvalConfig
+from pgolf.eval.score import ScoreConfig
 from pgolf.export import ExportConfig
 from pgolf.model.config import ModelParams
 from pgolf.quant.hessian import CalibrateConfig
 from pgolf.quant.policy import QuantizeConfig
+from pgolf.report.summary import ComplianceConfig
 from pgolf.tokenizer import TokenizerConfig
 from pgolf.train.config import TrainConfig
 
@@ -35,13 +38,16 @@ SECTIONS: dict[str, type[Section]] = {
     "data": DataConfig,
     "tokenizer": TokenizerConfig,
     "model": ModelParams,
+    "score": ScoreConfig,
     "train": TrainConfig,
     "export": ExportConfig,
     "calibrate": CalibrateConfig,
     "quantize": QuantizeConfig,
     "compress": CompressConfig,
+    "bundle": BundleConfig,
     "size": SizeConfig,
     "eval": EvalConfig,
+    "compliance": ComplianceConfig,
 }
 
 

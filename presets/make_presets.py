@@ -40,7 +40,8 @@ PR1492 = {
     "calibrate": {"batches": 64},
     "quantize": {"embedding": {"bits": 8, "clip_sigmas": 20.0}, **INT6_ALL, **NO_LQER, "gate_int8": False},
     "compress": {"codec": "brotli", "grouping": "single", "simsort": [], "rest_shuffle": 2,
-                 "brotli": {"quality": 11, "lgwin": 22}, "bundle": {"codec": "lzma", "minify": True}},
+                 "brotli": {"quality": 11, "lgwin": 22}},
+    "bundle": {"codec": "lzma", "minify": True},
     "eval": {"sliding": SLIDING_64, "lora_ttt": {"enabled": False},
              "chunk_sgd": {"enabled": True, "chunk_tokens": 32768, "seq_len": 2048, "stride": 64,
                            "batch_windows": 32, "epochs": 3, "lr": 0.005, "momentum": 0.9, "cosine": True,
@@ -61,8 +62,8 @@ PR2143 = {
     "quantize": {"hadamard": True, "gate_int8": False, "embedding": {"bits": 7, "clip_sigmas": 14.0},
                  **{kind: {"bits": 5, "clip_sigmas": 12.85} for kind in ("q", "o", "down")},
                  **{kind: {"bits": 6, "clip_sigmas": 12.85} for kind in ("k", "v", "up")}},
-    "compress": {"codec": "brotli", "grouping": "single", "simsort": [], "rest_shuffle": 2,
-                 "bundle": {"codec": "lzma", "minify": False}},
+    "compress": {"codec": "brotli", "grouping": "single", "simsort": [], "rest_shuffle": 2},
+    "bundle": {"codec": "lzma", "minify": False},
     "eval": {"sliding": SLIDING_64},
 }  # fmt: skip
 PR374 = {
@@ -83,8 +84,8 @@ PR374 = {
     "quantize": {"method": "rtn", **NO_LQER, "gate_int8": False,
                  "embedding": {"bits": 8, "clip_sigmas": 20.0, "rtn_clip_percentile": 99.99984},
                  **INT6_ALL},
-    "compress": {"codec": "zstd", "rest_codec": "zstd", "grouping": "single", "simsort": [], "rest_shuffle": 0,
-                 "bundle": {"codec": "lzma", "minify": False}},
+    "compress": {"codec": "zstd", "rest_codec": "zstd", "grouping": "single", "simsort": [], "rest_shuffle": 0},
+    "bundle": {"codec": "lzma", "minify": False},
     "eval": {"sliding": SLIDING_64, "lora_ttt": {"enabled": False}},
 }  # fmt: skip
 
@@ -136,18 +137,17 @@ def cpu_twin(params: dict) -> dict:
     twin["train"].update({k: train[k] for k in ("launcher", "max_wallclock_seconds", "iterations",
                                                 "global_batch_tokens", "micro_batch_tokens", "seq_len",
                                                 "warmup_steps", "log_every",
-                                                "val_every", "val_max_tokens", "checkpoint_seconds",
+                                                "val_every", "checkpoint_seconds",
                                                 "dtype_policy")})  # fmt: skip
     twin["train"]["muon"]["momentum_warmup_steps"] = train["muon"]["momentum_warmup_steps"]
     twin["train"]["averaging"]["ema_decay"] = train["averaging"]["ema_decay"]
     twin["train"]["averaging"]["swa_every"] = 10
-    twin["export"].update({k: default["export"][k] for k in ("eval_seq_len", "eval_batch_windows")})
+    twin["score"] = default["score"]
     twin["calibrate"] = default["calibrate"]
     eval_ = default["eval"]
-    for mode in ("plain", "sliding", "lora_ttt", "chunk_sgd", "multi_phase"):
+    for mode in ("sliding", "lora_ttt", "chunk_sgd", "multi_phase"):
         twin["eval"][mode] = {**eval_[mode], "enabled": params["eval"][mode]["enabled"]}
-    for key in ("max_docs", "compile"):  # the CPU scope, eager
-        twin["eval"][key] = eval_[key]
+    twin["eval"]["compile"] = eval_["compile"]  # eager on the CPU
     return twin
 
 

@@ -1,5 +1,5 @@
-"""Stage compress: artifacts/quant -> artifacts/submission/model.bin (per-group streams in a checked container) and
-the self-extracting code bundle; bytes per group and per codec against the entropy bound -> metrics/compress.json."""
+"""Stage compress: artifacts/quant -> artifacts/submission/model.bin (per-group streams in a checked container);
+bytes per group and per codec against the entropy bound -> metrics/compress.json."""
 
 import argparse
 import json
@@ -19,13 +19,12 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_section("compress", CompressConfig, args.params)
-    metrics = run_compress(cfg, Path(args.quant), Path(args.out), root=Path(__file__).resolve().parents[1])
+    metrics = run_compress(cfg, Path(args.quant), Path(args.out))
     Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
     Path(args.metrics).write_text(json.dumps(metrics, indent=2) + "\n")
     ratio = metrics["integer_ratio_to_bound"]
     print(f"compress: model.bin {metrics['model_bytes']:,} B ({cfg.codec}; integers at {ratio}x their entropy "
-          f"bound), code {metrics['code_bytes']:,} B; {metrics['compress_seconds']:.1f}s + "
-          f"{metrics['decompress_seconds']:.1f}s round trip")  # fmt: skip
+          f"bound); {metrics['compress_seconds']:.1f}s + {metrics['decompress_seconds']:.1f}s round trip")  # fmt: skip
 
 
 if __name__ == "__main__":

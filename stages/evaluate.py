@@ -1,6 +1,7 @@
-"""Stage evaluate: val_bpb of artifacts/submission/model.bin (never the float checkpoint) in every enabled mode --
-plain, sliding window, phased score-first LoRA TTT, chunk SGD TTT, multi-phase global TTT (non-compliant) -- with
-the bytes and score-first audits -> metrics/eval.json, metrics/eval_phases.csv."""
+"""Stage evaluate: val_bpb of artifacts/submission/model.bin (never the float checkpoint) -- the plain score (the
+ladder's model_bin rung), then every enabled mode: sliding window, phased score-first LoRA TTT, chunk SGD TTT,
+multi-phase global TTT (re-scores: violated) -- with the bytes and score-first audits -> metrics/eval.json,
+metrics/eval_phases.csv."""
 
 import argparse
 from pathlib import Path
@@ -9,6 +10,7 @@ from pgolf import dist
 from pgolf.cli import run
 from pgolf.config import load_section
 from pgolf.eval.config import EvalConfig
+from pgolf.eval.score import ScoreConfig
 from pgolf.eval.stage import run_evaluate, write_metrics
 
 
@@ -23,19 +25,23 @@ def main() -> None:
     parser.add_argument("--phases", default="metrics/eval_phases.csv")
     args = parser.parse_args()
 
+    score = load_section("score", ScoreConfig, args.params)
     cfg = load_section("eval", EvalConfig, args.params)
     info = dist.init()
     try:
-        metrics = run_evaluate(cfg, Path(args.submission), Path(args.shards), Path(args.tokenizer), Path(args.docs))
+        metrics = run_evaluate(score, cfg, Path(args.submission), Path(args.shards), Path(args.tokenizer),
+                               Path(args.docs))  # fmt: skip
     finally:
         dist.shutdown()
     if not info.is_main:
         return
     write_metrics(metrics, Path(args.metrics), Path(args.phases))
+    docs = metrics["documents"]
+    print(f"evaluate: {docs['count']} documents, {docs['targets']:,} targets, {docs['bytes']:,} bytes "
+          f"(sha256 {docs['sha256'][:12]})")  # fmt: skip
     for name, m in metrics["modes"].items():
-        flag = "" if m["compliant"] else "  (NOT compliant: re-scores trained tokens)"
         print(f"evaluate {name:12s} val_bpb {m['val_bpb']:.4f}  val_loss {m['val_loss']:.4f}  "
-              f"{m['tokens']:,} tokens  {m['seconds']['eval']:.1f}s{flag}")  # fmt: skip
+              f"{m['seconds']['total']:.1f}s  {m['compliance']}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pgolf.cli import run
 from pgolf.config import load_section
+from pgolf.eval.score import ScoreConfig
 from pgolf.export import ExportConfig, export
 
 
@@ -21,11 +22,14 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_section("export", ExportConfig, args.params)
-    metrics = export(cfg, Path(args.train), Path(args.shards), Path(args.tokenizer), Path(args.out))
+    score = load_section("score", ScoreConfig, args.params)
+    metrics = export(cfg, score, Path(args.train), Path(args.shards), Path(args.tokenizer), Path(args.out))
     Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
     Path(args.metrics).write_text(json.dumps(metrics, indent=2) + "\n")
-    scores = {k: round(v["val_bpb"], 4) for k, v in metrics.items() if isinstance(v, dict)}
-    print(f"export: {cfg.weights} weights -> {args.out}; pre-quant val_bpb {scores} ({metrics['byte_count']} bytes)")
+    scores = {k: round(v["val_bpb"], 4) for k, v in metrics.items() if isinstance(v, dict) and "val_bpb" in v}
+    docs = metrics["documents"]["count"]
+    print(f"export: {cfg.weights} weights -> {args.out}; pre-quant val_bpb {scores} on {docs} documents "
+          f"({metrics['byte_count']} bytes)")  # fmt: skip
 
 
 if __name__ == "__main__":

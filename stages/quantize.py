@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pgolf.cli import run
 from pgolf.config import load_section
-from pgolf.export import ExportConfig
+from pgolf.eval.score import ScoreConfig
 from pgolf.quant.policy import QuantizeConfig
 from pgolf.quant.quantize import run_quantize, write_metrics
 
@@ -24,11 +24,11 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = load_section("quantize", QuantizeConfig, args.params)
-    eval_cfg = load_section("export", ExportConfig, args.params)  # the evaluation window settings
+    score = load_section("score", ScoreConfig, args.params)
     paths = {k: Path(getattr(args, k)) for k in ("export", "calibrate", "shards", "tokenizer", "out")}
-    metrics = run_quantize(cfg, eval_cfg, paths)
+    metrics = run_quantize(cfg, score, paths)
     write_metrics(metrics, Path(args.metrics), Path(args.tensors))
-    q = metrics["quantized"]
+    q = metrics["dequantized"]
     print(f"quantize: {cfg.method} -> {args.out}; dequantized val_bpb {q['val_bpb']:.4f}; "
           f"LQER on {metrics['lqer_tensors']} ({metrics['quantize_seconds']:.1f}s)")  # fmt: skip
 

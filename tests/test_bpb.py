@@ -1,5 +1,6 @@
-"""BPB: the formula, the plain doc-masked evaluation (exactly-once scoring, doc isolation, batch and rank
-invariance, a real 2-process gloo reduction) and validation loading from the sidecar or the tokenizer LUTs."""
+"""BPB: the formula, the one scorer's sums (exactly-once scoring of whole documents, doc isolation, batch, window and
+rank invariance, a real 2-process gloo reduction), the document set's name, and validation loading from the sidecar
+or the tokenizer LUTs."""
 
 import json
 import math
@@ -15,7 +16,10 @@ import torch.multiprocessing as mp
 from pgolf import tokenizer as tok
 from pgolf.data import docs, shards
 from pgolf.errors import PgolfError
-from pgolf.eval.bpb import BpbTotals, ValData, doc_windows, evaluate, load_val, loss_to_bpb
+from pgolf.eval.bpb import BpbTotals, ValData, load_val, loss_to_bpb
+from pgolf.eval.common import EvalContext, Scores, score_windows
+from pgolf.eval.documents import gather, split_documents
+from pgolf.eval.score import ScoreConfig, document_set, document_windows, score_token_model, scored_documents
 
 BOS = 1
 VOCAB = 50
@@ -45,87 +49,91 @@ def synthetic_val(length=1000, seed=0) -> ValData:
     return ValData(tokens, target_bytes, "sidecar")
 
 
-def uniform_loss(inputs, targets, cu_seqlens):
-    return torch.full(targets.shape, math.log(VOCAB), dtype=torch.float64)
+IDS = 2048  # every synthetic id (2 + position) is below this
+UNIFORM = torch.full((IDS,), -math.log(VOCAB), dtype=torch.float64)
+DYADIC = -((torch.arange(IDS) % 4) + 1).double() * 0.25  # nats exact in float64 whatever the summation order
 
 
-def dyadic_loss(inputs, targets, cu_seqlens):
-    """Token-dependent nats that are exact in float64 whatever the summation order."""
-    return ((targets % 4) + 1).float() * 0.25
+def score(log_probs, val, seq_len=16, batch_windows=5, docs=0, rank=0, world_size=1):
+    """The one scorer's totals for a token-only model (the same windows and sums as :func:`score_model`)."""
+    cfg = ScoreConfig(docs=docs, seq_len=seq_len, batch_windows=batch_windows)
+    return score_token_model(log_probs, val, scored_documents(val, cfg, BOS), cfg, EvalContext(False, rank, world_size))
 
 
-class CheckingLoss:
-    """A fake model that checks what evaluate passes it and records the scored target positions."""
+class CheckingForward:
+    """A scoring forward that checks the rows it is given and records the scored target positions."""
+
+    compiled, device = False, torch.device("cpu")
 
     def __init__(self):
-        self.positions, self.bos_targets = [], 0
+        self.rows = []
 
-    def __call__(self, inputs, targets, cu_seqlens):
-        num_rows, seq_len = inputs.shape
-        assert inputs.dtype == targets.dtype == torch.int64 and cu_seqlens.dtype == torch.int32
-        assert torch.equal(targets[:, :-1], inputs[:, 1:])
-        bounds, flat = cu_seqlens.tolist(), inputs.reshape(-1)
-        assert len(bounds) % 64 == 0 and bounds[-1] == num_rows * seq_len
-        assert set(range(0, num_rows * seq_len, seq_len)) <= set(bounds), "a segment crosses a window"
-        for a, b in zip(bounds, bounds[1:], strict=False):
-            assert not (flat[a + 1 : b] == BOS).any(), "a segment crosses a BOS"
-        t = targets.reshape(-1).numpy()
-        self.positions.extend((t[t != BOS] - 2).tolist())
-        self.bos_targets += int((t == BOS).sum())
-        return dyadic_loss(inputs, targets, cu_seqlens)
+    def gather(self, val, windows, rows=0):
+        out = gather(val, windows)
+        self.rows.append(out)
+        return out
+
+    def __call__(self, inputs, targets, adapters=None):
+        assert inputs.dtype == targets.dtype == torch.int64
+        valid = torch.from_numpy(self.rows[-1].positions[:, 1:] > 0)  # the next input is a real token
+        assert torch.equal(targets[:, :-1][valid], inputs[:, 1:][valid])  # targets are the inputs shifted by one
+        return -DYADIC[targets]
 
 
-def test_every_target_of_the_truncated_stream_is_scored_once_and_docs_are_isolated():
+def test_every_target_is_scored_once_inside_its_own_document():
     val, seq_len = synthetic_val(), 16
-    loss = CheckingLoss()
-    totals = evaluate(loss, val, seq_len=seq_len, batch_windows=5, bos_id=BOS)
-    usable = (len(val.tokens) - 1) // seq_len * seq_len
-    assert usable == 992 and totals.tokens == usable
-    scored = val.tokens[1 : usable + 1]
-    assert sorted(loss.positions) == [p for p in range(1, usable + 1) if val.tokens[p] != BOS]
-    assert len(set(loss.positions)) == len(loss.positions)
-    assert loss.bos_targets == int((scored == BOS).sum())
-    assert totals.bytes == int(val.target_bytes[1 : usable + 1].sum())
+    docs = split_documents(val.tokens, BOS)
+    forward, scores = CheckingForward(), Scores(torch.device("cpu"))
+    score_windows(forward, val, document_windows(docs, seq_len, seq_len), scores, batch_windows=5)
+    positions = np.concatenate([r.positions[r.mask] for r in forward.rows])
+    assert sorted(positions.tolist()) == list(range(1, len(val.tokens)))  # every target once, none truncated
+    for rows in forward.rows:  # a row holds one document's tokens: a BOS only at its start
+        assert not ((rows.inputs[:, 1:] == BOS) & (rows.positions[:, 1:] > 0)).any()
+    totals = scores.totals()
+    assert totals.tokens == len(val.tokens) - 1 and totals.bytes == int(val.target_bytes[1:].sum())
+    assert totals.nats == float(-DYADIC[torch.from_numpy(val.tokens[1:].astype(np.int64))].sum())
+    assert totals == score(DYADIC, val)
 
 
 def test_uniform_model_gives_ln_v():
-    val, seq_len = synthetic_val(), 16
-    totals = evaluate(uniform_loss, val, seq_len=seq_len, batch_windows=4, bos_id=BOS)
+    totals = score(UNIFORM, synthetic_val())
     assert totals.val_loss == pytest.approx(math.log(VOCAB), rel=1e-13)
     expected = totals.tokens * math.log(VOCAB) / (math.log(2) * totals.bytes)
     assert totals.val_bpb == pytest.approx(expected, rel=1e-13)
 
 
-def test_batch_size_does_not_change_the_result():
+def test_batch_size_and_window_do_not_change_the_scored_set():
     val = synthetic_val(seed=1)
-    one = evaluate(dyadic_loss, val, seq_len=16, batch_windows=1, bos_id=BOS)
-    three = evaluate(dyadic_loss, val, seq_len=16, batch_windows=3, bos_id=BOS)
+    one, three = score(DYADIC, val, batch_windows=1), score(DYADIC, val, batch_windows=3)
     assert one == three and one.nats > 0
+    wide = score(DYADIC, val, seq_len=64)  # a token-only model: the context length cannot matter
+    assert (wide.nats, wide.tokens, wide.bytes) == (one.nats, one.tokens, one.bytes)
 
 
-def test_windows_split_across_ranks_without_dropping():
-    for world_size in (1, 2, 3, 8):
-        parts = [doc_windows(1000, 16, rank=r, world_size=world_size) for r in range(world_size)]
-        assert [w for part in parts for w in part] == [(16 * k, 16 * k + 17) for k in range(62)]
-    with pytest.raises(ValueError, match="fewer than one window"):
-        doc_windows(16, 16)
+def test_docs_takes_a_prefix_of_the_documents():
+    val = synthetic_val(seed=4)
+    docs = split_documents(val.tokens, BOS)
+    part = score(DYADIC, val, docs=5)
+    assert part.tokens == sum(d.num_targets for d in docs[:5]) < len(val.tokens) - 1
 
 
 def test_rank_shares_sum_to_the_single_process_totals():
     val = synthetic_val(seed=2)
-    single = evaluate(dyadic_loss, val, seq_len=16, batch_windows=4, bos_id=BOS)
-    kwargs = {"seq_len": 16, "batch_windows": 4, "bos_id": BOS, "world_size": 3}
-    parts = [evaluate(dyadic_loss, val, rank=r, **kwargs) for r in range(3)]
-    summed = (sum(p.nats for p in parts), sum(p.tokens for p in parts), sum(p.bytes for p in parts))
+    single = score(DYADIC, val, batch_windows=4)
+    parts = [Scores(torch.device("cpu")) for _ in range(3)]
+    docs = split_documents(val.tokens, BOS)
+    for rank, part in enumerate(parts):
+        score_windows(CheckingForward(), val, document_windows(docs, 16, 16), part, batch_windows=4, rank=rank,
+                      world_size=3)  # fmt: skip
+    local = [p.local() for p in parts]
+    summed = (sum(p.nats for p in local), sum(p.tokens for p in local), sum(p.bytes for p in local))
     assert summed == (single.nats, single.tokens, single.bytes)
 
 
 def _gloo_worker(rank, world_size, port, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
-        totals = evaluate(
-            dyadic_loss, synthetic_val(seed=3), seq_len=16, batch_windows=4, bos_id=BOS, rank=rank, world_size=2
-        )
+        totals = score(DYADIC, synthetic_val(seed=3), batch_windows=4, rank=rank, world_size=world_size)
         (out_dir / f"{rank}.json").write_text(json.dumps([totals.nats, totals.tokens, totals.bytes]))
     finally:
         dist.destroy_process_group()
@@ -139,14 +147,21 @@ def _free_port():
 
 def test_two_process_gloo_matches_one_process(tmp_path):
     mp.spawn(_gloo_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
-    single = evaluate(dyadic_loss, synthetic_val(seed=3), seq_len=16, batch_windows=4, bos_id=BOS)
+    single = score(DYADIC, synthetic_val(seed=3), batch_windows=4)
     for rank in range(2):
         assert json.loads((tmp_path / f"{rank}.json").read_text()) == [single.nats, single.tokens, single.bytes]
 
 
-def test_loss_fn_shape_is_checked():
-    with pytest.raises(ValueError, match="per-token nats"):
-        evaluate(lambda i, t, c: t.sum(), synthetic_val(), seq_len=16, batch_windows=2, bos_id=BOS)
+def test_document_set_names_the_scored_tokens_and_bytes():
+    val = synthetic_val(seed=5)
+    docs = split_documents(val.tokens, BOS)
+    named = document_set(val, docs[:4])
+    assert named["count"] == 4 and named["targets"] == sum(d.num_targets for d in docs[:4])
+    assert named["bytes"] == int(val.target_bytes[1 : docs[3].end].sum())
+    assert document_set(val, docs[:4]) == named and document_set(val, docs[:5])["sha256"] != named["sha256"]
+    changed = ValData(val.tokens, val.target_bytes.copy(), val.byte_count)
+    changed.target_bytes[2] += 1
+    assert document_set(changed, docs[:4])["sha256"] != named["sha256"]
 
 
 def _without_sidecar(shard_dir, out):
@@ -167,9 +182,10 @@ def test_load_val_sidecar_counts_the_documents_bytes_and_luts_agree(built, tmp_p
     assert val.byte_count == "sidecar" and val.target_bytes[0] == 0
     assert int(val.target_bytes.sum()) == text_bytes
     np.testing.assert_array_equal(val.tokens, shards.load_shards(shard_dir, "val"))
-    totals = evaluate(uniform_loss, val, seq_len=64, batch_windows=8, bos_id=meta["bos_id"])
-    usable = (len(val.tokens) - 1) // 64 * 64
-    assert totals.bytes == int(val.target_bytes[1 : usable + 1].sum())
+    cfg = ScoreConfig(docs=0, seq_len=64, batch_windows=8)
+    all_docs = scored_documents(val, cfg, meta["bos_id"])
+    totals = score_token_model(UNIFORM[: meta["vocab_size"]], val, all_docs, cfg, EvalContext(False))
+    assert totals.bytes == text_bytes and totals.tokens == len(val.tokens) - 1
     published = _without_sidecar(shard_dir, tmp_path / "published")
     if meta["caseops"]:
         with pytest.raises(PgolfError, match=r"CaseOps.*~9%.*pitfall 2"):

@@ -11,10 +11,10 @@ import torch
 from conftest import model_cfg
 from test_attention import qkv, random_cu
 
+from pgolf import compiler as tc
 from pgolf.model import attention
 from pgolf.model.gpt import GPT
 from pgolf.optim.muon import Muon
-from pgolf.train import compile as tc
 
 BACKEND = "aot_eager"
 

@@ -23,7 +23,7 @@ BYTE_CODECS = ["raw", "brotli", "lzma", "zstd", pytest.param("lrzip", marks=pyte
 
 
 def compress_cfg(**overrides) -> pergroup.SerializeConfig:
-    raw = {k: v for k, v in read_params("params.yaml")["compress"].items() if k != "bundle"}
+    raw = read_params("params.yaml")["compress"]
     return parse_section({**raw, **overrides}, "compress", pergroup.SerializeConfig)
 
 

@@ -37,7 +37,7 @@ CODECS = [
 
 
 def _cfg(**overrides) -> pergroup.SerializeConfig:
-    raw = {k: v for k, v in read_params(ROOT / "params.yaml")["compress"].items() if k != "bundle"}
+    raw = read_params(ROOT / "params.yaml")["compress"]
     return parse_section({**raw, **overrides}, "compress", pergroup.SerializeConfig)
 
 

@@ -11,16 +11,17 @@ import pytest
 import torch
 from test_eval_modes import BOS, CHARS, eval_cfg, one_thread, text_val, tiny_model
 
+from pgolf import compiler as tc
+from pgolf.dist import to_device
 from pgolf.eval import compile as ec
-from pgolf.eval import sliding
-from pgolf.eval.bpb import to_device
-from pgolf.eval.common import TokenRecorder
+from pgolf.eval import score
+from pgolf.eval.common import EvalContext, TokenRecorder
 from pgolf.eval.documents import chunk_window, num_chunks, split_documents
-from pgolf.eval.modes import run_mode
+from pgolf.eval.modes import context, run_mode
+from pgolf.eval.score import ScoreConfig, score_model
 from pgolf.eval.sliding import evaluate_sliding
 from pgolf.eval.ttt_chunk import evaluate_chunk_sgd
 from pgolf.eval.ttt_lora import LoraTtt, evaluate_lora_ttt
-from pgolf.train import compile as tc
 
 __all__ = ["one_thread"]  # the autouse fixture of test_eval_modes applies here too
 
@@ -31,21 +32,22 @@ pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def run(name, model, val, docs, cfg, backend, recorder=None):
-    """One mode called directly (run_mode compiles on CUDA only), looped, on ``model`` itself."""
-    kw = {"looped": True, "recorder": recorder, "compile_backend": backend}
-    if name in ("plain", "sliding"):
-        c = getattr(cfg, name)
-        stride = c.seq_len if name == "plain" else c.stride
-        return evaluate_sliding(model, val, docs, seq_len=c.seq_len, stride=stride, batch_windows=c.batch_windows,
-                                name=name, **kw)  # fmt: skip
+    """One mode called directly with a compile backend (the stage compiles on CUDA only), looped, on ``model``
+    itself; ``plain`` is the one scorer with the sliding mode's window and batch."""
+    ctx = EvalContext(True, recorder=recorder, compile_backend=backend)
+    if name == "plain":
+        score = ScoreConfig(docs=0, seq_len=cfg.sliding.seq_len, batch_windows=cfg.sliding.batch_windows)
+        return score_model(model, val, docs, score, ctx)
+    if name == "sliding":
+        return evaluate_sliding(model, val, docs, cfg.sliding, ctx)
     if name == "lora_ttt":
-        return evaluate_lora_ttt(model, val, docs, cfg.lora_ttt, **kw)
-    return evaluate_chunk_sgd(model, val, docs, cfg.chunk_sgd, **kw)
+        return evaluate_lora_ttt(model, val, docs, cfg.lora_ttt, ctx=ctx)
+    return evaluate_chunk_sgd(model, val, docs, cfg.chunk_sgd, ctx=ctx)
 
 
 def wide_cfg(width: int):
     """Windows and TTT contexts of up to ``width`` tokens (several buckets), LoRA batches of 3 and 2 documents."""
-    return eval_cfg(plain={"seq_len": width}, sliding={"seq_len": width, "stride": 40},
+    return eval_cfg(sliding={"seq_len": width, "stride": 40},
                     lora_ttt={"chunk_size": 24, "context": width, "phases": [3]},
                     chunk_sgd={"seq_len": width, "stride": 40, "chunk_tokens": 300})  # fmt: skip
 
@@ -137,7 +139,7 @@ def test_compiled_mode_scores_like_eager_and_builds_no_graph_while_scoring(name)
 
 def test_a_shape_the_warm_up_missed_is_compiled_while_scoring_and_reported(monkeypatch):
     val = text_val(texts_of([150, 40, 95, 10, 70]))
-    monkeypatch.setattr(sliding, "batch_shapes", lambda *a: set())
+    monkeypatch.setattr(score, "batch_shapes", lambda *a: set())
     with pytest.warns(UserWarning, match="eval plain: torch.compile built 2 graph"):
         got = run("plain", tiny_model(), val, split_documents(val.tokens, BOS), wide_cfg(96), BACKEND)
     assert (got.compile["graphs_warmup"], got.compile["graphs_scoring"]) == (0, 2)
@@ -147,7 +149,10 @@ def test_compiles_on_cuda_only_and_raises_the_recompile_limit():
     assert ec.backend_for(True, torch.device("cpu")) is None and ec.backend_for(False, torch.device("cuda")) is None
     assert ec.backend_for(True, torch.device("cuda")) == tc.BACKEND
     val = text_val(texts_of([30, 20]))
-    assert run_mode("plain", tiny_model(), val, eval_cfg(compile=True), looped=True).compile["enabled"] is False
+    model, cfg = tiny_model(), eval_cfg(compile=True)
+    docs, plain = split_documents(val.tokens, BOS), ScoreConfig(docs=0, seq_len=24, batch_windows=4)
+    got = run_mode("plain", model, val, docs, plain, cfg, context(model, cfg, looped=True))
+    assert got.compile["enabled"] is False
     with torch._dynamo.config.patch(recompile_limit=8):  # a monkeypatch of Dynamo's config deletes it on undo
         ec.set_recompile_limit(30)
         assert torch._dynamo.config.recompile_limit >= 30

@@ -13,10 +13,10 @@ from conftest import model_cfg
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pgolf import compiler as tc
 from pgolf.kernels.mlp import eager_up_activation
 from pgolf.model import layers
 from pgolf.model.gpt import GPT
-from pgolf.train import compile as tc
 from pgolf.train.loader import build_cu_seqlens
 from pgolf.train.step import apply_dtype_policy, train_step
 

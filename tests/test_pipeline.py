@@ -38,15 +38,25 @@ def test_stage_deps_are_exactly_the_modules_it_imports(name):
     stage = STAGES[name]
     listed = {d for d in stage["deps"] if d.startswith("pgolf/")}
     needed = _closure(_script(stage))
-    if name == "compress":  # the code bundle: the stage depends on every file it packs
+    if name == "bundle":  # the code bundle: the stage depends on every file it packs
         needed |= {f for f in bundle_files(ROOT) if f.startswith("pgolf/")}
     uncovered = {m for m in needed if not any(m == d or m.startswith(d.rstrip("/") + "/") for d in listed)}
     assert not uncovered, f"dvc.yaml stage {name} misses deps {sorted(uncovered)}"
     unused = {d for d in listed if not any(m == d or m.startswith(d.rstrip("/") + "/") for m in needed)}
     assert not unused, f"dvc.yaml stage {name} lists deps it never imports: {sorted(unused)}"
     assert str(_script(stage).relative_to(ROOT)) in stage["deps"]
-    if name == "compress":
-        assert set(bundle_files(ROOT)) <= set(stage["deps"]), "dvc.yaml compress misses files of the code bundle"
+    if name == "bundle":
+        assert set(bundle_files(ROOT)) <= set(stage["deps"]), "dvc.yaml bundle misses files of the code bundle"
+
+
+def test_the_training_loader_reaches_later_stages_only_through_trains_outputs():
+    """An edit of the loader re-runs train (and the code bundle, whose bytes it changes), never export, calibrate,
+    quantize, compress or evaluate directly: they read what train wrote. The low modules every model stage shares
+    (segments, tensor files, the scorer) are listed by exactly the stages that import them (the test above)."""
+    users = {name for name, stage in STAGES.items() if "pgolf/train/loader.py" in stage["deps"]}
+    assert users == {"train", "bundle"}
+    for low in ("pgolf/segments.py", "pgolf/tensorio.py", "pgolf/eval/score.py", "pgolf/artifacts.py"):
+        assert "bundle" in {name for name, stage in STAGES.items() if low in stage["deps"]}, low
 
 
 @pytest.mark.parametrize("name", STAGES)

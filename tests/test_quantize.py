@@ -8,11 +8,12 @@ from conftest import RECORD_MODEL, model_cfg
 
 from pgolf.config import parse_section, read_params
 from pgolf.data import shards
+from pgolf.errors import PgolfError
 from pgolf.model.config import ModelConfig
-from pgolf.model.gpt import GPT
-from pgolf.quant import formats
+from pgolf.model.gpt import EMBEDDING, GPT
+from pgolf.quant import formats, gptq
 from pgolf.quant.gptq import clip_range
-from pgolf.quant.hessian import EMBEDDING, CalibrateConfig, calibration_windows, collect_hessians
+from pgolf.quant.hessian import CalibrateConfig, calibration_windows, collect_hessians
 from pgolf.quant.policy import QuantizeConfig, decide
 from pgolf.quant.quantize import quantize_matrix, quantize_state
 
@@ -142,3 +143,29 @@ def test_mixed_precision_is_per_kind_bits():
     decisions = decide(model, _quant(q=five, o=five, down=five, k=six, v=six, up=six))
     bits = {d.kind: d.spec.bits for d in decisions.values() if d.spec}
     assert bits == {"embedding": 7, "q": 5, "o": 5, "down": 5, "k": 6, "v": 6, "up": 6}
+
+
+def test_reported_errors_are_those_of_the_dequantized_weight(shard_dir):
+    """rel_error and h_error are gptq's measures of the stored matrix with its LQER correction; taken in the
+    Hadamard-rotated domain, they equal those of the dequantized weight against W and the unrotated H."""
+    model, hessians = _trained_like(shard_dir)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    cfg = _quant(hadamard=True)
+    entries, rows, chosen = quantize_state(state, hessians, decide(model, cfg), cfg)
+    by_name = {e.name: e for e in entries}
+    assert len(chosen) == 3 and any(by_name[r["name"]].fmt.rotated for r in rows)
+    for r in rows:
+        w = state[r["name"]].float()
+        error = w - formats.dequantize(by_name[r["name"]]).float()
+        assert r["rel_error"] == pytest.approx(gptq.relative_error(error, w), rel=1e-5), r["name"]
+        assert r["h_error"] == pytest.approx(gptq.hessian_error(error, hessians[r["name"]]), rel=1e-5), r["name"]
+
+
+def test_a_missing_hessian_names_the_tensor_and_the_fix():
+    model = _model()
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    decisions = decide(model, _quant())
+    hessians = {n: torch.eye(w.shape[1]) for n, w in state.items() if decisions[n].spec is not None}
+    del hessians["blocks.2.mlp.up.weight"]
+    with pytest.raises(PgolfError, match=r"no Hessian for 'blocks\.2\.mlp\.up\.weight' .*`dvc repro calibrate`"):
+        quantize_state(state, hessians, decisions, _quant())

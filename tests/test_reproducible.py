@@ -22,7 +22,7 @@ def _params(tmp_path: Path, tokenizer: Path) -> Path:
     meta = yaml.safe_load((tokenizer / "meta.json").read_text())
     params["tokenizer"]["vocab_size"] = meta["vocab_size"]
     params["train"].update(iterations=3, val_every=0, checkpoint_seconds=0, warmup_steps=0)
-    params["export"].update(eval_seq_len=128)
+    params["score"].update(docs=4, seq_len=128)
     params["calibrate"].update(batches=2, batch_tokens=1024, seq_len=128)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -33,10 +33,11 @@ def _model_bin(run: Path, params: Path, tokenizer: Path, shards: Path) -> str:
     a = {name: run / name for name in ("train", "export", "calibrate", "quant", "submission")}
     steps = [
         ["stages.train", "--shards", shards, "--tokenizer", tokenizer, "--out", a["train"], "--resume", run / "resume",
-         "--live", run / "live"],
+         "--live", run / "live", "--metrics", run / "train.json"],
         ["stages.export", "--train", a["train"], "--shards", shards, "--tokenizer", tokenizer, "--out", a["export"],
          "--metrics", run / "export.json"],
-        ["stages.calibrate", "--export", a["export"], "--shards", shards, "--out", a["calibrate"]],
+        ["stages.calibrate", "--export", a["export"], "--shards", shards, "--out", a["calibrate"], "--metrics",
+         run / "calibrate.json"],
         ["stages.quantize", "--export", a["export"], "--calibrate", a["calibrate"], "--shards", shards, "--tokenizer",
          tokenizer, "--out", a["quant"], "--metrics", run / "quantize.json", "--tensors", run / "tensors.csv"],
         ["stages.compress", "--quant", a["quant"], "--out", a["submission"], "--metrics", run / "compress.json"],

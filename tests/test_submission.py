@@ -12,7 +12,8 @@ import torch
 import yaml
 from conftest import model_cfg
 
-from pgolf.compress import container, submission
+from pgolf import tensorio
+from pgolf.compress import bundle, container, submission
 from pgolf.compress.bundle import BUNDLE_FILE, BundleConfig, build, bundle_files
 from pgolf.compress.stage import CompressConfig, check_identical, load_quantized, run_compress
 from pgolf.config import parse_section, read_params
@@ -20,7 +21,6 @@ from pgolf.model.gpt import GPT
 from pgolf.quant import formats
 from pgolf.quant.policy import QuantizeConfig, decide
 from pgolf.quant.quantize import quantize_state
-from pgolf.train import checkpoint as ckpt
 
 for _package in ("constriction", "zstandard", "python_minifier"):  # the ans and zstd codecs, minify
     pytest.importorskip(_package)
@@ -30,6 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _cfg(**overrides) -> CompressConfig:
     return parse_section({**read_params(ROOT / "params.yaml")["compress"], **overrides}, "compress", CompressConfig)
+
+
+def write_submission(quant: Path, out: Path, **overrides) -> dict:
+    """compress then bundle, as DVC runs them: model.bin and the code file in ``out``; the compress metrics."""
+    metrics = run_compress(_cfg(**overrides), quant, out)
+    bundle_cfg = parse_section(read_params(ROOT / "params.yaml")["bundle"], "bundle", BundleConfig)
+    bundle.write(ROOT, bundle_cfg, out / BUNDLE_FILE)
+    return metrics
 
 
 def write_quant_dir(out: Path, **model_overrides) -> Path:
@@ -51,7 +59,7 @@ def write_quant_dir(out: Path, **model_overrides) -> Path:
     assert chosen, "the fixture should exercise LQER"
     out.mkdir(parents=True, exist_ok=True)
     tensors, manifest = formats.to_tensors(entries)
-    ckpt.save_tensors(out / "quantized.safetensors", tensors, {})
+    tensorio.save_tensors(out / "quantized.safetensors", tensors, {})
     meta = {"formats": manifest, "model_config": model.cfg.model_dump(mode="json"), "train": {"looping_from_step": 3}}
     (out / "manifest.json").write_text(json.dumps(meta))
     return out
@@ -65,9 +73,8 @@ def quant_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def submission_dir(quant_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("submission")
-    metrics = run_compress(_cfg(codec="ans"), quant_dir, out, ROOT)
-    assert metrics["model_bytes"] == (out / "model.bin").stat().st_size
-    assert metrics["code_bytes"] == (out / BUNDLE_FILE).stat().st_size
+    metrics = write_submission(quant_dir, out, codec="ans")
+    assert metrics["model_bytes"] == (out / "model.bin").stat().st_size and (out / BUNDLE_FILE).stat().st_size
     assert 1.0 <= metrics["integer_ratio_to_bound"] < 1.01
     return out
 
@@ -197,11 +204,11 @@ def test_evaluate_stage_scores_the_counted_artifact_with_passing_audits(built, t
     docs, tokenizer, shards = built
     meta = json.loads((tokenizer / "meta.json").read_text())
     quant = write_quant_dir(tmp_path / "quant", vocab_size=meta["vocab_size"], bos_id=meta["bos_id"])
-    run_compress(_cfg(codec="ans"), quant, tmp_path / "submission", ROOT)
+    write_submission(quant, tmp_path / "submission", codec="ans")
     params = read_params(ROOT / "params.yaml")
     small = {"seq_len": 64, "batch_windows": 8}
-    params["eval"].update(max_docs=4, progress=False, plain={"enabled": True, **small},
-                          sliding={"enabled": True, "stride": 16, **small},
+    params["score"] = {"docs": 4, **small}
+    params["eval"].update(progress=False, sliding={"enabled": True, "stride": 16, **small},
                           multi_phase={**params["eval"]["multi_phase"], "enabled": True, "seq_len": 64,
                                        "stride": 16, "chunk_tokens": 512},
                           audit={"score_first": True, "docs": 2})  # fmt: skip
@@ -216,10 +223,49 @@ def test_evaluate_stage_scores_the_counted_artifact_with_passing_audits(built, t
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "eval.json").read_text())
     modes = metrics["modes"]
-    assert set(modes) == {"plain", "sliding", "lora_ttt", "chunk_sgd", "multi_phase"} and metrics["documents"] == 4
+    assert set(modes) == {"plain", "sliding", "lora_ttt", "chunk_sgd", "multi_phase"}
+    assert metrics["documents"]["count"] == 4 and len(metrics["documents"]["sha256"]) == 64
     assert len({(m["tokens"], m["bytes"]) for m in modes.values()}) == 1
     assert all(m["audit"]["bytes"] is True for m in modes.values())
     assert all(modes[n]["audit"]["score_first"]["passed"] for n in ("lora_ttt", "chunk_sgd"))
-    assert modes["multi_phase"]["compliant"] is False and not modes["multi_phase"]["audit"]["score_first"]["passed"]
-    assert "decompress" in modes["plain"]["seconds"]
+    assert not modes["multi_phase"]["audit"]["score_first"]["passed"]
+    assert {n: m["compliance"] for n, m in modes.items()} == {"plain": "compliant", "sliding": "compliant",
+        "lora_ttt": "compliant", "chunk_sgd": "compliant", "multi_phase": "violated"}  # fmt: skip
+    assert [m["compliant"] for m in modes.values()] == [True] * 4 + [False]
+    for m in modes.values():  # each part of the evaluation clock once, and their total
+        s = m["seconds"]
+        assert s["total"] == pytest.approx(s["decompress"] + s["warmup"] + s["scoring"], abs=2e-3)
     assert (tmp_path / "phases.csv").read_text().startswith("mode,segment,documents,val_bpb")
+
+
+def test_model_bin_rung_equals_the_dequantized_rung_and_skipped_audits_are_unaudited(built, tmp_path):
+    """The evaluate stage's plain score of model.bin is the quantize stage's dequantized score to the last bit (same
+    weights, same scorer, same documents); with the score-first audit off and no val text, nothing is compliant."""
+    from pgolf.eval.bpb import load_val
+    from pgolf.eval.common import EvalContext
+    from pgolf.eval.config import EvalConfig
+    from pgolf.eval.score import ScoreConfig, score_model, scored_documents
+    from pgolf.eval.stage import run_evaluate
+    from pgolf.quant.quantize import dequantized_model
+
+    _, tokenizer, shards = built
+    meta = json.loads((tokenizer / "meta.json").read_text())
+    quant = write_quant_dir(tmp_path / "quant", vocab_size=meta["vocab_size"], bos_id=meta["bos_id"])
+    write_submission(quant, tmp_path / "submission", codec="ans")
+    score = ScoreConfig(docs=3, seq_len=64, batch_windows=8)
+    params = read_params(ROOT / "params.yaml")["eval"]
+    for mode in ("sliding", "chunk_sgd", "multi_phase"):
+        params[mode]["enabled"] = False
+    params.update(progress=False, audit={"score_first": False, "docs": 2})
+    params["lora_ttt"].update(chunk_size=32, context=64, batch_docs=2, phases=[2], rank=4)
+    cfg = parse_section(params, "eval", EvalConfig)
+    metrics = run_evaluate(score, cfg, tmp_path / "submission", shards, tokenizer, tmp_path / "no-docs")
+    entries, manifest = load_quantized(quant)
+    model = dequantized_model(entries, manifest["model_config"])
+    val = load_val(shards, tokenizer)
+    dequantized = score_model(model, val, scored_documents(val, score, meta["bos_id"]), score, EvalContext(True))
+    assert metrics["modes"]["plain"]["val_bpb"] == dequantized.totals.val_bpb  # exactly
+    assert metrics["modes"]["plain"]["tokens"] == metrics["documents"]["targets"]
+    assert {n: m["compliance"] for n, m in metrics["modes"].items()} == {"plain": "unaudited", "lora_ttt": "unaudited"}
+    assert metrics["modes"]["lora_ttt"]["audit"] == {"bytes": None, "score_first": None}
+    assert not any(m["compliant"] for m in metrics["modes"].values())

@@ -10,12 +10,21 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_eval_modes import BOS, eval_cfg, one_thread, random_texts, repetitive_texts, text_val, tiny_model
+from test_eval_modes import (
+    BOS,
+    eval_cfg,
+    one_thread,
+    random_texts,
+    repetitive_texts,
+    run,
+    run_modes,
+    text_val,
+    tiny_model,
+)
 
 from pgolf.eval.common import Scores, TokenRecorder, score_windows
 from pgolf.eval.compile import EvalForward
 from pgolf.eval.documents import chunk_window, num_chunks, split_documents
-from pgolf.eval.modes import run_mode, run_modes
 from pgolf.eval.ttt_lora import doc_queue, phase_ends
 
 __all__ = ["one_thread"]  # the autouse fixture of test_eval_modes applies here too
@@ -26,7 +35,7 @@ ZERO_LR = {"lr": 0.0, "global_sgd": {"lr": 0.0, "momentum": 0.9, "epochs": 1, "c
 
 def recorded(name, model, val, cfg):
     recorder = TokenRecorder(len(val.tokens))
-    result = run_mode(name, model, val, cfg, looped=True, recorder=recorder)
+    result = run(name, model, val, cfg, recorder)
     return result, recorder
 
 
@@ -62,9 +71,9 @@ def test_chunk_sgd_with_zero_lr_equals_sliding():
 def test_positive_lr_learns_within_documents_of_a_repetitive_corpus(name):
     val = text_val(repetitive_texts(6, 96, 8, seed=6))
     model = tiny_model(noise=0.1)
-    fixed = run_mode("sliding", model, val, eval_cfg(), looped=True).totals.val_loss
+    fixed = run("sliding", model, val, eval_cfg()).totals.val_loss
     cfg = eval_cfg(lora_ttt={"lr": 3e-2, "chunk_size": 8}, chunk_sgd={"lr": 0.2, "chunk_tokens": 48, "epochs": 3})
-    adapted = run_mode(name, model, val, cfg, looped=True).totals.val_loss
+    adapted = run(name, model, val, cfg).totals.val_loss
     assert adapted < fixed - 0.1, (adapted, fixed)
 
 
@@ -79,12 +88,12 @@ def test_documents_are_queued_longest_batch_first_and_phases_follow_prefix_count
     assert phase_ends(queue, [100]) == []  # ... and a boundary at or after the last batch trains nothing
 
 
-def test_multi_phase_re_scores_and_is_not_compliant():
+def test_multi_phase_re_scores_every_target_in_every_pass():
     val = text_val(random_texts(6, 10, 60, seed=8))
     cfg = eval_cfg()
     result, recorder = recorded("multi_phase", tiny_model(), val, cfg)
-    sliding = run_mode("sliding", tiny_model(), val, cfg, looped=True)
-    assert not result.compliant and [p["phase"] for p in result.phases] == [0, 1, 2]
+    sliding = run("sliding", tiny_model(), val, cfg)
+    assert result.passes == 3 and [p["phase"] for p in result.phases] == [0, 1, 2]
     assert result.phases[0]["val_bpb"] == pytest.approx(sliding.totals.val_bpb, rel=1e-9)
     assert result.phases[-1]["val_bpb"] == result.totals.val_bpb != result.phases[0]["val_bpb"]
     assert recorder.counts[1:].min() == 3  # every target scored in each of the 3 phases
@@ -94,7 +103,7 @@ def _gloo_worker(rank, world_size, port, out_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
     try:
-        results = run_modes(tiny_model(), text_val(random_texts(9, 5, 70, seed=9)), _dist_cfg(), looped=True)
+        results = run_modes(tiny_model(), text_val(random_texts(9, 5, 70, seed=9)), _dist_cfg())
         out = {k: [r.totals.nats, r.totals.tokens, r.totals.bytes] for k, r in results.items()}
         (out_dir / f"{rank}.json").write_text(json.dumps(out))
     finally:
@@ -113,7 +122,7 @@ def _free_port():
 
 def test_two_process_gloo_gives_the_single_process_totals(tmp_path):
     mp.spawn(_gloo_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
-    single = run_modes(tiny_model(), text_val(random_texts(9, 5, 70, seed=9)), _dist_cfg(), looped=True)
+    single = run_modes(tiny_model(), text_val(random_texts(9, 5, 70, seed=9)), _dist_cfg())
     for rank in range(2):
         got = json.loads((tmp_path / f"{rank}.json").read_text())
         assert set(got) == set(single)

@@ -97,10 +97,10 @@ def bundle_files(root: Path, entries: tuple[str, ...] = ENTRIES) -> list[str]:
 
 def _minify(source: str) -> str:
     try:
-        import python_minifier  # only the compress stage minifies; training and evaluation never import it
+        import python_minifier  # only the bundle stage minifies; training and evaluation never import it
     except ImportError:
-        raise PgolfError("the python-minifier package is not installed (needed by compress.bundle.minify: true): "
-                         "install it with `pip install python-minifier`, or set `compress.bundle.minify: false`"
+        raise PgolfError("the python-minifier package is not installed (needed by bundle.minify: true): "
+                         "install it with `pip install python-minifier`, or set `bundle.minify: false`"
                          ) from None  # fmt: skip
     return python_minifier.minify(
         source, remove_annotations=False, remove_pass=False, remove_literal_statements=True,
@@ -121,3 +121,12 @@ def build(root: Path, cfg: BundleConfig, files: list[str] | None = None) -> str:
         brotli.compress(program, quality=11))  # fmt: skip
     head, tail = _WRAPPERS[cfg.codec]
     return head + base64.b85encode(packed).decode("ascii") + tail
+
+
+def write(root: Path, cfg: BundleConfig, out: Path) -> tuple[int, int]:
+    """Build the bundle of ``root``'s sources into the file ``out``; returns (source files, bytes)."""
+    files = bundle_files(root)
+    code = build(root, cfg, files)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(code, encoding="ascii")
+    return len(files), len(code)

@@ -1,4 +1,5 @@
-"""The compress stage: artifacts/quant -> artifacts/submission/{model.bin, pgolf_code.py} + metrics/compress.json.
+"""The compress stage: artifacts/quant -> artifacts/submission/model.bin + metrics/compress.json (the code bundle
+beside it is the bundle stage's, :mod:`pgolf.compress.bundle`, so that editing a source re-runs only the bundle).
 
 After writing, the stage reads model.bin back and checks that every quantized tensor comes out bit-identical (the
 decompression time it reports is that of this check), so a codec bug can never reach the evaluate stage. Both the
@@ -14,21 +15,19 @@ from pathlib import Path
 
 import torch
 
-from pgolf.compress import bundle, parallel, pergroup, submission
+from pgolf import tensorio
+from pgolf.compress import container, parallel, pergroup, submission
 from pgolf.errors import PgolfError
 from pgolf.quant import formats
-from pgolf.train import checkpoint as ckpt
 
 
 class CompressConfig(pergroup.SerializeConfig):
     """params.yaml ``compress``."""
 
-    bundle: bundle.BundleConfig
-
 
 def load_quantized(quant_dir: Path) -> tuple[list[formats.Entry], dict]:
     """The quantize stage's entries and its manifest.json."""
-    tensors, _ = ckpt.load_tensors(quant_dir / formats.QUANT_FILE)
+    tensors, _ = tensorio.load_tensors(quant_dir / formats.QUANT_FILE)
     meta = json.loads((quant_dir / formats.MANIFEST_FILE).read_text(encoding="utf-8"))
     return formats.from_tensors(tensors, meta["formats"]), meta
 
@@ -64,8 +63,8 @@ def pool_size(streams: list[pergroup.Stream], workers: int | None) -> int:
     return parallel.default_workers(jobs) if workers is None else max(1, min(workers, jobs))
 
 
-def run_compress(cfg: CompressConfig, quant_dir: Path, out: Path, root: Path, workers: int | None = None) -> dict:
-    """Write model.bin and the code bundle into ``out``; returns metrics/compress.json's content.
+def run_compress(cfg: CompressConfig, quant_dir: Path, out: Path, workers: int | None = None) -> dict:
+    """Write model.bin into ``out``; returns metrics/compress.json's content.
 
     ``workers``: threads that code, and then read back, the streams (None: one per stream, up to the CPUs).
     """
@@ -74,17 +73,12 @@ def run_compress(cfg: CompressConfig, quant_dir: Path, out: Path, root: Path, wo
     blob, streams = submission.pack_model(entries, meta, cfg, workers)
     compress_seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.iterdir():  # the directory is exactly what is counted
-        stale.unlink()
-    model_bin = out / submission.MODEL_BIN
+    model_bin = out / container.MODEL_BIN
     model_bin.write_bytes(blob)
     start = time.perf_counter()
     restored, _ = submission.unpack_model(model_bin.read_bytes(), str(model_bin), workers)
     decompress_seconds = time.perf_counter() - start
     check_identical(entries, restored)
-    files = bundle.bundle_files(root)
-    code = bundle.build(root, cfg.bundle, files)
-    (out / bundle.BUNDLE_FILE).write_text(code, encoding="ascii")
     groups = group_metrics(streams)
     by_codec: dict[str, int] = {}
     for g in groups:
@@ -93,7 +87,6 @@ def run_compress(cfg: CompressConfig, quant_dir: Path, out: Path, root: Path, wo
     bound = sum(g["entropy_bound_bytes"] for g in ints)
     return {
         "model_bytes": len(blob),
-        "code_bytes": len(code),
         "container_overhead_bytes": len(blob) - sum(g["bytes"] for g in groups),
         "integer_bytes": sum(g["bytes"] for g in ints),
         "integer_entropy_bound_bytes": round(bound, 1),
@@ -102,6 +95,5 @@ def run_compress(cfg: CompressConfig, quant_dir: Path, out: Path, root: Path, wo
         "compress_seconds": round(compress_seconds, 3),
         "decompress_seconds": round(decompress_seconds, 3),
         "workers": pool_size(streams, workers),
-        "code_files": len(files),
         "groups": groups,
     }

@@ -11,12 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pgolf.artifacts import build_model
 from pgolf.compress import container, pergroup
-from pgolf.model.config import ModelConfig
 from pgolf.model.gpt import GPT
 from pgolf.quant import formats
 
-MODEL_BIN = container.MODEL_BIN
 FORMAT = "pgolf.model"
 
 
@@ -37,7 +36,7 @@ def pack_model(entries: list[formats.Entry], quant_meta: dict[str, Any], cfg: pe
     return container.pack(manifest, [(s.name, s.data) for s in streams]), streams
 
 
-def unpack_model(blob: bytes, source: str = MODEL_BIN, workers: int | None = None
+def unpack_model(blob: bytes, source: str = container.MODEL_BIN, workers: int | None = None
                  ) -> tuple[list[formats.Entry], dict[str, Any]]:  # fmt: skip
     """The quantized entries and the container manifest of a model.bin's bytes (streams decoded on ``workers``
     threads, None: one per stream up to the CPUs)."""
@@ -50,6 +49,5 @@ def unpack_model(blob: bytes, source: str = MODEL_BIN, workers: int | None = Non
 def load_model(path: Path, workers: int | None = None) -> tuple[GPT, bool]:
     """The dequantized GPT stored in a model.bin and whether it runs looped (CPU, eval mode)."""
     entries, manifest = unpack_model(Path(path).read_bytes(), str(path), workers)
-    model = GPT(ModelConfig.model_validate(manifest["model_config"]))
-    model.load_state_dict(formats.dequantized_state(entries))
+    model = build_model(manifest["model_config"], formats.dequantized_state(entries))
     return model.eval(), bool(manifest["looped"])

@@ -94,3 +94,17 @@ def score_first_audit(
     message = "ok" if bad.size == 0 else f"{bad.size} scores changed, first at stream position {int(bad[0])}"
     return AuditResult(f"score_first/{result.name}", bad.size == 0, int(positions.size), int(bad.size),
                        float(diff.max()), message)  # fmt: skip
+
+
+COMPLIANT, UNAUDITED, VIOLATED = "compliant", "unaudited", "violated"
+
+
+def compliance_status(audits: dict[str, bool | None], passes: int = 1) -> str:
+    """A mode's measured standing: ``violated`` when an audit failed or the mode scored its targets more than once
+    (it re-scores trained tokens), ``unaudited`` when an audit that applies to it did not run (None), else
+    ``compliant``. Nothing is declared: a mode is compliant only when every audit ran and passed."""
+    if passes > 1 or any(passed is False for passed in audits.values()):
+        return VIOLATED
+    if not audits or any(passed is None for passed in audits.values()):
+        return UNAUDITED
+    return COMPLIANT

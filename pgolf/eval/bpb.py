@@ -18,16 +18,7 @@ Where the bytes come from (:func:`load_val`):
   the target plus one for a leading "▁" unless the previous token is a boundary. These overcount CaseOps operators
   (3 bytes each instead of 0, ~9% of the denominator), so a CaseOps tokenizer without a sidecar is an error.
 
-The plain pass (:func:`evaluate`), the record's ``eval_val`` diagnostic: the val stream is truncated to
-``k * seq_len + 1`` tokens (the tail of the last document is never scored, and the scored set depends on
-``seq_len``) and cut into ``k`` non-overlapping windows: inputs ``tokens[s:s+seq_len]``, targets
-``tokens[s+1:s+seq_len+1]``. Each target is scored exactly once, with the context of its own document inside its
-window only (0 to ``seq_len - 1`` tokens; a document that began in an earlier window restarts at the window start).
-Two deliberate differences from the reference: every window boundary is a segment boundary (the reference flattens
-32 windows into one row and lets a document run across window boundaries inside a batch, so its figure depends on
-the batch size), and ranks split the windows contiguously without dropping any (the reference truncates each rank's
-share to a multiple of its batch, scoring 99.70% of the targets, a set that depends on the world size). Our figure
-is therefore the same for any batch size and any number of ranks.
+The scorer that sums these (one for every rung of the ladder) is :func:`pgolf.eval.score.score_model`.
 
 References: the record's ``ValidationData``, ``build_sentencepiece_luts``, ``_loss_bpb`` and ``eval_val``
 (train_gpt.py l. 450–535, 2726–2795); nanochat ``loss_eval.evaluate_bpb``; spec record-eval-data.md A2–A5 and
@@ -38,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -46,16 +36,12 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from pgolf import tokenizer as tok
 from pgolf.data import shards
-from pgolf.dist import autocast, dist_info
 from pgolf.errors import PgolfError
-from pgolf.train.loader import CU_PAD_MULTIPLE, build_cu_seqlens
 
 ByteCount = Literal["sidecar", "tokenizer_luts"]
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 SHARDS_MANIFEST = "manifest.json"
 
 
@@ -158,103 +144,3 @@ def load_val(shard_dir: Path | str, tokenizer_dir: Path | str) -> ValData:
     tokens = shards.load_shards(shard_dir, "val", vocab_size=vocab)
     target_bytes = np.concatenate([[0], tok.lut_bytes(tokens, tok.load_luts(tokenizer_dir))]).astype(np.int64)
     return ValData(tokens, target_bytes, "tokenizer_luts")
-
-
-def doc_windows(num_tokens: int, seq_len: int, *, rank: int = 0, world_size: int = 1) -> list[tuple[int, int]]:
-    """This rank's evaluation windows as token ranges ``[start, start + seq_len + 1)`` of the val stream.
-
-    The stream is cut into ``(num_tokens - 1) // seq_len`` non-overlapping windows of ``seq_len`` targets (the
-    targets of window ``[s, e)`` are ``tokens[s+1:e]``); rank ``r`` gets the contiguous share
-    ``[W r / world, W (r+1) / world)``. Every window goes to exactly one rank; none is dropped.
-    """
-    if seq_len <= 0 or not 0 <= rank < world_size:
-        raise ValueError(f"bad window geometry: seq_len={seq_len}, rank={rank}, world_size={world_size}")
-    num_windows = (num_tokens - 1) // seq_len
-    if num_windows <= 0:
-        raise ValueError(f"the val stream has {num_tokens} tokens, fewer than one window (seq_len + 1 = {seq_len + 1})")
-    lo, hi = num_windows * rank // world_size, num_windows * (rank + 1) // world_size
-    return [(w * seq_len, w * seq_len + seq_len + 1) for w in range(lo, hi)]
-
-
-def window_cu_seqlens(inputs: np.ndarray, bos_id: int, pad_multiple: int = CU_PAD_MULTIPLE) -> torch.Tensor:
-    """``cu_seqlens`` of a ``[B, T]`` batch of windows flattened to one stream of ``B*T`` tokens.
-
-    Segments start at every row start and every BOS, so attention never crosses a window or a document.
-    """
-    num_rows, seq_len = inputs.shape
-    flat = inputs.reshape(-1)
-    starts = np.union1d(np.arange(0, flat.size, seq_len), np.flatnonzero(flat == bos_id))
-    return build_cu_seqlens(starts, flat.size, seq_len, pad_multiple)
-
-
-def to_device(batch: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """A host batch (tokens, masks, ``cu_seqlens``) on ``device``: through pinned memory and a non-blocking copy
-    on CUDA, so the copy overlaps the work already queued; unchanged on the CPU."""
-    tensor = torch.from_numpy(batch) if isinstance(batch, np.ndarray) else batch
-    if torch.device(device).type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
-
-
-def _window_batch(val: ValData, windows: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Inputs and targets ``[B, T]`` (int64) of some windows, and the bytes of their targets."""
-    rows = np.stack([np.asarray(val.tokens[s:e], dtype=np.int64) for s, e in windows])
-    num_bytes = sum(int(val.target_bytes[s + 1 : e].sum()) for s, e in windows)
-    return rows[:, :-1], rows[:, 1:], num_bytes
-
-
-def evaluate(
-    loss_fn: LossFn,
-    val: ValData,
-    *,
-    seq_len: int,
-    batch_windows: int,
-    bos_id: int,
-    rank: int = 0,
-    world_size: int = 1,
-    progress: bool = False,
-    device: torch.device | str = "cpu",
-    pad_multiple: int = CU_PAD_MULTIPLE,
-) -> BpbTotals:
-    """Score every target of the truncated val stream once, in doc-masked windows; totals over all ranks.
-
-    ``loss_fn(inputs [B, T], targets [B, T], cu_seqlens)`` returns the per-token nats ``[B, T]``; the int64 inputs
-    and targets and the int32 ``cu_seqlens`` of the flattened ``B*T`` stream (every row start is a segment start)
-    are on ``device``. ``B`` is ``batch_windows`` except for a rank's last, smaller batch.
-    """
-    if batch_windows <= 0:
-        raise ValueError(f"batch_windows must be positive, got {batch_windows}")
-    windows = doc_windows(len(val.tokens), seq_len, rank=rank, world_size=world_size)
-    nats: torch.Tensor | None = None
-    totals = BpbTotals()
-    bar = tqdm(total=len(windows), desc="eval", unit="win", disable=not (progress and rank == 0))
-    with torch.no_grad(), bar:
-        for i in range(0, len(windows), batch_windows):
-            chunk = windows[i : i + batch_windows]
-            inputs, targets, num_bytes = _window_batch(val, chunk)
-            cu_seqlens = window_cu_seqlens(inputs, bos_id, pad_multiple)
-            args = (torch.from_numpy(inputs), torch.from_numpy(targets), cu_seqlens)
-            out = loss_fn(*(to_device(t, device) for t in args))
-            if tuple(out.shape) != targets.shape:
-                raise ValueError(f"loss_fn returned shape {tuple(out.shape)}, expected per-token nats {targets.shape}")
-            batch_nats = out.detach().double().sum()  # stays on the device: no sync per batch
-            nats = batch_nats if nats is None else nats + batch_nats
-            totals.add(0.0, targets.size, num_bytes)
-            bar.update(len(chunk))
-    totals.nats = float(nats) if nats is not None else 0.0
-    return totals.all_reduce()
-
-
-def evaluate_model(
-    model: torch.nn.Module, val: ValData, *, seq_len: int, batch_windows: int, looped: bool, progress: bool = False
-) -> BpbTotals:
-    """:func:`evaluate` of a pgolf GPT on this process's device and rank (bf16 autocast on CUDA)."""
-    info = dist_info()
-    model = model.to(info.device).eval()
-
-    def loss_fn(x: torch.Tensor, y: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
-        with autocast(info.device):
-            return model(x, y, cu_seqlens=cu, looped=looped, reduction="none")
-
-    return evaluate(loss_fn, val, seq_len=seq_len, batch_windows=batch_windows, bos_id=model.cfg.bos_id,
-                    rank=info.rank, world_size=info.world_size, progress=progress, device=info.device)  # fmt: skip

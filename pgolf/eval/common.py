@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from pgolf.eval.bpb import BpbTotals, ValData
-from pgolf.eval.compile import EvalForward
+from pgolf.eval.compile import Backend, EvalForward
 from pgolf.eval.documents import Rows, Window, length_batches, rank_share
 
 
@@ -27,14 +27,14 @@ class ModeResult:
     name: str
     totals: BpbTotals
     seconds: dict[str, float] = field(default_factory=dict)
-    compliant: bool = True
+    passes: int = 1  # scoring passes over the targets; more than one re-scores trained tokens (never compliant)
     phases: list[dict] = field(default_factory=list)
     compile: dict = field(default_factory=dict)  # CompileStats.finish(): warm-up seconds, graphs built (not timed)
 
     def summary(self) -> dict:
         t = self.totals
         return {"val_bpb": t.val_bpb, "val_loss": t.val_loss, "tokens": t.tokens, "bytes": t.bytes,
-                "compliant": self.compliant, "seconds": self.seconds, "phases": self.phases,
+                "passes": self.passes, "seconds": self.seconds, "phases": self.phases,
                 "compile": self.compile}  # fmt: skip
 
 
@@ -55,6 +55,19 @@ class TokenRecorder:
         self.steps[positions] = self.step
         np.add.at(self.counts, positions, 1)
         self.step += 1
+
+
+@dataclass
+class EvalContext:
+    """What every scoring and evaluation call shares: the layer schedule, this rank, the audit recorder, progress
+    bars and the compile backend (None: eager)."""
+
+    looped: bool
+    rank: int = 0
+    world_size: int = 1
+    recorder: TokenRecorder | None = None
+    progress: bool = False
+    compile_backend: Backend = None
 
 
 class Scores:
@@ -81,6 +94,11 @@ class Scores:
     def totals(self) -> BpbTotals:
         """The totals over all ranks (one all-reduce)."""
         return self.local().all_reduce()
+
+
+def set_trainable(model: nn.Module, trainable: bool) -> None:
+    for p in model.parameters():
+        p.requires_grad_(trainable)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -22,7 +22,7 @@ identity, so the modes' model copies share them and a shape another mode built c
 updates (LoRA's AdamW, global and chunk SGD, all eager) change values in place and keep them valid.
 
 References: spec record-eval-data.md A1 step 7 (the record's compiled ``forward_ttt`` and its random-token
-warm-up, outside the timer), :mod:`pgolf.train.compile`.
+warm-up, outside the timer), :mod:`pgolf.compiler`.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pgolf.dist import autocast
-from pgolf.eval.bpb import ValData, to_device
+from pgolf import compiler as tc
+from pgolf.dist import autocast, to_device
+from pgolf.eval.bpb import ValData
 from pgolf.eval.documents import EMPTY_WINDOW, Rows, Window, gather
 from pgolf.model.layers import Adapters
-from pgolf.train import compile as tc
 
 Backend = str | Callable | None
 SMALLEST_WIDTH = 64

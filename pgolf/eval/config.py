@@ -1,6 +1,6 @@
 """The ``eval`` section of params.yaml: which evaluation modes run and how (one sub-section per mode).
 
-Every mode scores the same documents (the first ``max_docs`` validation documents), so their figures compare.
+Every mode scores the same documents (the ``score`` section's: :mod:`pgolf.eval.score`), so their figures compare.
 Record values (PR #1855, or the PR named) are given in each field's comment; params.yaml holds the values in use.
 
 References: spec record-eval-data.md A5-A6 (plain eval, phased LoRA TTT); other-seeds.md §2.2 (#1492 sliding
@@ -26,17 +26,6 @@ def _non_negative(section: str, **values: float) -> list[str]:
 def _raise(problems: list[str]) -> None:
     if problems:
         raise ConfigError("; ".join(problems))
-
-
-class PlainConfig(Section):
-    """Non-overlapping windows of ``seq_len`` per document (the record's ``eval_val`` diagnostic)."""
-
-    enabled: bool
-    seq_len: int  # record: EVAL_SEQ_LEN = 2048
-    batch_windows: int  # record: 32 windows per rank
-
-    def model_post_init(self, _context: object) -> None:
-        _raise(_positive("plain", seq_len=self.seq_len, batch_windows=self.batch_windows))
 
 
 class SlidingConfig(Section):
@@ -161,16 +150,13 @@ class AuditConfig(Section):
 
 
 class EvalConfig(Section):
-    max_docs: int  # record: 0 (all 50,000 val documents); CPU runs score a prefix of the documents
+    """The modes beyond the plain score (which is the ``score`` section's, :mod:`pgolf.eval.score`), all on the
+    ``score`` section's documents."""
+
     progress: bool  # tqdm bars on rank 0
     compile: bool  # record: true. torch.compile the scoring/TTT forward, warmed up before the timer (CUDA only)
-    plain: PlainConfig
     sliding: SlidingConfig
     lora_ttt: LoraTttConfig
     chunk_sgd: ChunkSgdConfig
     multi_phase: MultiPhaseConfig
     audit: AuditConfig
-
-    def model_post_init(self, _context: object) -> None:
-        if self.max_docs < 0:
-            raise ConfigError(f"eval.max_docs must be >= 0 (0 = all documents), got {self.max_docs}")

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pgolf.dist import to_device
 from pgolf.errors import PgolfError
-from pgolf.eval.bpb import ValData, to_device
+from pgolf.eval.bpb import ValData
 
 PAD_ID = 0
 Window = tuple[int, int, int, int]  # (stream start, input length, first scored offset, end of scored offsets)

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from pgolf import dist as pdist
-from pgolf.dist import autocast
-from pgolf.eval.bpb import to_device, window_cu_seqlens
+from pgolf.dist import autocast, to_device
+from pgolf.eval.common import set_trainable
 from pgolf.eval.documents import PAD_ID
+from pgolf.segments import window_cu_seqlens
 
 Span = tuple[int, int]  # [lo, hi) target indices of a stream
 
@@ -92,11 +93,6 @@ def sgd_step(
         group["lr"] = lr
     opt.step()
     return loss_value
-
-
-def set_trainable(model: nn.Module, trainable: bool) -> None:
-    for p in model.parameters():
-        p.requires_grad_(trainable)
 
 
 def train_stream(

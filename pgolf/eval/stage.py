@@ -7,26 +7,32 @@ text from ``data/docs`` when the source has it (the published shards do not).
 
 Audits run by the stage: (a) bytes, for every mode: the scored byte total equals the UTF-8 size of the scored
 documents; (b) score-first, for every TTT mode, on the first ``eval.audit.docs`` documents: perturbing a document
-after its middle leaves every score that was due before that point unchanged. Multi-phase TTT is reported with
-``compliant: false`` and its audit result (it re-scores trained tokens, so the audit fails, as it should).
+after its middle leaves every score that was due before that point unchanged. A mode is reported ``compliant``
+only when every audit that applies to it ran and passed; ``unaudited`` when one was skipped (no val text, or
+``eval.audit.score_first: false``); ``violated`` when one failed or the mode re-scores (multi-phase TTT).
+
+``plain`` is the ladder's ``model_bin`` rung: the one scorer (:func:`pgolf.eval.score.score_model`) on the
+decoded weights, which must equal the quantize stage's ``dequantized`` rung to the last bit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 from pgolf.compress import submission
+from pgolf.compress.container import MODEL_BIN
 from pgolf.data.docs import read_docs
-from pgolf.dist import dist_info
+from pgolf.dist import dist_info, group_rank_world
 from pgolf.eval import audit
 from pgolf.eval.bpb import ValData, load_val
+from pgolf.eval.common import EvalContext, ModeResult, TokenRecorder
 from pgolf.eval.config import EvalConfig
-from pgolf.eval.modes import enabled_modes, run_mode, scored_documents
+from pgolf.eval.modes import TTT_MODES, context, enabled_modes, run_mode
+from pgolf.eval.score import ScoreConfig, document_set, scored_documents
 from pgolf.model.gpt import GPT
-
-TTT_MODES = ("lora_ttt", "chunk_sgd", "multi_phase")
 
 
 def expected_bytes(docs_dir: Path, count: int) -> int | None:
@@ -41,39 +47,62 @@ def expected_bytes(docs_dir: Path, count: int) -> int | None:
     return audit.text_bytes(texts)
 
 
-def score_first(name: str, model: GPT, val: ValData, cfg: EvalConfig, looped: bool) -> dict:
+def score_first(name: str, model: GPT, val: ValData, score: ScoreConfig, cfg: EvalConfig, looped: bool) -> dict:
     """The score-first audit of one mode on the first ``cfg.audit.docs`` documents, cut in the middle of the
     longest of them. Eager: so few documents make batches of their own shapes, each a graph to compile, and the
     compiled forward scores like the eager one (tests/test_eval_compile.py)."""
-    small = cfg.model_copy(update={"max_docs": cfg.audit.docs, "progress": False, "compile": False})
+    small = score.model_copy(update={"docs": cfg.audit.docs})
     docs = scored_documents(val, small, model.cfg.bos_id)
     doc = max(docs, key=lambda d: d.num_targets)
-    result = audit.score_first_audit(lambda v, rec: run_mode(name, model, v, small, looped, rec), val, doc,
-                                     doc.num_targets // 2, model.cfg.vocab_size)  # fmt: skip
+    ctx = EvalContext(looped, *group_rank_world())
+
+    def run(v: ValData, recorder: TokenRecorder) -> ModeResult:
+        return run_mode(name, model, v, docs, small, cfg, dataclasses.replace(ctx, recorder=recorder))
+
+    result = audit.score_first_audit(run, val, doc, doc.num_targets // 2, model.cfg.vocab_size)
     return {"passed": result.passed, "checked": result.checked, "violations": result.violations,
             "max_abs_diff": result.max_abs_diff}  # fmt: skip
 
 
-def run_evaluate(cfg: EvalConfig, submission_dir: Path, shards: Path, tokenizer: Path, docs_dir: Path) -> dict:
-    """metrics/eval.json's content: per mode val_loss, val_bpb, scored tokens and bytes, seconds, flags, audits."""
+def mode_seconds(decompress: float, result: ModeResult) -> dict:
+    """The evaluation clock of one mode, each part once: decompressing model.bin, the compile warm-up, scoring with
+    its TTT updates (timed together; ``ttt_parts`` says how much of it the updates took), and their total."""
+    warm = float(result.compile.get("warmup_seconds", 0.0))
+    timed = float(result.seconds["eval"])
+    parts = {k: round(v, 3) for k, v in result.seconds.items() if k != "eval"}
+    return {"decompress": round(decompress, 3), "warmup": round(warm, 3), "scoring": round(timed, 3),
+            "total": round(decompress + warm + timed, 3), "ttt_parts": parts}  # fmt: skip
+
+
+def run_evaluate(
+    score: ScoreConfig, cfg: EvalConfig, submission_dir: Path, shards: Path, tokenizer: Path, docs_dir: Path
+) -> dict:
+    """metrics/eval.json's content: the document set, then per mode val_loss, val_bpb, scored tokens and bytes,
+    seconds, audits and the measured compliance (:func:`pgolf.eval.audit.compliance_status`)."""
     start = time.perf_counter()
-    model, looped = submission.load_model(submission_dir / submission.MODEL_BIN)
+    model, looped = submission.load_model(submission_dir / MODEL_BIN)
     model = model.to(dist_info().device)
     decompress = time.perf_counter() - start
     val = load_val(shards, tokenizer)
-    docs = scored_documents(val, cfg, model.cfg.bos_id)
+    docs = scored_documents(val, score, model.cfg.bos_id)
     expected = expected_bytes(docs_dir, len(docs))
+    ctx = context(model, cfg, looped)
     modes = {}
     for name in enabled_modes(cfg):
-        result = run_mode(name, model, val, cfg, looped)
+        result = run_mode(name, model, val, docs, score, cfg, ctx)
         summary = result.summary()
-        summary["seconds"] = {"decompress": round(decompress, 3), **summary["seconds"]}
-        bytes_check = None if expected is None else audit.bytes_audit(result.totals, expected).passed
-        summary["audit"] = {"bytes": bytes_check}
-        if name in TTT_MODES and cfg.audit.score_first:
-            summary["audit"]["score_first"] = score_first(name, model, val, cfg, looped)
+        summary["seconds"] = mode_seconds(decompress, result)
+        audits: dict[str, bool | None] = {"bytes": None if expected is None else
+                                          audit.bytes_audit(result.totals, expected).passed}  # fmt: skip
+        summary["audit"] = dict(audits)
+        if name in TTT_MODES:
+            detail = score_first(name, model, val, score, cfg, looped) if cfg.audit.score_first else None
+            audits["score_first"] = None if detail is None else detail["passed"]
+            summary["audit"]["score_first"] = detail
+        summary["compliance"] = audit.compliance_status(audits, result.passes)
+        summary["compliant"] = summary["compliance"] == audit.COMPLIANT
         modes[name] = summary
-    return {"documents": len(docs), "looped": looped, "byte_count": val.byte_count, "modes": modes}
+    return {"documents": document_set(val, docs), "looped": looped, "byte_count": val.byte_count, "modes": modes}
 
 
 def write_metrics(metrics: dict, path: Path, phases_path: Path) -> None:

@@ -23,19 +23,26 @@ from torch import nn
 from tqdm import tqdm
 
 from pgolf.eval.bpb import ValData
-from pgolf.eval.common import ModeResult, Scores, TokenRecorder, model_device, score_windows, window_batches
-from pgolf.eval.compile import Backend
+from pgolf.eval.common import (
+    EvalContext,
+    ModeResult,
+    Scores,
+    model_device,
+    score_windows,
+    set_trainable,
+    window_batches,
+)
 from pgolf.eval.config import ChunkSgdConfig
 from pgolf.eval.documents import Document, Window
-from pgolf.eval.sgd import chunk_spans, cosine_lr, set_trainable, sgd_step
-from pgolf.eval.sliding import document_windows, fixed_model_forward
+from pgolf.eval.score import document_windows, fixed_model_forward
+from pgolf.eval.sgd import chunk_spans, cosine_lr, sgd_step
 
 
 def stream_of(val: ValData, docs: list[Document]) -> tuple[int, np.ndarray]:
     """(stream position of the first token, tokens) of the contiguous stretch that holds ``docs``."""
     ordered = sorted(docs, key=lambda d: d.start)
     if any(a.end - 1 != b.start for a, b in zip(ordered, ordered[1:], strict=False)):
-        raise ValueError("chunk TTT needs contiguous documents (a prefix of the val stream, eval.max_docs)")
+        raise ValueError("chunk TTT needs contiguous documents (a prefix of the val stream, score.docs)")
     return ordered[0].start, np.asarray(val.tokens[ordered[0].start : ordered[-1].end])
 
 
@@ -54,15 +61,12 @@ def evaluate_chunk_sgd(
     docs: list[Document],
     cfg: ChunkSgdConfig,
     *,
-    looped: bool,
-    rank: int = 0,
-    world_size: int = 1,
-    recorder: TokenRecorder | None = None,
-    progress: bool = False,
-    compile_backend: Backend = None,
+    ctx: EvalContext,
 ) -> ModeResult:
     """#1492 chunk score-first SGD TTT over ``docs``; ``model`` is adapted in place (pass a copy). The scoring
     forward is compiled with ``compile_backend`` (None: eager), the SGD steps run eagerly."""
+    looped, rank, world_size = ctx.looped, ctx.rank, ctx.world_size
+    recorder, progress, compile_backend = ctx.recorder, ctx.progress, ctx.compile_backend
     scores = Scores(model_device(model), recorder)
     offset, stream = stream_of(val, docs)
     spans = chunk_spans(len(stream) - 1, cfg.chunk_tokens)
@@ -96,4 +100,4 @@ def evaluate_chunk_sgd(
     model.eval()
     totals = scores.totals()
     seconds["eval"] = time.perf_counter() - start
-    return ModeResult("chunk_sgd", totals, seconds, compliant=True, compile=stats.finish("chunk_sgd"))
+    return ModeResult("chunk_sgd", totals, seconds, compile=stats.finish("chunk_sgd"))

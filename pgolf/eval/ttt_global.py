@@ -4,8 +4,9 @@ Phase 0 scores every target with sliding windows (= :func:`pgolf.eval.sliding.ev
 times: a fresh SGD (momentum) sweeps *all* chunks of the scored documents' stream, one step per chunk with a cosine
 lr and no last-chunk guard, and every target is scored again. The reported figure is the last re-score, made by a
 model trained on the very tokens it scores: it breaks score-before-update (Issue #1017 conditions 1 and 3; PR #991
-precedent). The result therefore carries ``compliant=False`` and every phase's figure; the score-first audit
-(:mod:`pgolf.eval.audit`) fails on it by construction. Deliberate difference from #1802: windows and training
+precedent). The result therefore carries ``passes + 1`` scoring passes (reported ``violated``) and every phase's
+figure; the score-first audit (:mod:`pgolf.eval.audit`) fails on it by construction. Deliberate difference
+from #1802: windows and training
 sequences stay inside documents, like every mode here.
 """
 
@@ -16,12 +17,18 @@ import time
 from torch import nn
 
 from pgolf.eval.bpb import BpbTotals, ValData
-from pgolf.eval.common import ModeResult, Scores, TokenRecorder, model_device, score_windows, window_batches
-from pgolf.eval.compile import Backend
+from pgolf.eval.common import (
+    EvalContext,
+    ModeResult,
+    Scores,
+    model_device,
+    score_windows,
+    window_batches,
+)
 from pgolf.eval.config import MultiPhaseConfig
 from pgolf.eval.documents import Document
+from pgolf.eval.score import document_windows, fixed_model_forward
 from pgolf.eval.sgd import train_stream
-from pgolf.eval.sliding import document_windows, fixed_model_forward
 from pgolf.eval.ttt_chunk import stream_of
 
 
@@ -31,15 +38,12 @@ def evaluate_multi_phase(
     docs: list[Document],
     cfg: MultiPhaseConfig,
     *,
-    looped: bool,
-    rank: int = 0,
-    world_size: int = 1,
-    recorder: TokenRecorder | None = None,
-    progress: bool = False,
-    compile_backend: Backend = None,
+    ctx: EvalContext,
 ) -> ModeResult:
     """Score, then ``passes`` times (train on everything, re-score); ``model`` is adapted in place (pass a copy).
     Every scoring pass is sliding (:func:`pgolf.eval.sliding.evaluate_sliding`) through one warmed-up forward."""
+    looped, rank, world_size = ctx.looped, ctx.rank, ctx.world_size
+    recorder, progress, compile_backend = ctx.recorder, ctx.progress, ctx.compile_backend
     _, stream = stream_of(val, docs)
     windows = document_windows(docs, cfg.seq_len, cfg.stride)
     batches = window_batches(windows, cfg.batch_windows, rank, world_size)
@@ -61,5 +65,5 @@ def evaluate_multi_phase(
                      bos_id=model.cfg.bos_id, rank=rank, world_size=world_size)  # fmt: skip
         totals = score(phase)
         phases.append({"phase": phase, "val_bpb": totals.val_bpb, "val_loss": totals.val_loss})
-    return ModeResult("multi_phase", totals, {"eval": time.perf_counter() - start}, compliant=False, phases=phases,
-                      compile=stats.finish("multi_phase"))  # fmt: skip
+    return ModeResult("multi_phase", totals, {"eval": time.perf_counter() - start}, passes=cfg.passes + 1,
+                      phases=phases, compile=stats.finish("multi_phase"))  # fmt: skip

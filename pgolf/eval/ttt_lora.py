@@ -34,12 +34,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pgolf.eval.bpb import BpbTotals, ValData, to_device
-from pgolf.eval.common import ModeResult, Scores, TokenRecorder, model_device
-from pgolf.eval.compile import Backend, EvalForward, warmup
+from pgolf.dist import to_device
+from pgolf.eval.bpb import BpbTotals, ValData
+from pgolf.eval.common import EvalContext, ModeResult, Scores, model_device, set_trainable
+from pgolf.eval.compile import EvalForward, warmup
 from pgolf.eval.config import LoraTttConfig
 from pgolf.eval.documents import Document, chunk_window, num_chunks
-from pgolf.eval.sgd import set_trainable, train_stream
+from pgolf.eval.sgd import train_stream
 from pgolf.model.lora import BatchedLoRA
 
 
@@ -148,15 +149,12 @@ def evaluate_lora_ttt(
     docs: list[Document],
     cfg: LoraTttConfig,
     *,
-    looped: bool,
-    rank: int = 0,
-    world_size: int = 1,
-    recorder: TokenRecorder | None = None,
-    progress: bool = False,
-    compile_backend: Backend = None,
+    ctx: EvalContext,
 ) -> ModeResult:
     """Phased score-first LoRA TTT over ``docs``; ``model`` is adapted in place (pass a copy). ``compile_backend``:
     compile the chunk forward with it (None: eager); the warm-up is not timed."""
+    looped, rank, world_size = ctx.looped, ctx.rank, ctx.world_size
+    recorder, progress, compile_backend = ctx.recorder, ctx.progress, ctx.compile_backend
     model.eval()
     set_trainable(model, False)
     scores = Scores(model_device(model), recorder)
@@ -191,4 +189,4 @@ def evaluate_lora_ttt(
             phases.append(row)
     totals = scores.totals()
     seconds["eval"] = time.perf_counter() - start
-    return ModeResult("lora_ttt", totals, seconds, compliant=True, phases=phases, compile=stats.finish("lora_ttt"))
+    return ModeResult("lora_ttt", totals, seconds, phases=phases, compile=stats.finish("lora_ttt"))

@@ -47,6 +47,9 @@ from pgolf.model.layers import (
 )
 from pgolf.model.schedule import LayerSchedule, layer_schedule
 
+EMBEDDING = "tok_emb.weight"
+"""The tied embedding's parameter name (its own role, precision and Hessian everywhere)."""
+
 
 class GPT(nn.Module):
     ROLES: dict[str, Role] = {"skip_weights": "control", "skip_gates": "control",
@@ -90,7 +93,7 @@ class GPT(nn.Module):
 
     def param_roles(self) -> dict[str, Role]:
         """Every parameter's declared role (optimizer groups and quantization policy key on these)."""
-        roles: dict[str, Role] = {"tok_emb.weight": "embedding"}
+        roles: dict[str, Role] = {EMBEDDING: "embedding"}
         for prefix, module in self.named_modules():
             for name, _ in module.named_parameters(recurse=False):
                 full = f"{prefix}.{name}" if prefix else name

@@ -22,11 +22,9 @@ from tqdm import tqdm
 from pgolf import dist
 from pgolf.config import Section
 from pgolf.data import shards
-from pgolf.eval.bpb import window_cu_seqlens
-from pgolf.model.gpt import GPT
+from pgolf.model.gpt import EMBEDDING, GPT
 from pgolf.model.layers import Linear
-
-EMBEDDING = "tok_emb.weight"
+from pgolf.segments import window_cu_seqlens
 
 
 class CalibrateConfig(Section):

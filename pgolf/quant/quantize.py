@@ -10,24 +10,31 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
+from pgolf import artifacts, tensorio
+from pgolf.artifacts import build_model
+from pgolf.dist import dist_info
+from pgolf.errors import PgolfError
 from pgolf.eval.bpb import load_val
-from pgolf.export import MODEL_FILE, ExportConfig, score
+from pgolf.eval.common import EvalContext
+from pgolf.eval.score import ScoreConfig, document_set, rung, score_model, scored_documents
 from pgolf.model.config import ModelConfig
 from pgolf.model.gpt import GPT
 from pgolf.quant import formats, gptq, hadamard, lqer
-from pgolf.quant.calibrate import HESSIANS_FILE
 from pgolf.quant.policy import Decision, QuantizeConfig, decide
-from pgolf.train import checkpoint as ckpt
 
 
 @dataclass
 class MatrixResult:
     entry: formats.Entry
-    error: Tensor  # W - W_hat in the (possibly rotated) quantization domain
-    hessian: Tensor
+    target: Tensor  # W in fp32, in the (possibly Hadamard-rotated) quantization domain
+    hessian: Tensor  # H in the same domain
+
+    @property
+    def error(self) -> Tensor:
+        """W - W_hat in the quantization domain, after the entry's LQER correction when it has one."""
+        return lqer.quantization_residual(self.target, self.entry.fmt, self.entry.lqer)
 
 
 def quantize_matrix(name: str, w: Tensor, h: Tensor, d: Decision, cfg: QuantizeConfig) -> MatrixResult:
@@ -45,17 +52,16 @@ def quantize_matrix(name: str, w: Tensor, h: Tensor, d: Decision, cfg: QuantizeC
         scale = gptq.rtn_percentile_scales(w32, bits, d.spec.rtn_clip_percentile)
         q = gptq.rtn_quantize(w32, scale, bits)
     fmt = formats.QuantizedMatrix(q=q, scale=scale, bits=bits, rotated=rotated)
-    error = w32 - scale.float()[:, None] * q.float()
-    entry = formats.Entry(name=name, shape=tuple(w.shape), dtype=formats.dtype_name(w.dtype), fmt=fmt, lqer=None)
-    return MatrixResult(entry, error, h)
+    entry = formats.Entry(name=name, shape=tuple(w.shape), dtype=tensorio.dtype_name(w.dtype), fmt=fmt, lqer=None)
+    return MatrixResult(entry, w32, h)
 
 
 def other_entry(name: str, w: Tensor, d: Decision) -> formats.Entry:
     if d.kind == "gate":
         fmt: formats.QuantizedTensor = gptq.quantize_gate_int8_row(w)
     else:
-        fmt = formats.Passthrough(value=w.detach().half(), dtype=formats.dtype_name(w.dtype))
-    return formats.Entry(name=name, shape=tuple(w.shape), dtype=formats.dtype_name(w.dtype), fmt=fmt, lqer=None)
+        fmt = formats.Passthrough(value=w.detach().half(), dtype=tensorio.dtype_name(w.dtype))
+    return formats.Entry(name=name, shape=tuple(w.shape), dtype=tensorio.dtype_name(w.dtype), fmt=fmt, lqer=None)
 
 
 def add_lqer(results: dict[str, MatrixResult], cfg: QuantizeConfig) -> list[str]:
@@ -70,17 +76,18 @@ def add_lqer(results: dict[str, MatrixResult], cfg: QuantizeConfig) -> list[str]
             correction = lqer.pack_asym(a, b, cfg.lqer.group)
         else:
             correction = lqer.pack_sym(a, b, cfg.lqer.factor_bits)
-        r.error = r.error - lqer.unpack(correction)
         e = r.entry
         r.entry = formats.Entry(name=e.name, shape=e.shape, dtype=e.dtype, fmt=e.fmt, lqer=correction)
     return chosen
 
 
-def tensor_report(name: str, w: Tensor, r: MatrixResult, d: Decision) -> dict:
+def tensor_report(name: str, r: MatrixResult, d: Decision) -> dict:
+    """One matrix's errors as stored (LQER included), in the quantization domain; the rotation is orthogonal, so
+    both equal those of the dequantized weight against W and the unrotated H."""
     layer = int(name.split(".")[1]) if name.startswith("blocks.") else -1
-    return {"name": name, "layer": layer, "kind": d.kind, "bits": d.spec.bits, "numel": w.numel(),
-            "rel_error": float(r.error.norm() / w.float().norm().clamp_min(1e-12)),
-            "h_error": float(torch.einsum("ij,jk,ik->", r.error, r.hessian, r.error)),
+    error = r.error
+    return {"name": name, "layer": layer, "kind": d.kind, "bits": d.spec.bits, "numel": r.target.numel(),
+            "rel_error": gptq.relative_error(error, r.target), "h_error": gptq.hessian_error(error, r.hessian),
             "lqer": r.entry.lqer is not None}  # fmt: skip
 
 
@@ -88,6 +95,13 @@ def quantize_state(
     state: dict[str, Tensor], hessians: dict[str, Tensor], decisions: dict[str, Decision], cfg: QuantizeConfig
 ) -> tuple[list[formats.Entry], list[dict], list[str]]:
     """Entries for every tensor (in state order), the per-matrix reports, and the LQER choice."""
+    missing = [name for name in state if decisions[name].spec is not None and name not in hessians]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise PgolfError(
+            f"quantize: no Hessian for {', '.join(map(repr, missing[:3]))}{more} among the {len(hessians)} in "
+            "artifacts/calibrate (collected for another model or policy); re-run `dvc repro calibrate` on this export"
+        )
     results: dict[str, MatrixResult] = {}
     others: dict[str, formats.Entry] = {}
     for name, w in state.items():
@@ -95,42 +109,42 @@ def quantize_state(
         if d.spec is None:
             others[name] = other_entry(name, w, d)
         else:
-            if name not in hessians:
-                raise KeyError(f"{name}: no Hessian in artifacts/calibrate; re-run `dvc repro calibrate`")
             results[name] = quantize_matrix(name, w, hessians[name], d, cfg)
     chosen = add_lqer(results, cfg)
-    reports = [tensor_report(n, state[n], r, decisions[n]) for n, r in results.items()]
+    reports = [tensor_report(n, r, decisions[n]) for n, r in results.items()]
     entries = [results[n].entry if n in results else others[n] for n in state]
     return entries, reports, chosen
 
 
-def dequantized_model(entries: list[formats.Entry], model_cfg: ModelConfig) -> GPT:
-    model = GPT(model_cfg)
-    model.load_state_dict(formats.dequantized_state(entries))
-    return model
+def dequantized_model(entries: list[formats.Entry], model_config: dict) -> GPT:
+    """The GPT holding the dequantized weights, exactly as the evaluate stage rebuilds it from model.bin."""
+    return build_model(model_config, formats.dequantized_state(entries))
 
 
-def run_quantize(cfg: QuantizeConfig, eval_cfg: ExportConfig, paths: dict[str, Path]) -> dict:
-    """Quantize artifacts/export with artifacts/calibrate's Hessians into artifacts/quant; returns the metrics."""
+def run_quantize(cfg: QuantizeConfig, score: ScoreConfig, paths: dict[str, Path]) -> dict:
+    """Quantize artifacts/export with artifacts/calibrate's Hessians into artifacts/quant; returns the metrics,
+    with the ladder's ``dequantized`` rung (the one scorer on the ``score`` section's documents)."""
     start = time.perf_counter()
-    state, meta = ckpt.load_tensors(paths["export"] / MODEL_FILE)
-    hessians, _ = ckpt.load_tensors(paths["calibrate"] / HESSIANS_FILE)
-    model_cfg = ModelConfig.model_validate(meta["model_config"])
-    decisions = decide(GPT(model_cfg), cfg)
+    state, meta = tensorio.load_tensors(paths["export"] / artifacts.MODEL_FILE)
+    hessians, _ = tensorio.load_tensors(paths["calibrate"] / artifacts.HESSIANS_FILE)
+    decisions = decide(GPT(ModelConfig.model_validate(meta["model_config"])), cfg)
     entries, reports, chosen = quantize_state(state, hessians, decisions, cfg)
     seconds = time.perf_counter() - start
     tensors, manifest = formats.to_tensors(entries)
     out = paths["out"]
     out.mkdir(parents=True, exist_ok=True)
-    ckpt.save_tensors(out / formats.QUANT_FILE, tensors, {})
+    tensorio.save_tensors(out / formats.QUANT_FILE, tensors, {})
     full = {"formats": manifest, "model_config": meta["model_config"], "train": {k: meta[k] for k in
             ("steps", "looping_from_step", "averaging")}, "quantize": cfg.model_dump()}  # fmt: skip
     (out / formats.MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
     val = load_val(paths["shards"], paths["tokenizer"])
-    looped = meta["looping_from_step"] is not None
-    roundtrip = score(dequantized_model(entries, model_cfg), val, eval_cfg, looped)
-    return {"quantized": roundtrip, "lqer_tensors": chosen, "quantize_seconds": round(seconds, 2),
-            "tensors": reports}  # fmt: skip
+    info = dist_info()
+    model = dequantized_model(entries, meta["model_config"]).to(info.device)
+    docs = scored_documents(val, score, model.cfg.bos_id)
+    ctx = EvalContext(meta["looping_from_step"] is not None, progress=info.is_main)
+    dequantized = rung(score_model(model, val, docs, score, ctx, name="dequantized"))
+    return {"documents": document_set(val, docs), "dequantized": dequantized, "lqer_tensors": chosen,
+            "quantize_seconds": round(seconds, 2), "tensors": reports}  # fmt: skip
 
 
 def write_metrics(metrics: dict, summary_path: Path, tensors_path: Path) -> None:

@@ -76,14 +76,13 @@ class TrainConfig(Section):
     qat: QatConfig
     log_every: int
     val_every: int
-    """Steps between validation losses during training (0 = none)."""
-    val_max_tokens: int
-    """Validation tokens scored during training (0 = all); the export stage always scores all."""
+    """Steps between validation scores during training (0 = none but the last), on the ``score`` section's
+    documents with the one scorer (:mod:`pgolf.eval.score`)."""
     checkpoint_seconds: float
     """Wall-clock seconds between resumable checkpoints (0 = none)."""
     compile: bool
     """torch.compile the model (one graph per cu_seqlens bucket and schedule, built in the warm-up) and Muon's
-    Newton–Schulz (CUDA only; ignored on CPU). See :mod:`pgolf.train.compile`."""
+    Newton–Schulz (CUDA only; ignored on CPU). See :mod:`pgolf.compiler`."""
 
     def grad_accum(self, world_size: int) -> int:
         per_step = world_size * self.micro_batch_tokens

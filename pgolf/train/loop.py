@@ -20,15 +20,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pgolf import dist
-from pgolf.eval.bpb import ValData, evaluate_model
+from pgolf import compiler as tc
+from pgolf import dist, tensorio
+from pgolf.artifacts import META_FILE, RAW_FILE, averaged_file
+from pgolf.eval.bpb import ValData
+from pgolf.eval.common import EvalContext
+from pgolf.eval.documents import Document
+from pgolf.eval.score import ScoreConfig, rung, score_model
 from pgolf.model.config import ModelConfig
 from pgolf.model.gpt import GPT
 from pgolf.optim.averaging import EMA, TightSWA
 from pgolf.optim.schedule import looping_active, lr_multiplier, momentum_at, progress
 from pgolf.train import checkpoint as ckpt
-from pgolf.train import compile as tc
-from pgolf.train.checkpoint import META_FILE, RAW_FILE
 from pgolf.train.config import TrainConfig
 from pgolf.train.loader import PackingLoader
 from pgolf.train.qat import FakeQuant, install_fake_quant
@@ -64,7 +67,7 @@ class Run:
     grad_accum: int
     fingerprint: str
     forward: Callable[..., torch.Tensor]
-    """The model, or its torch.compile'd version on CUDA (:mod:`pgolf.train.compile`)."""
+    """The model, or its torch.compile'd version on CUDA (:mod:`pgolf.compiler`)."""
     state: Progress = field(default_factory=Progress)
     qat: FakeQuant | None = None
     """Late QAT's shared fake quantizer (installed before compiling), when train.qat.enabled."""
@@ -157,15 +160,15 @@ def save_checkpoint(run: Run, directory: Path) -> None:
         t, meta = ckpt.optimizer_tensors(opt, name)
         tensors.update(t)
         info[name] = meta
-    ckpt.save_tensors(directory / f"optim_rank{run.info.rank}.safetensors", tensors, info)
+    tensorio.save_tensors(directory / f"optim_rank{run.info.rank}.safetensors", tensors, info)
     if run.info.is_main:
         state = {f"model.{k}": v for k, v in run.model.state_dict().items()}
-        averaged = run.averager.state_dict() if isinstance(run.averager, EMA) else run.averager.resume_state()
+        averaged = run.averager.resume_state()
         state.update({f"avg.{k}": v for k, v in averaged.items() if isinstance(v, torch.Tensor)})
         extra = {k: v for k, v in averaged.items() if not isinstance(v, torch.Tensor)}
         meta = {"fingerprint": run.fingerprint, "progress": asdict(run.state), "loader": run.loader.state_dict(),
                 "averager_extra": extra}  # fmt: skip
-        ckpt.save_tensors(directory / "state.safetensors", state, meta)
+        tensorio.save_tensors(directory / "state.safetensors", state, meta)
     dist.barrier()
 
 
@@ -175,17 +178,14 @@ def try_resume(run: Run, directory: Path) -> bool:
     optim_path = directory / f"optim_rank{run.info.rank}.safetensors"
     if not path.is_file() or not optim_path.is_file():
         return False
-    tensors, meta = ckpt.load_tensors(path)
+    tensors, meta = tensorio.load_tensors(path)
     if meta.get("fingerprint") != run.fingerprint:
         dist.print0(f"train: ignoring {directory}: it belongs to another configuration")
         return False
     run.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     averaged = {k[4:]: v for k, v in tensors.items() if k.startswith("avg.")}
-    if isinstance(run.averager, EMA):
-        run.averager.load_state_dict(averaged)
-    else:
-        run.averager.load_state_dict({**averaged, **meta["averager_extra"]})
-    opt_tensors, opt_info = ckpt.load_tensors(optim_path)
+    run.averager.load_state_dict({**averaged, **meta["averager_extra"]})
+    opt_tensors, opt_info = tensorio.load_tensors(optim_path)
     for name, opt in zip(("muon", "embed", "scalar"), run.opts.all(), strict=True):
         ckpt.load_optimizer(opt, name, opt_tensors, opt_info[name])
     run.loader.load_state_dict(meta["loader"])
@@ -230,15 +230,23 @@ class Logger:
             self.live.end()
 
 
-def validate(run: Run, val: ValData, looped: bool) -> tuple[float, float]:
-    """(val_loss, val_bpb) of the live weights, through the package's one BPB module."""
-    windows = max(1, run.cfg.micro_batch_tokens // run.cfg.seq_len)
-    totals = evaluate_model(run.model, val, seq_len=run.cfg.seq_len, batch_windows=windows, looped=looped)
-    run.model.train()
-    return totals.val_loss, totals.val_bpb
+@dataclass(frozen=True)
+class Validation:
+    """What training validation scores: the ``score`` section's documents, with the one scorer
+    (:func:`pgolf.eval.score.score_model`), so the last point is the ladder's ``prequant_raw`` rung."""
+
+    val: ValData
+    docs: list[Document]
+    score: ScoreConfig
 
 
-def _one_step(run: Run, logger: Logger, val: ValData | None) -> bool:
+def validate(run: Run, v: Validation, looped: bool) -> dict:
+    """The score (val_bpb, val_loss, tokens, bytes) of the live weights; the model is left as it was."""
+    ctx = EvalContext(looped, run.info.rank, run.info.world_size)
+    return rung(score_model(run.model, v.val, v.docs, v.score, ctx, name="val"))
+
+
+def _one_step(run: Run, logger: Logger, val: Validation | None) -> bool:
     """Run one optimizer step unless the budget is spent; return whether training goes on."""
     s, cfg, device = run.state, run.cfg, run.info.device
     frac = dist.all_max(progress(s.train_seconds, s.step, cfg.max_wallclock_seconds, cfg.iterations), device)
@@ -260,10 +268,7 @@ def _one_step(run: Run, logger: Logger, val: ValData | None) -> bool:
     if dist.any_true(not math.isfinite(loss), device):
         raise TrainingDiverged(f"train: loss is {loss} at step {s.step}; lower train.muon.lr / train.adam.*_lr or "
                                "check the data (weights were not written)")  # fmt: skip
-    if isinstance(run.averager, EMA):
-        run.averager.update(run.model)
-    else:
-        run.averager.maybe_update(run.model, s.step, lr_mul)
+    run.averager.after_step(run.model, s.step, lr_mul)
     s.step, s.train_seconds, s.tokens, s.last_loss = (
         s.step + 1,
         s.train_seconds + elapsed,
@@ -276,13 +281,18 @@ def _one_step(run: Run, logger: Logger, val: ValData | None) -> bool:
                             "train/looped": float(looped),
                             "train/qat": float(run.qat is not None and run.qat.active)})  # fmt: skip
     if val is not None and cfg.val_every and s.step % cfg.val_every == 0:
-        val_loss, val_bpb = validate(run, val, looped)
-        logger.log(s.step, {"val/loss": val_loss, "val/bpb": val_bpb})
+        _log_val(run, logger, val, looped)
     logger.progress(frac, loss)
     return True
 
 
-def train(run: Run, *, val: ValData | None, resume_dir: Path, live_dir: Path) -> dict:
+def _log_val(run: Run, logger: Logger, val: Validation, looped: bool) -> dict:
+    score = validate(run, val, looped)
+    logger.log(run.state.step, {"val/loss": score["val_loss"], "val/bpb": score["val_bpb"]})
+    return score
+
+
+def train(run: Run, *, val: Validation | None, resume_dir: Path, live_dir: Path) -> dict:
     """Warm up, resume if possible, train until the budget is spent; returns the summary for meta.json."""
     warm_seconds = warmup(run)
     resumed = try_resume(run, resume_dir)
@@ -296,6 +306,11 @@ def train(run: Run, *, val: ValData | None, resume_dir: Path, live_dir: Path) ->
             if run.cfg.checkpoint_seconds and since >= run.cfg.checkpoint_seconds:
                 save_checkpoint(run, resume_dir)
                 last_save = time.perf_counter()
+        final = None
+        if val is not None:  # the last point of the curve: the raw weights training ends with
+            looped = run.state.looping_from_step is not None
+            logged = run.cfg.val_every and run.state.step % run.cfg.val_every == 0
+            final = validate(run, val, looped) if logged else _log_val(run, logger, val, looped)
     finally:
         logger.close()
     s = run.state
@@ -304,7 +319,7 @@ def train(run: Run, *, val: ValData | None, resume_dir: Path, live_dir: Path) ->
             "final_train_loss": s.last_loss, "resumed": resumed, "world_size": run.info.world_size,
             "grad_accum": run.grad_accum, "averaging": run.cfg.averaging.kind, "compiled": run.compiling,
             "graphs_at_warmup": run.graphs_at_warmup, "graphs_in_training": run.graphs_in_training,
-            "commit": code_version()}  # fmt: skip
+            "final_val": final, "commit": code_version()}  # fmt: skip
 
 
 def code_version() -> str:
@@ -322,6 +337,6 @@ def write_outputs(run: Run, out_dir: Path, summary: dict) -> None:
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"model_config": run.model.cfg.model_dump(), **summary}
-    ckpt.save_tensors(out_dir / RAW_FILE, run.model.state_dict(), meta)
-    ckpt.save_tensors(out_dir / f"{run.cfg.averaging.kind}.safetensors", run.averager.state_dict(), meta)
+    tensorio.save_tensors(out_dir / RAW_FILE, run.model.state_dict(), meta)
+    tensorio.save_tensors(out_dir / averaged_file(run.cfg.averaging.kind), run.averager.state_dict(), meta)
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")

@@ -13,10 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from pgolf import dist
+from pgolf.compiler import CompileLimitHit
 from pgolf.dist import autocast
 from pgolf.model.gpt import GPT
 from pgolf.optim.muon import Muon
-from pgolf.train.compile import CompileLimitHit
 from pgolf.train.config import TrainConfig
 from pgolf.train.loader import PackingLoader
 
@@ -119,7 +119,7 @@ def train_step(
     """Accumulate ``grad_accum`` micro-batches, clip and average gradients across ranks (clipping before the
     average for ``clip_scope="local"``, after it for ``"global"``), step. Returns the mean loss.
 
-    ``compiled``: the forward is a :class:`~pgolf.train.compile.CompiledModel`; every rank then agrees (one flag
+    ``compiled``: the forward is a :class:`~pgolf.compiler.CompiledModel`; every rank then agrees (one flag
     all-reduce) on whether some rank hit the recompile limit, and all of them raise it, instead of one rank dying
     while the others wait in the gradient all-reduce."""
     total, failure = _accumulate(forward, loader, grad_accum, looped, device)

@@ -1,0 +1,166 @@
+"""The one scorer: every val_bpb of the ladder comes from :func:`score_model` on the ``score`` section's documents.
+
+Training validation, export (pre-quantization raw and averaged weights), the quantize round trip (dequantized
+weights) and the evaluate stage's plain score of ``model.bin`` all call :func:`score_model` with the same
+``score`` section, so each rung of the ladder differs from the one before only by what the stage did to the
+weights. The evaluation modes (sliding, TTT) score the same documents; :func:`document_set` names them in every
+metrics file (count, targets, bytes and a sha256 of the scored tokens and byte counts).
+
+The score: non-overlapping windows of ``score.seq_len`` aligned to each document's start (the record's
+``eval_val`` diagnostic, confined to documents; a document longer than a window restarts its context at each
+window), every target scored once, sums in float64 (:mod:`pgolf.eval.bpb`). It always scores fp32 parameters (a
+model holding bf16 or fp16 tensors is scored through an fp32 copy of its values) under the device's autocast
+(bf16 on CUDA, none on CPU), so no rung mixes in a change of compute precision: the export stage's bf16 embedding
+changes the *values* scored (rounded to bf16), never the arithmetic.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from pgolf.config import ConfigError, Section
+from pgolf.eval.bpb import BpbTotals, ValData
+from pgolf.eval.common import (
+    EvalContext,
+    ModeResult,
+    Scores,
+    model_device,
+    score_windows,
+    set_trainable,
+    window_batches,
+)
+from pgolf.eval.compile import Backend, CompileStats, EvalForward, batch_shapes, warmup
+from pgolf.eval.documents import Document, Window, gather, sliding_windows, split_documents
+
+
+class ScoreConfig(Section):
+    """params.yaml ``score``: the documents every val_bpb is measured on, and the plain score's windows."""
+
+    docs: int  # the first N validation documents; 0 = all (record: all 50,000)
+    seq_len: int  # record: EVAL_SEQ_LEN = 2048
+    batch_windows: int  # record: 32 windows per rank
+
+    def model_post_init(self, _context: object) -> None:
+        problems = [f"score.{k} must be positive (got {v})" for k, v in
+                    (("seq_len", self.seq_len), ("batch_windows", self.batch_windows)) if v <= 0]  # fmt: skip
+        if self.docs < 0:
+            problems.append(f"score.docs must be >= 0 (0 = all documents), got {self.docs}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+def scored_documents(val: ValData, cfg: ScoreConfig, bos_id: int) -> list[Document]:
+    """The documents every score and every mode covers: the first ``score.docs`` (0 = all)."""
+    return split_documents(val.tokens, bos_id, cfg.docs)
+
+
+def document_set(val: ValData, docs: list[Document]) -> dict:
+    """What names a document set in a metrics file: how many documents, targets and bytes, and a sha256 of their
+    tokens (uint16) and per-target byte counts (int64), so two files can be checked to score the same set."""
+    if not docs:
+        raise ValueError("an empty document set")
+    lo, hi = docs[0].start, docs[-1].end
+    digest = hashlib.sha256(np.ascontiguousarray(val.tokens[lo:hi], dtype="<u2").tobytes())
+    digest.update(np.ascontiguousarray(val.target_bytes[lo + 1 : hi], dtype="<i8").tobytes())
+    return {"count": len(docs), "targets": int(sum(d.num_targets for d in docs)),
+            "bytes": int(val.target_bytes[lo + 1 : hi].sum()), "sha256": digest.hexdigest()}  # fmt: skip
+
+
+def document_windows(docs: list[Document], seq_len: int, stride: int) -> list[Window]:
+    return [w for doc in docs for w in sliding_windows(doc, seq_len, stride)]
+
+
+def fp32_model(model: nn.Module) -> nn.Module:
+    """``model`` itself when every floating tensor is fp32, else an fp32 copy of it (values, not arithmetic)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.dtype == torch.float32 for t in tensors if t.is_floating_point()):
+        return model
+    return copy.deepcopy(model).float()
+
+
+def fixed_model_forward(
+    model: nn.Module, batches: list[list[Window]], *, seq_len: int, batch_windows: int, looped: bool,
+    compile_backend: Backend,
+) -> tuple[EvalForward, CompileStats]:  # fmt: skip
+    """The scoring forward of a fixed model (``eval()``, frozen: the state every scoring call has, which the
+    compiled graphs are guarded on), warmed up on the shapes of this rank's ``batches`` of windows."""
+    model.eval()
+    set_trainable(model, False)
+    forward = EvalForward(model, looped, compile_backend, max_width=seq_len)
+    return forward, warmup(forward, batch_shapes(forward, batches, batch_windows))
+
+
+def score_fixed(
+    model: nn.Module, val: ValData, windows: list[Window], *, seq_len: int, batch_windows: int, ctx: EvalContext,
+    name: str,
+) -> ModeResult:  # fmt: skip
+    """Score ``windows`` with ``model`` as it is (``eval()``, frozen, no_grad); the warm-up is not timed."""
+    batches = window_batches(windows, batch_windows, ctx.rank, ctx.world_size)
+    forward, stats = fixed_model_forward(model, batches, seq_len=seq_len, batch_windows=batch_windows,
+                                         looped=ctx.looped, compile_backend=ctx.compile_backend)  # fmt: skip
+    start = time.perf_counter()
+    scores = Scores(model_device(model), ctx.recorder)
+    score_windows(forward, val, windows, scores, batch_windows=batch_windows, rank=ctx.rank,
+                  world_size=ctx.world_size, progress=ctx.progress, desc=name)  # fmt: skip
+    totals = scores.totals()
+    return ModeResult(name, totals, {"eval": time.perf_counter() - start}, compile=stats.finish(name))
+
+
+def score_model(
+    model: nn.Module, val: ValData, docs: list[Document], cfg: ScoreConfig, ctx: EvalContext, name: str = "plain"
+) -> ModeResult:
+    """The score of ``model`` on ``docs``: every rung of the ladder. ``model`` keeps its train/eval mode and its
+    ``requires_grad`` flags (training validation scores the live model)."""
+    scored = fp32_model(model)
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        windows = document_windows(docs, cfg.seq_len, cfg.seq_len)
+        return score_fixed(scored, val, windows, seq_len=cfg.seq_len, batch_windows=cfg.batch_windows, ctx=ctx,
+                           name=name)  # fmt: skip
+    finally:
+        model.train(was_training)
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
+class TokenModelForward:
+    """A scoring forward for a model of the target token alone (``log_probs[target]``: the unigram baseline),
+    through the same windows and sums as :func:`score_model`."""
+
+    compiled = False
+
+    def __init__(self, log_probs: torch.Tensor) -> None:
+        self.log_probs = log_probs
+        self.device = log_probs.device
+
+    def gather(self, val: ValData, windows: list[Window], rows: int = 0):  # noqa: ANN201 - documents.Rows
+        return gather(val, windows)
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, adapters: object = None) -> torch.Tensor:
+        return -self.log_probs[targets]
+
+
+def score_token_model(log_probs: torch.Tensor, val: ValData, docs: list[Document], cfg: ScoreConfig,
+                      ctx: EvalContext) -> BpbTotals:  # fmt: skip
+    """The totals of a token-only model on ``docs`` in :func:`score_model`'s windows."""
+    scores = Scores(log_probs.device)
+    windows = document_windows(docs, cfg.seq_len, cfg.seq_len)
+    score_windows(TokenModelForward(log_probs), val, windows, scores, batch_windows=cfg.batch_windows, rank=ctx.rank,
+                  world_size=ctx.world_size)  # fmt: skip
+    return scores.totals()
+
+
+def rung(result: ModeResult | BpbTotals) -> dict:
+    """A ladder rung for a metrics file: val_bpb, val_loss, scored tokens and bytes (and seconds of a mode)."""
+    t = result.totals if isinstance(result, ModeResult) else result
+    out = {"val_bpb": t.val_bpb, "val_loss": t.val_loss, "tokens": t.tokens, "bytes": t.bytes}
+    if isinstance(result, ModeResult):
+        out["seconds"] = round(sum(result.seconds.values()), 3)
+    return out

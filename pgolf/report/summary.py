@@ -1,0 +1,126 @@
+"""The run at a glance: the score ladder on one document set, the bytes, and the measured compliance.
+
+Built from the metrics the stages wrote (nothing is recomputed or declared here) into ``metrics/summary.json`` (the
+headline DVC metrics) and ``metrics/ladder.csv`` (one row per rung: the ``dvc plots`` bar view):
+
+* **ladder**: ``prequant_raw`` and ``prequant_<weights>`` (export), ``dequantized`` (quantize), ``model_bin``
+  (evaluate's plain score of the decoded ``model.bin``), then each evaluation mode. Every rung comes from the one
+  scorer (:mod:`pgolf.eval.score`) on the same documents: the stage fails, naming the file, when two metrics
+  files name different document sets. ``model_bin_equals_dequantized`` says whether the decoded rung equals the
+  dequantized one to the last bit (it must: same weights, same scorer, same documents; a multi-rank evaluation
+  sums in another order and may differ in the last digits).
+* **compliance**, each figure measured by the stage that ran it:
+  ``train``: training seconds + Hessian-collection seconds (the record's 600 s include the Hessians) against the
+  training budget; ``eval``: per mode, decompress + warm-up + scoring with TTT, each once, and their total, against
+  the evaluation budget, with the mode's audit standing (compliant / unaudited / violated); ``artifact``: the
+  counted bytes against the limit; ``data``: the training and calibration documents checked against the
+  validation documents' hashes. ``compliant`` is true only when every check holds and the reported mode's audits
+  ran and passed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pgolf.config import Section
+from pgolf.errors import PgolfError
+
+REPORTED_MODE = "lora_ttt"
+
+
+class ComplianceConfig(Section):
+    """params.yaml ``compliance``: the challenge's budgets, for the hardware they are defined on."""
+
+    hardware: str  # the hardware the budgets hold for (the challenge: 8xH100)
+    train_budget_seconds: float  # training + Hessian collection (the challenge: 600)
+    eval_budget_seconds: float  # decompress + warm-up + scoring + TTT (the challenge: 600)
+
+
+def read_json(path: Path, stage: str) -> dict:
+    if not path.is_file():
+        raise PgolfError(f"{path}: not found; run `dvc repro {stage}` first")
+    return json.loads(path.read_text())
+
+
+def _same_documents(sets: dict[str, dict]) -> dict:
+    """The one document set every metrics file names; an error naming the first file that differs."""
+    (first, reference), *others = sets.items()
+    for name, docs in others:
+        if docs != reference:
+            raise PgolfError(
+                f"{name} scored another document set than {first} ({docs} vs {reference}): the ladder would not "
+                "compare rung by rung; re-run the stages after changing the `score` section (`dvc repro`)"
+            )
+    return reference
+
+
+def ladder(export: dict, quantize: dict, evaluate: dict) -> dict[str, float]:
+    """val_bpb per rung, in order."""
+    rungs = {"prequant_raw": export.get("prequant_raw", export.get(f"prequant_{export['weights']}"))["val_bpb"]}
+    rungs[f"prequant_{export['weights']}"] = export[f"prequant_{export['weights']}"]["val_bpb"]
+    rungs["dequantized"] = quantize["dequantized"]["val_bpb"]
+    modes = evaluate["modes"]
+    rungs["model_bin"] = modes["plain"]["val_bpb"]
+    rungs.update({name: m["val_bpb"] for name, m in modes.items() if name != "plain"})
+    return rungs
+
+
+def compliance(cfg: ComplianceConfig, train: dict, calibrate: dict, size: dict, evaluate: dict) -> dict:
+    """The measured checks (see the module docstring)."""
+    train_s, calib_s = float(train["train_seconds"]), float(calibrate["seconds"])
+    total = train_s + calib_s
+    budget = cfg.train_budget_seconds
+    out = {"train": {"hardware": train["hardware"], "budget_hardware": cfg.hardware, "train_seconds": train_s,
+                     "calibrate_seconds": calib_s, "total_seconds": round(total, 3), "budget_seconds": budget,
+                     "within": total <= budget}}  # fmt: skip
+    out["eval"] = {}
+    for name, m in evaluate["modes"].items():
+        s = m["seconds"]
+        out["eval"][name] = {"decompress_seconds": s["decompress"], "warmup_seconds": s["warmup"],
+                             "scoring_seconds": s["scoring"], "total_seconds": s["total"],
+                             "budget_seconds": cfg.eval_budget_seconds, "within": s["total"] <= cfg.eval_budget_seconds,
+                             "audit": m["compliance"]}  # fmt: skip
+    out["artifact"] = {"bytes": size["total_bytes"], "limit": size["limit_bytes"],
+                       "within": size["total_bytes"] <= size["limit_bytes"]}  # fmt: skip
+    checks = {"train": train["provenance"], "calibrate": calibrate["provenance"]}
+    out["data"] = {"val_documents": train["provenance"]["val_documents"],
+                   **{f"{k}_documents": v["train_documents"] for k, v in checks.items()},
+                   "overlap": sum(v["overlap"] for v in checks.values()),
+                   "passed": all(v["passed"] for v in checks.values())}  # fmt: skip
+    reported = REPORTED_MODE if REPORTED_MODE in out["eval"] else list(out["eval"])[-1]
+    out["reported_mode"] = reported
+    out["compliant"] = bool(out["train"]["within"] and out["eval"][reported]["within"] and out["artifact"]["within"]
+                            and out["data"]["passed"] and out["eval"][reported]["audit"] == "compliant")  # fmt: skip
+    return out
+
+
+def build(cfg: ComplianceConfig, metrics: Path) -> dict:
+    """metrics/summary.json's content from the stages' metrics files in ``metrics``."""
+    export = read_json(metrics / "export.json", "export")
+    quantize = read_json(metrics / "quantize.json", "quantize")
+    evaluate = read_json(metrics / "eval.json", "evaluate")
+    size = read_json(metrics / "size.json", "size")
+    train = read_json(metrics / "train.json", "train")
+    calibrate = read_json(metrics / "calibrate.json", "calibrate")
+    docs = _same_documents({"metrics/train.json": train["final_val_documents"],
+                            "metrics/export.json": export["documents"],
+                            "metrics/quantize.json": quantize["documents"],
+                            "metrics/eval.json": evaluate["documents"]})  # fmt: skip
+    rungs = ladder(export, quantize, evaluate)
+    return {
+        "documents": docs,
+        "ladder": rungs,
+        "model_bin_equals_dequantized": rungs["model_bin"] == rungs["dequantized"],
+        "train_val_equals_prequant_raw": train["final_val"]["val_bpb"] == rungs["prequant_raw"],
+        "bytes": {"model": size["model_bytes"], "code": size["code_bytes"], "total": size["total_bytes"],
+                  "limit": size["limit_bytes"], "fits": size["fits"]},
+        "compliance": compliance(cfg, train, calibrate, size, evaluate),
+    }  # fmt: skip
+
+
+def write(summary: dict, path: Path, ladder_csv: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    rows = ["rung,val_bpb"] + [f"{name},{bpb}" for name, bpb in summary["ladder"].items()]
+    ladder_csv.write_text("\n".join(rows) + "\n")
