@@ -31,8 +31,9 @@ def calibrate(cfg: CalibrateConfig, export_dir: Path, shard_dir: Path, out: Path
         summary = {"tokens": tokens, "batches": cfg.batches, "looped": looped, "doc_isolated": cfg.doc_isolated,
                    "matrices": len(hessians), "seconds": round(time.perf_counter() - start, 2),
                    "world_size": info.world_size, "hardware": info.hardware, "provenance": provenance}  # fmt: skip
-        if info.is_main:
-            tensorio.save_tensors(out / artifacts.HESSIANS_FILE, hessians, summary)
+        if info.is_main:  # with the Hessians only what they are, not how long they took: the same bytes every run
+            kept = {k: summary[k] for k in ("tokens", "batches", "looped", "doc_isolated", "matrices", "world_size")}
+            tensorio.save_tensors(out / artifacts.HESSIANS_FILE, hessians, kept)
     finally:
         dist.shutdown()
     return summary

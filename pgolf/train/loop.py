@@ -331,12 +331,19 @@ def code_version() -> str:
     return out.stdout.strip()
 
 
+REPRODUCIBLE = ("steps", "tokens", "looping_from_step", "final_train_loss", "resumed", "world_size", "grad_accum",
+                "averaging", "compiled")
+"""The summary fields kept with the weights: what the run did, never how long it took, where or at which commit, so
+the same seed gives the same bytes in ``artifacts/train/`` and DVC skips every later stage (the rest:
+``metrics/train.json``)."""
+
+
 def write_outputs(run: Run, out_dir: Path, summary: dict) -> None:
-    """raw.safetensors, <averaging>.safetensors and meta.json (with the resolved model config)."""
+    """raw.safetensors, <averaging>.safetensors and meta.json (the resolved model config and :data:`REPRODUCIBLE`)."""
     if not run.info.is_main:
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"model_config": run.model.cfg.model_dump(), **summary}
+    meta = {"model_config": run.model.cfg.model_dump(), **{k: summary[k] for k in REPRODUCIBLE if k in summary}}
     tensorio.save_tensors(out_dir / RAW_FILE, run.model.state_dict(), meta)
     tensorio.save_tensors(out_dir / averaged_file(run.cfg.averaging.kind), run.averager.state_dict(), meta)
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
