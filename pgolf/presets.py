@@ -45,7 +45,7 @@ SECTIONS: dict[str, type[Section]] = {
     "quantize": QuantizeConfig,
     "compress": CompressConfig,
     "bundle": BundleConfig,
-    "size": SizeConfig,
+    "artifact": SizeConfig,
     "eval": EvalConfig,
     "compliance": ComplianceConfig,
 }

@@ -1,5 +1,5 @@
 """Stage size: sum the bytes of the files in artifacts/submission/ -> metrics/size.json (written first), then fail
-over the 16,000,000-byte limit unless size.enforce is false."""
+over the 16,000,000-byte limit unless artifact.enforce is false."""
 
 import argparse
 import json
@@ -17,7 +17,7 @@ def main() -> None:
     parser.add_argument("--metrics", default="metrics/size.json")
     args = parser.parse_args()
 
-    cfg = load_section("size", SizeConfig, args.params)
+    cfg = load_section("artifact", SizeConfig, args.params)
     metrics = measure(Path(args.submission), cfg.limit_bytes)
     Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
     Path(args.metrics).write_text(json.dumps(metrics, indent=2) + "\n")

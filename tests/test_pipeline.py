@@ -1,6 +1,7 @@
 """The pipeline's wiring: dvc.yaml lists exactly what each stage reads; house rules; the stages end to end."""
 
 import ast
+import copy
 import re
 import subprocess
 import sys
@@ -124,3 +125,61 @@ def test_unknown_params_key_stops_a_stage(tmp_path):
     cmd = [sys.executable, "-m", "stages.tokenizer", "--params", tmp_path / "params.yaml", "--out", tmp_path / "t"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "tokenizer.vocab: unknown key" in result.stderr
+
+
+def _leaves(tree: dict, prefix: tuple = ()):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def _changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, list):
+        return [*value, "x"]
+    return f"{value}x"
+
+
+def _set(tree: dict, path: tuple, value) -> None:
+    for key in path[:-1]:
+        tree = tree[key]
+    tree[path[-1]] = value
+
+
+def _run_cache_key(stage: dict, params: dict) -> str:
+    """DVC's run-cache key of a stage (dvc.stage.cache), from a lock entry as DVC writes it."""
+    from dvc.stage.cache import _get_cache_hash
+
+    lock = {"cmd": stage["cmd"], "deps": [{"path": d, "md5": "0" * 32} for d in stage["deps"]],
+            "params": {"params.yaml": {s: copy.deepcopy(params[s]) for s in stage["params"]}},
+            "outs": [{"path": next(iter(o)) if isinstance(o, dict) else o} for o in stage.get("outs", [])]}  # fmt: skip
+    return _get_cache_hash(lock, key=True)
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_every_params_key_changes_its_stages_run_cache_key(name):
+    """DVC drops every key named ``size`` or ``nfiles``, at any depth, from the hashes it computes
+    (treeverse/dvc#10296): a params key of that name would never re-run its stage. Every leaf of every section a
+    stage reads must change the stage's run-cache key."""
+    pytest.importorskip("dvc")
+    params, stage = read_params(ROOT / "params.yaml"), STAGES[name]
+    base = _run_cache_key(stage, params)
+    for section in stage["params"]:
+        for path, value in _leaves(params[section]):
+            changed = copy.deepcopy(params)
+            _set(changed[section], path, _changed(value))
+            assert _run_cache_key(stage, changed) != base, f"{section}.{'.'.join(map(str, path))} is invisible to DVC"
+
+
+def test_a_section_named_size_would_be_invisible_to_dvc():
+    """Why the size stage's section is called ``artifact``: the check above is able to fail."""
+    pytest.importorskip("dvc")
+    stage = {**STAGES["size"], "params": ["size"]}
+    before = {"size": {"limit_bytes": 16_000_000, "enforce": True}}
+    after = {"size": {"limit_bytes": 400_000, "enforce": False}}
+    assert _run_cache_key(stage, before) == _run_cache_key(stage, after)

@@ -1,7 +1,7 @@
 """The size stage: the bytes of the files actually in artifacts/submission/ against the 16,000,000-byte limit.
 
 Model bytes are model.bin's, code bytes every other file's (the code bundle); nothing is estimated. The metrics
-file is written before the check fails, so an over-budget ablation with ``size.enforce: false`` keeps its
+file is written before the check fails, so an over-budget ablation with ``artifact.enforce: false`` keeps its
 experiment row (a failed DVC stage records none; dvc-notes §3).
 """
 
@@ -58,5 +58,5 @@ def check(metrics: dict, enforce: bool) -> None:
         f"submission is {metrics['total_bytes']:,} bytes, {-metrics['margin_bytes']:,} over the "
         f"{metrics['limit_bytes']:,}-byte limit (model {metrics['model_bytes']:,} + code {metrics['code_bytes']:,}); "
         f"largest streams: {biggest}. Lower bits or clip sigmas in `quantize`, pick a stronger `compress.codec`, "
-        "or set `size.enforce: false` to keep the row of an ablation"
+        "or set `artifact.enforce: false` to keep the row of an ablation"
     )
