@@ -9,9 +9,10 @@ from pathlib import Path
 from pgolf import dist
 from pgolf.cli import run
 from pgolf.config import load_section
+from pgolf.errors import PgolfError
 from pgolf.eval.config import EvalConfig
 from pgolf.eval.score import ScoreConfig
-from pgolf.eval.stage import run_evaluate, write_metrics
+from pgolf.eval.stage import audit_failures, run_evaluate, write_metrics
 
 
 def main() -> None:
@@ -42,6 +43,8 @@ def main() -> None:
     for name, m in metrics["modes"].items():
         print(f"evaluate {name:12s} val_bpb {m['val_bpb']:.4f}  val_loss {m['val_loss']:.4f}  "
               f"{m['seconds']['total']:.1f}s  {m['compliance']}")  # fmt: skip
+    if failures := audit_failures(metrics):
+        raise PgolfError(f"evaluate: {'; '.join(failures)}; the figures in {args.metrics} are not to be trusted")
 
 
 if __name__ == "__main__":

@@ -207,3 +207,24 @@ def test_manifest_sidecar_without_files_is_an_error(built, tmp_path):
     (published / "manifest.json").write_text(json.dumps({**manifest, "byte_count": "sidecar"}))
     with pytest.raises(PgolfError, match="no val_bytes"):
         load_val(published, tok_dir)
+
+
+@pytest.mark.parametrize("kind", ["val_bytes", "val"])
+def test_a_changed_sidecar_or_val_shard_is_refused_naming_the_file(built, tmp_path, kind):
+    """A corrupted byte sidecar gave val_bpb 0.1365 (true 2.029) with exit code 0, and a changed valid token id
+    passed every check: the manifest's sha256 of every val file is verified when the val data is loaded."""
+    _, tok_dir, shard_dir = built
+    copy = tmp_path / "shards"
+    shutil.copytree(shard_dir, copy)
+    load_val(copy, tok_dir)  # as written: accepted
+    path = shards.shard_paths(copy, kind)[0]
+    values = shards.read_shard(path).copy()
+    values[5] = values[5] + 1 if kind == "val_bytes" else (values[5] + 1) % 300 or 2  # still a valid value
+    shards.write_shard(path, values)
+    with pytest.raises(PgolfError, match=rf"{path.name}: its content changed after the tokenize stage.*dvc repro"):
+        load_val(copy, tok_dir)
+    stray = copy / f"{kind}_{len(shards.shard_paths(copy, kind)):06d}.bin"  # the next index of the split
+    shutil.copy(path, stray)
+    shards.write_shard(path, shards.read_shard(shards.shard_paths(shard_dir, kind)[0]))  # restored
+    with pytest.raises(PgolfError, match=rf"{stray.name}: not written by the tokenize stage"):
+        load_val(copy, tok_dir)

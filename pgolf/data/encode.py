@@ -200,6 +200,7 @@ def tokenize(docs_dir: Path | str, tokenizer_dir: Path | str, cfg: DataConfig, o
         "tokenizer_sha256": meta["model_sha256"],
         "splits": splits,
         "val_hashes": val_hashes,
+        "sha256": {path.name: docs.sha256_file(path) for path in sorted(out.glob("*.bin"))},
     }
     docs.write_manifest(out, manifest)
     return manifest

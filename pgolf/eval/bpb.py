@@ -39,6 +39,7 @@ import torch.distributed as dist
 
 from pgolf import tokenizer as tok
 from pgolf.data import shards
+from pgolf.data.docs import sha256_file
 from pgolf.errors import PgolfError
 
 ByteCount = Literal["sidecar", "tokenizer_luts"]
@@ -121,6 +122,24 @@ def _check_manifest(shard_dir: Path, meta: dict, has_sidecar: bool) -> None:
         raise PgolfError(f"{shard_dir}: shards were made by another tokenizer than {meta.get('model_sha256')}")
     if manifest.get("byte_count") == "sidecar" and not has_sidecar:
         raise PgolfError(f"{shard_dir}: manifest says byte_count=sidecar but no val_bytes_*.bin files are present")
+    _check_contents(shard_dir, manifest)
+
+
+def _check_contents(shard_dir: Path, manifest: dict) -> None:
+    """Every val shard and byte sidecar present must be the file the tokenize stage wrote (its sha256 in the
+    manifest): a changed token id or byte count would otherwise give a wrong val_bpb with exit code 0."""
+    recorded = manifest.get("sha256")
+    if recorded is None:  # a manifest from before content hashes
+        return
+    for kind in ("val", "val_bytes"):
+        for path in shards.shard_paths(shard_dir, kind):
+            if path.name not in recorded:
+                raise PgolfError(f"{path}: not written by the tokenize stage (not in {SHARDS_MANIFEST}); remove it "
+                                 "or re-run `dvc repro tokenize`")  # fmt: skip
+            if sha256_file(path) != recorded[path.name]:
+                raise PgolfError(f"{path}: its content changed after the tokenize stage wrote it (sha256 differs "
+                                 f"from {SHARDS_MANIFEST}); restore it with `dvc checkout data/shards` or re-run "
+                                 "`dvc repro tokenize`")  # fmt: skip
 
 
 def load_val(shard_dir: Path | str, tokenizer_dir: Path | str) -> ValData:

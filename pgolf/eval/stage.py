@@ -92,17 +92,32 @@ def run_evaluate(
         result = run_mode(name, model, val, docs, score, cfg, ctx)
         summary = result.summary()
         summary["seconds"] = mode_seconds(decompress, result)
-        audits: dict[str, bool | None] = {"bytes": None if expected is None else
-                                          audit.bytes_audit(result.totals, expected).passed}  # fmt: skip
+        byte_check = None if expected is None else audit.bytes_audit(result.totals, expected)
+        audits: dict[str, bool | None] = {"bytes": None if byte_check is None else byte_check.passed}
         summary["audit"] = dict(audits)
+        failures = []
+        if byte_check is not None and not byte_check.passed:
+            failures.append(f"{name}: the bytes audit failed: {byte_check.message} (the byte counts of "
+                            f"{shards}/val_bytes_*.bin against the text of {docs_dir}/val.jsonl)")  # fmt: skip
         if name in TTT_MODES:
             detail = score_first(name, model, val, score, cfg, looped) if cfg.audit.score_first else None
             audits["score_first"] = None if detail is None else detail["passed"]
             summary["audit"]["score_first"] = detail
+            if detail is not None and not detail["passed"] and result.passes == 1:  # claims score-first, is not
+                failures.append(f"{name}: the score-first audit failed: {detail['violations']} of "
+                                f"{detail['checked']} scores changed when later tokens changed")  # fmt: skip
+        summary["audit_failures"] = failures
         summary["compliance"] = audit.compliance_status(audits, result.passes)
         summary["compliant"] = summary["compliance"] == audit.COMPLIANT
         modes[name] = summary
     return {"documents": document_set(val, docs), "looped": looped, "byte_count": val.byte_count, "modes": modes}
+
+
+def audit_failures(metrics: dict) -> list[str]:
+    """What makes the stage fail after writing its metrics: a failed bytes audit in any mode (a wrong byte count
+    means every val_bpb is wrong), a failed score-first audit in a mode that scores each target once (multi-phase
+    TTT re-scores by design: reported ``violated``, not an error)."""
+    return [line for m in metrics["modes"].values() for line in m["audit_failures"]]
 
 
 def write_metrics(metrics: dict, path: Path, phases_path: Path) -> None:
