@@ -1,6 +1,6 @@
 """Stage summary: the run at a glance from the stages' metrics -- the score ladder on one document set, the
 bytes, and the measured compliance (train + Hessian seconds, evaluation seconds per mode, artifact bytes, data
-provenance, audits) -> metrics/summary.json (the headline metrics) and metrics/ladder.csv (`dvc plots`)."""
+provenance, audits) -> metrics/summary.json, metrics/headline.json (the DVC metrics) and metrics/ladder.csv."""
 
 import argparse
 from pathlib import Path
@@ -16,11 +16,12 @@ def main() -> None:
     parser.add_argument("--metrics-dir", default="metrics")
     parser.add_argument("--out", default="metrics/summary.json")
     parser.add_argument("--ladder", default="metrics/ladder.csv")
+    parser.add_argument("--headline", default="metrics/headline.json")
     args = parser.parse_args()
 
     cfg = load_section("compliance", ComplianceConfig, args.params)
     summary = build(cfg, Path(args.metrics_dir))
-    write(summary, Path(args.out), Path(args.ladder))
+    write(summary, Path(args.out), Path(args.ladder), Path(args.headline))
     docs = summary["documents"]
     rungs = " -> ".join(f"{name} {bpb:.4f}" for name, bpb in summary["ladder"].items())
     print(f"summary: {docs['count']} documents ({docs['bytes']:,} bytes): {rungs}")

@@ -100,6 +100,11 @@ def _metrics(tmp_path, **change):
 CFG = ComplianceConfig(hardware="8xH100", train_budget_seconds=600.0, eval_budget_seconds=600.0)
 
 
+def _flat(tree):
+    for value in tree.values():
+        yield from _flat(value) if isinstance(value, dict) else [value]
+
+
 def test_summary_reads_the_ladder_in_order_and_the_measured_checks(tmp_path):
     summary = build(CFG, _metrics(tmp_path))
     assert summary["ladder"] == {"prequant_raw": 1.9, "prequant_ema": 1.8, "dequantized": 1.85, "model_bin": 1.85,
@@ -109,8 +114,13 @@ def test_summary_reads_the_ladder_in_order_and_the_measured_checks(tmp_path):
     assert c["train"]["total_seconds"] == 105.0 and c["train"]["within"] and c["reported_mode"] == "lora_ttt"
     assert c["eval"]["lora_ttt"]["total_seconds"] == 10.0 and c["artifact"]["within"] and c["data"]["passed"]
     assert c["compliant"] is True
-    write(summary, tmp_path / "summary.json", tmp_path / "ladder.csv")
+    write(summary, tmp_path / "summary.json", tmp_path / "ladder.csv", tmp_path / "headline.json")
     assert (tmp_path / "ladder.csv").read_text().splitlines()[:2] == ["rung,val_bpb", "prequant_raw,1.9"]
+    head = json.loads((tmp_path / "headline.json").read_text())
+    assert head["ladder"] == summary["ladder"] and head["compliance"] == {"compliant": True, "train_seconds": 105.0,
+                                                                         "eval_seconds": 10.0, "audit": "compliant"}
+    columns = sum(1 for _ in _flat(head))
+    assert columns <= 20, columns  # what `dvc metrics show` prints: at most 30 columns with the revision
 
 
 @pytest.mark.parametrize(
