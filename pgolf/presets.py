@@ -17,6 +17,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from pgolf import config
 from pgolf.cli import run
 from pgolf.compress.bundle import BundleConfig
 from pgolf.compress.size import SizeConfig
@@ -49,6 +50,8 @@ SECTIONS: dict[str, type[Section]] = {
     "eval": EvalConfig,
     "compliance": ComplianceConfig,
 }
+if tuple(SECTIONS) != config.SECTIONS:  # a bug, not a user error: the two lists of sections drifted apart
+    raise RuntimeError(f"pgolf.presets.SECTIONS {tuple(SECTIONS)} differ from pgolf.config.SECTIONS {config.SECTIONS}")
 
 
 def check(path: Path | str) -> dict[str, Section]:

@@ -1,8 +1,12 @@
 """Strict params loading: unknown and missing keys fail naming the key path; params.yaml loads whole."""
 
+import subprocess
+import sys
+
 import pytest
 import yaml
 
+from pgolf import config
 from pgolf.config import ConfigError, load_section, read_params
 from pgolf.data.sources import DataConfig
 from pgolf.presets import SECTIONS
@@ -57,3 +61,41 @@ def test_missing_section_and_file(tmp_path):
         load_section("data", DataConfig, path)
     with pytest.raises(ConfigError, match="not found"):
         load_section("data", DataConfig, tmp_path / "nope.yaml")
+
+
+def _sections_file(tmp_path, names):
+    """A params file holding ``names`` as (empty) sections: the section-name check runs before any section's."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({name: {} for name in names}))
+    return path
+
+
+def test_misspelled_section_names_the_closest_known_one(tmp_path):
+    path = _sections_file(tmp_path, [("qauntize" if n == "quantize" else n) for n in config.SECTIONS])
+    with pytest.raises(ConfigError) as err:
+        load_section("data", DataConfig, path)
+    assert str(err.value) == f"{path}: unknown section 'qauntize' (did you mean 'quantize'?)"
+
+
+def test_unknown_and_missing_sections_are_named(tmp_path):
+    path = _sections_file(tmp_path, [*config.SECTIONS[1:], "extras"])
+    with pytest.raises(ConfigError) as err:
+        load_section("tokenizer", TokenizerConfig, path)
+    assert str(err.value).startswith(f"{path}: unknown section 'extras' (remove it; the sections are: data, ")
+    assert str(err.value).endswith("; missing section 'data' (add it)")
+    assert "\n" not in str(err.value)
+    path = _sections_file(tmp_path, ["size" if n == "artifact" else n for n in config.SECTIONS])
+    with pytest.raises(ConfigError, match=r"unknown section 'size' \(renamed 'artifact'\)$"):
+        load_section("data", DataConfig, path)
+
+
+def test_a_section_dict_is_parsed_without_the_file_check():
+    raw = read_params("params.yaml")["tokenizer"]
+    assert config.parse_section(raw, "tokenizer", TokenizerConfig).vocab_size == raw["vocab_size"]
+
+
+def test_presets_know_every_section():
+    assert tuple(SECTIONS) == config.SECTIONS
+    drifted = "import pgolf.config as c; c.SECTIONS = c.SECTIONS[:-1]; import pgolf.presets"
+    result = subprocess.run([sys.executable, "-c", drifted], capture_output=True, text=True)
+    assert result.returncode != 0 and "differ from pgolf.config.SECTIONS" in result.stderr

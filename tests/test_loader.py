@@ -8,6 +8,7 @@ from pgolf.data import shards
 from pgolf.train.loader import Batch, PackingLoader, build_cu_seqlens
 
 BOS = 1
+VOCAB = 4096  # above every id the test streams hold
 
 
 def cu(bos, length, max_seq_len, pad=4):
@@ -62,8 +63,9 @@ def three_shards(tmp_path):
     return tmp_path, data
 
 
-def loader(path, rank=0, world_size=2, n=9, seq_len=8):
-    return PackingLoader(path, tokens_per_rank=n, seq_len=seq_len, rank=rank, world_size=world_size, bos_id=BOS)
+def loader(path, rank=0, world_size=2, n=9, seq_len=8, vocab_size=VOCAB):
+    return PackingLoader(path, tokens_per_rank=n, seq_len=seq_len, rank=rank, world_size=world_size, bos_id=BOS,
+                         vocab_size=vocab_size)  # fmt: skip
 
 
 def windows(path, steps, world_size=2, n=9):
@@ -177,6 +179,20 @@ def test_no_shards_and_no_bos(tmp_path):
         loader(tmp_path)
 
 
+def test_token_outside_the_vocabulary_names_the_shard_and_the_fix(three_shards):
+    path, data = three_shards
+    first = r"train_000000\.bin: token id 1099 is out of range for vocab_size 1000; .* re-run `dvc repro tokenize`"
+    with pytest.raises(shards.ShardError, match=first):
+        loader(path, vocab_size=1000)  # the first shard, read by the constructor
+    bad = data[1].copy()
+    bad[30] = VOCAB + 7
+    shards.write_shard(path / "train_000001.bin", bad)
+    ld = loader(path)
+    with pytest.raises(shards.ShardError, match=rf"train_000001\.bin: token id {VOCAB + 7} .* vocab_size {VOCAB}"):
+        for _ in range(6):  # shard 0 serves 5 windows; the 6th needs shard 1 (read in the background)
+            ld.next_batch()
+
+
 def test_batch_to_device():
     b = Batch(torch.zeros(1, 3, dtype=torch.int64), torch.ones(1, 3, dtype=torch.int64), torch.zeros(64).int())
     moved = b.to("cpu")
@@ -198,7 +214,8 @@ def test_next_shard_is_read_in_the_background_and_batches_are_unchanged(three_sh
 
     monkeypatch.setattr(PackingLoader, "_load", recording)
     fetching = loader(path)
-    plain = PackingLoader(path, tokens_per_rank=9, seq_len=8, rank=0, world_size=2, bos_id=BOS, prefetch=False)
+    plain = PackingLoader(path, tokens_per_rank=9, seq_len=8, rank=0, world_size=2, bos_id=BOS, vocab_size=VOCAB,
+                          prefetch=False)  # fmt: skip
     for _ in range(30):
         a, b = fetching.next_batch(), plain.next_batch()
         for x, y in zip((a.inputs, a.targets, a.cu_seqlens), (b.inputs, b.targets, b.cu_seqlens), strict=True):

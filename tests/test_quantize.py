@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import RECORD_MODEL, model_cfg
 
-from pgolf.config import parse_section, read_params
+from pgolf.config import ConfigError, parse_section, read_params
 from pgolf.data import shards
 from pgolf.errors import PgolfError
 from pgolf.model.config import ModelConfig
@@ -26,6 +26,15 @@ def _calib(**overrides) -> CalibrateConfig:
 def _quant(**overrides) -> QuantizeConfig:
     raw = {**read_params("params.yaml")["quantize"], **overrides}
     return parse_section(raw, "quantize", QuantizeConfig)
+
+
+@pytest.mark.parametrize(("section", "key", "value"), [("q", "bits", 99), ("embedding", "bits", 1),
+                                                       ("lqer", "factor_bits", 9)])  # fmt: skip
+def test_bit_widths_are_range_checked_at_load(section, key, value):
+    raw = read_params("params.yaml")["quantize"]
+    with pytest.raises(ConfigError) as err:
+        _quant(**{section: {**raw[section], key: value}})
+    assert str(err.value) == f"params.yaml: quantize.{section}.{key}: must be between 2 and 8 (got {value})"
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ rebuilds a working package in an empty directory, and the size stage enforces th
 
 import json
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +131,30 @@ def test_container_streams_round_trip_including_empty_ones():
     assert container.pack({"k": 1}, streams) == container.pack({"k": 1}, streams)
 
 
+@pytest.mark.parametrize("at", [10, 11])
+def test_container_reserved_bytes_must_be_zero(at):
+    bad = bytearray(container.pack({"k": 1}, [("a", b"xyz")]))
+    bad[at] = 0x01
+    with pytest.raises(container.ContainerError, match=r"^m\.bin: reserved header bytes at offset 10-11 are not zero"):
+        container.unpack(bytes(bad), "m.bin")
+
+
+def test_container_checksum_covers_the_header():
+    """Moving a byte from the payload length to the manifest length keeps the file size: only the hash sees it."""
+    good = container.pack({"k": 1}, [("a", b"xyz")])
+    magic, version, reserved, m_len, p_len, digest = struct.unpack_from("<8sHHIQ32s", good)
+    shifted = struct.pack("<8sHHIQ32s", magic, version, reserved, m_len + 1, p_len - 1, digest) + good[56:]
+    with pytest.raises(container.ContainerError, match="sha256 mismatch"):
+        container.unpack(shifted)
+
+
+def test_container_of_the_previous_version_says_to_recompress():
+    old = bytearray(container.pack({"k": 1}, [("a", b"xyz")]))
+    old[8:10] = (container.VERSION - 1).to_bytes(2, "little")
+    with pytest.raises(container.ContainerError, match=r"container version 1, .*re-run `dvc repro compress`"):
+        container.unpack(bytes(old))
+
+
 _LOGITS = """
 import hashlib, sys, torch
 import pgolf
@@ -177,7 +202,7 @@ def test_every_bundle_wrapper_restores_the_sources(codec, minify, tmp_path):
 
 def _size_stage(tmp_path: Path, submission_dir: Path, limit: int, enforce: bool) -> tuple[int, str, dict]:
     params = read_params(ROOT / "params.yaml")
-    params["size"] = {"limit_bytes": limit, "enforce": enforce}
+    params["artifact"] = {"limit_bytes": limit, "enforce": enforce}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     metrics = tmp_path / "size.json"
     cmd = [sys.executable, "-m", "stages.size", "--params", tmp_path / "params.yaml", "--submission",
@@ -269,3 +294,35 @@ def test_model_bin_rung_equals_the_dequantized_rung_and_skipped_audits_are_unaud
     assert {n: m["compliance"] for n, m in metrics["modes"].items()} == {"plain": "unaudited", "lora_ttt": "unaudited"}
     assert metrics["modes"]["lora_ttt"]["audit"] == {"bytes": None, "score_first": None}
     assert not any(m["compliant"] for m in metrics["modes"].values())
+
+
+def test_a_failed_bytes_audit_fails_the_evaluate_stage_after_writing_its_metrics(built, tmp_path):
+    """The val text holds one byte more than the sidecar counts: every mode is `violated`, and the stage exits
+    non-zero naming the audit and both files, after metrics/eval.json is written (nothing is lost)."""
+    from pgolf.data import docs as doc_io
+
+    docs, tokenizer, shards = built
+    meta = json.loads((tokenizer / "meta.json").read_text())
+    quant = write_quant_dir(tmp_path / "quant", vocab_size=meta["vocab_size"], bos_id=meta["bos_id"])
+    write_submission(quant, tmp_path / "submission", codec="ans")
+    altered = tmp_path / "docs"
+    shutil.copytree(docs, altered)
+    val = list(doc_io.read_docs(altered, "val"))
+    doc_io.write_docs(altered, "val", [doc_io.Doc(d.id, d.text + ("!" if i == 0 else "")) for i, d in enumerate(val)])
+    params = read_params(ROOT / "params.yaml")
+    params["score"] = {"docs": 2, "seq_len": 64, "batch_windows": 8}
+    for mode in ("sliding", "lora_ttt", "chunk_sgd", "multi_phase"):
+        params["eval"][mode]["enabled"] = False
+    params["eval"].update(progress=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, "-m", "stages.evaluate", "--params", tmp_path / "params.yaml", "--submission",
+           tmp_path / "submission", "--shards", shards, "--tokenizer", tokenizer, "--docs", altered,
+           "--metrics", tmp_path / "eval.json", "--phases", tmp_path / "phases.csv"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "plain: the bytes audit failed: scored" in result.stderr and "(-1)" in result.stderr
+    assert "val_bytes_*.bin" in result.stderr and "val.jsonl" in result.stderr
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    assert (
+        metrics["modes"]["plain"]["compliance"] == "violated" and metrics["modes"]["plain"]["audit"]["bytes"] is False
+    )

@@ -95,7 +95,11 @@ def test_compiled_training_builds_every_graph_in_the_warmup(data, tmp_path, monk
     assert summary["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-4)
 
 
-def test_kill_and_resume_gives_the_same_weights(data, tmp_path, monkeypatch):
+def _curve_steps(path: Path) -> list[int]:
+    return [int(line.split("\t")[0]) for line in path.read_text().splitlines()[1:]]
+
+
+def test_kill_and_resume_gives_the_same_weights_and_curves(data, tmp_path, monkeypatch):
     cfg = train_cfg(checkpoint_seconds=1e-9)  # a checkpoint after every step
     run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "straight"))
     original = loop._step
@@ -111,6 +115,11 @@ def test_kill_and_resume_gives_the_same_weights(data, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "_step", original)
     summary = run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "killed"))
     assert summary["resumed"] and summary["steps"] == 8
+    for curve in ("train/loss", "val/bpb"):  # the curves keep their pre-kill part, and end with a val point
+        steps = [_curve_steps(tmp_path / run / "live" / "plots" / "metrics" / f"{curve}.tsv") for run in ("straight",
+                 "killed")]  # fmt: skip
+        assert steps[0] == steps[1] and steps[0][0] == (1 if curve == "train/loss" else 4), (curve, steps)
+        assert steps[0][-1] == 8
     for name in ("raw", "ema"):
         a, b = _weights(tmp_path / "straight" / "train", name), _weights(tmp_path / "killed" / "train", name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
@@ -131,6 +140,23 @@ def test_nan_loss_aborts_naming_the_step(data, tmp_path, monkeypatch):
     with pytest.raises(Exception, match="loss is nan at step 2"):
         run_train(tiny_model(), train_cfg(), SCORE, paths(data, tmp_path))
     assert not (tmp_path / "train").exists()
+
+
+def test_divergence_reaches_the_user_as_one_line(capsys):
+    from pgolf.cli import run
+    from pgolf.errors import PgolfError
+    from pgolf.train.step import TrainingDiverged
+
+    message = "train: loss is nan at step 2; lower train.muon.lr / train.adam.*_lr or check the data"
+
+    def main() -> None:
+        raise TrainingDiverged(message)
+
+    assert issubclass(TrainingDiverged, PgolfError)
+    with pytest.raises(SystemExit) as stop:
+        run(main)
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [f"error: {message}"]
 
 
 def test_model_is_resolved_against_the_tokenizer(data):

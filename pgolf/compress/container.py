@@ -4,17 +4,18 @@ Layout (all integers little-endian)::
 
     offset  size  field
     0       8     magic b"PGOLFMB\\0"
-    8       2     format version (1)
+    8       2     format version (2)
     10      2     reserved (0)
     12      4     manifest length M
     16      8     payload length P
-    24      32    sha256 of the M + P bytes that follow
+    24      32    sha256 of header bytes 0-23, then of the M + P bytes that follow the header
     56      M     manifest: brotli-compressed UTF-8 JSON (the streams' names, codecs and lengths, and whatever
                   the writer adds: model config, quantized-tensor layout)
     56+M    P     payload: the streams, concatenated in manifest order
 
-Loading checks, in order: the magic (a foreign file), the version, the length (a truncated or padded file), the
-hash (a flipped byte anywhere after the header), then that the streams tile the payload exactly. Each failure is a
+Loading checks, in order: the magic (a foreign file), the version, the reserved bytes, the length (a truncated or
+padded file), the hash (a flipped byte anywhere, the header's lengths included), then that the streams tile the
+payload exactly. Version 1 hashed only the M + P bytes, so a shifted length went unseen. Each failure is a
 :class:`ContainerError` naming the file and what to do. Loading never executes code. The manifest is compressed
 because its bytes count toward the 16,000,000-byte limit like everything else in the file.
 """
@@ -33,9 +34,10 @@ from pgolf.errors import PgolfError
 
 MODEL_BIN = "model.bin"  # the file name inside artifacts/submission/
 MAGIC = b"PGOLFMB\0"
-VERSION = 1
-_HEADER = struct.Struct("<8sHHIQ32s")
-HEADER_BYTES = _HEADER.size
+VERSION = 2
+_PREFIX = struct.Struct("<8sHHIQ")  # magic, version, reserved, M, P: the header bytes the digest covers
+HEADER_BYTES = _PREFIX.size + hashlib.sha256().digest_size
+RESERVED_OFFSET = 10
 
 
 class ContainerError(PgolfError):
@@ -52,8 +54,9 @@ def pack(manifest: dict[str, Any], streams: list[tuple[str, bytes]]) -> bytes:
     full = {**manifest, "streams": [{"name": name, "length": len(data)} for name, data in streams]}
     head = brotli.compress(json.dumps(full, separators=(",", ":")).encode("utf-8"), quality=11)
     payload = b"".join(data for _, data in streams)
-    digest = hashlib.sha256(head + payload).digest()
-    return _HEADER.pack(MAGIC, VERSION, 0, len(head), len(payload), digest) + head + payload
+    prefix = _PREFIX.pack(MAGIC, VERSION, 0, len(head), len(payload))
+    digest = hashlib.sha256(prefix + head + payload).digest()
+    return prefix + digest + head + payload
 
 
 def unpack(blob: bytes, source: str = "model.bin") -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -61,17 +64,24 @@ def unpack(blob: bytes, source: str = "model.bin") -> tuple[dict[str, Any], dict
     if len(blob) < HEADER_BYTES:
         raise ContainerError(f"{source}: {len(blob)} bytes, shorter than the {HEADER_BYTES}-byte header; "
                              "the file is truncated or not a pgolf model (re-run `dvc repro compress`)")  # fmt: skip
-    magic, version, _, m_len, p_len, digest = _HEADER.unpack_from(blob, 0)
+    magic, version, reserved, m_len, p_len = _PREFIX.unpack_from(blob, 0)
     if magic != MAGIC:
         raise ContainerError(f"{source}: not a pgolf model container (magic {magic!r}, expected {MAGIC!r})")
     if version != VERSION:
-        raise ContainerError(f"{source}: container version {version}, this pgolf reads version {VERSION}")
+        raise ContainerError(f"{source}: container version {version}, this pgolf reads version {VERSION}; "
+                             "re-run `dvc repro compress`")  # fmt: skip
+    if reserved != 0:
+        at = f"{RESERVED_OFFSET}-{RESERVED_OFFSET + 1}"
+        raise ContainerError(f"{source}: reserved header bytes at offset {at} are not zero ({reserved:#06x}); "
+                             "the file is corrupted (re-run `dvc repro compress`)")  # fmt: skip
     expected = HEADER_BYTES + m_len + p_len
     if len(blob) != expected:
         what = "truncated" if len(blob) < expected else "has trailing bytes"
         raise ContainerError(f"{source}: {what}: the header promises {expected} bytes, the file has {len(blob)}")
     body = memoryview(blob)[HEADER_BYTES:]
-    if hashlib.sha256(body).digest() != digest:
+    hashed = hashlib.sha256(memoryview(blob)[: _PREFIX.size])
+    hashed.update(body)
+    if hashed.digest() != blob[_PREFIX.size : HEADER_BYTES]:
         raise ContainerError(f"{source}: sha256 mismatch, the file is corrupted (re-run `dvc repro compress` "
                              "or `dvc checkout artifacts/submission`)")  # fmt: skip
     try:

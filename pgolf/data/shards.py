@@ -105,7 +105,7 @@ def read_shard(path: Path | str, *, vocab_size: int | None = None, mmap: bool = 
     if vocab_size is not None and count and int(values.max()) >= vocab_size:
         raise ShardError(
             f"{path}: token id {int(values.max())} is out of range for vocab_size {vocab_size}; "
-            "the shard belongs to another tokenizer"
+            "the shards and the tokenizer disagree: re-run `dvc repro tokenize`"
         )
     return values
 

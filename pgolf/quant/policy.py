@@ -17,17 +17,31 @@ parameter's name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
 
 from pgolf.config import Section
 from pgolf.model.gpt import GPT
 from pgolf.model.layers import Linear
 
 MatrixKind = Literal["embedding", "q", "k", "v", "o", "up", "down"]
+MIN_BITS, MAX_BITS = 2, 8  # every quantized value is stored in int8 (formats.QuantizedMatrix, lqer.pack_sym)
+
+
+def _check_bits(bits: int) -> int:
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise PydanticCustomError("bit_width", f"must be between {MIN_BITS} and {MAX_BITS}")
+    return bits
+
+
+BitWidth = Annotated[int, AfterValidator(_check_bits)]
+"""A bit width, checked when params.yaml is loaded rather than deep in GPTQ."""
 
 
 class TensorSpec(Section):
-    bits: int
+    bits: BitWidth
     """Integer range +-(2^(bits-1) - 1), stored in int8."""
     clip_sigmas: float
     """SDClip: row scale = clip_sigmas * std(row) / (2^(bits-1) - 1) (method gptq only)."""
@@ -44,7 +58,7 @@ class LqerConfig(Section):
     mode: Literal["asym", "sym"]
     """asym: A int2 with one scale, B int4 in groups (the record); sym: int-factor_bits with per-row scales."""
     group: int
-    factor_bits: int
+    factor_bits: BitWidth
 
 
 class QuantizeConfig(Section):

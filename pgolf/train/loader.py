@@ -78,6 +78,7 @@ class PackingLoader:
         rank: int,
         world_size: int,
         bos_id: int,
+        vocab_size: int,
         pad_multiple: int = CU_PAD_MULTIPLE,
         prefetch: bool = True,
     ) -> None:
@@ -91,6 +92,7 @@ class PackingLoader:
         self.rank = rank
         self.world_size = world_size
         self.bos_id = bos_id
+        self.vocab_size = vocab_size
         self.pad_multiple = pad_multiple
         self.span = world_size * (tokens_per_rank + 1)
         self.paths = self._usable_paths(Path(shard_dir))
@@ -121,9 +123,10 @@ class PackingLoader:
         return paths
 
     def _load(self, index: int) -> _Shard:
-        """Shard ``index`` read (memory-mapped, then paged in by the scan) with the positions of its BOS tokens."""
+        """Shard ``index`` read (memory-mapped, then paged in by the scans) with the positions of its BOS tokens;
+        an id outside the model's vocabulary is a ShardError here, not an IndexError in the embedding."""
         path = self.paths[index]
-        tokens = shards.read_shard(path, mmap=True)
+        tokens = shards.read_shard(path, vocab_size=self.vocab_size, mmap=True)
         bos_idx = np.flatnonzero(tokens == self.bos_id)
         if bos_idx.size == 0:
             raise ShardError(f"{path}: no BOS (id {self.bos_id}) in the shard; a document is longer than a shard")

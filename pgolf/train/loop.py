@@ -96,7 +96,8 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, data_manife
     compiling = tc.enabled(cfg.compile, info.device)
     opts = build_optimizers(model, cfg, compile_backend=tc.BACKEND if compiling else None)
     loader = PackingLoader(shard_dir, tokens_per_rank=cfg.micro_batch_tokens, seq_len=cfg.seq_len,
-                           rank=info.rank, world_size=info.world_size, bos_id=model_cfg.bos_id)  # fmt: skip
+                           rank=info.rank, world_size=info.world_size, bos_id=model_cfg.bos_id,
+                           vocab_size=model_cfg.vocab_size)  # fmt: skip
     if cfg.averaging.kind == "ema":
         averager: EMA | TightSWA = EMA(model, cfg.averaging.ema_decay)
     else:
@@ -331,8 +332,17 @@ def code_version() -> str:
     return out.stdout.strip()
 
 
-REPRODUCIBLE = ("steps", "tokens", "looping_from_step", "final_train_loss", "resumed", "world_size", "grad_accum",
-                "averaging", "compiled")
+REPRODUCIBLE = (
+    "steps",
+    "tokens",
+    "looping_from_step",
+    "final_train_loss",
+    "resumed",
+    "world_size",
+    "grad_accum",
+    "averaging",
+    "compiled",
+)
 """The summary fields kept with the weights: what the run did, never how long it took, where or at which commit, so
 the same seed gives the same bytes in ``artifacts/train/`` and DVC skips every later stage (the rest:
 ``metrics/train.json``)."""

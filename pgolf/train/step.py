@@ -15,14 +15,16 @@ from torch import Tensor, nn
 from pgolf import dist
 from pgolf.compiler import CompileLimitHit
 from pgolf.dist import autocast
+from pgolf.errors import PgolfError
 from pgolf.model.gpt import GPT
 from pgolf.optim.muon import Muon
 from pgolf.train.config import TrainConfig
 from pgolf.train.loader import PackingLoader
 
 
-class TrainingDiverged(RuntimeError):
-    """A non-finite loss: training stops instead of writing garbage weights."""
+class TrainingDiverged(PgolfError, RuntimeError):
+    """A non-finite loss: training stops instead of writing garbage weights (the message names the step and the
+    knobs to lower, so the stage prints it as one line)."""
 
 
 @dataclass
