@@ -183,3 +183,12 @@ def test_a_section_named_size_would_be_invisible_to_dvc():
     before = {"size": {"limit_bytes": 16_000_000, "enforce": True}}
     after = {"size": {"limit_bytes": 400_000, "enforce": False}}
     assert _run_cache_key(stage, before) == _run_cache_key(stage, after)
+
+
+def test_the_training_curves_survive_a_killed_run():
+    """DVC deletes a stage's outputs before it re-runs it; the dvclive curves persist, so a resumed run appends to
+    them (dvclive clears them itself when training starts from scratch)."""
+    train = STAGES["train"]
+    persisted = {path for entry in train["outs"] + train["plots"] if isinstance(entry, dict)
+                 for path, opts in entry.items() if opts.get("persist")}  # fmt: skip
+    assert persisted == {"metrics/train/metrics.json", "metrics/train/plots/metrics"}

@@ -28,6 +28,7 @@ adapters are graph inputs. Global SGD runs eagerly, as in the record.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -92,6 +93,7 @@ class LoraTtt:
         self.forward, self.val, self.cfg, self.scores = forward, val, cfg, scores
         self.model, self.looped = forward.model, forward.looped
         self.lora: BatchedLoRA | None = None
+        self.on_scored: Callable[[int], object] | None = None  # called with each chunk step's scored targets
 
     def warmup_shapes(self, batches: list[list[Document]]) -> set[tuple[int, int]]:
         """The (rows, width) of every chunk step of these batches (what :meth:`run_batch` will call)."""
@@ -125,6 +127,8 @@ class LoraTtt:
             with torch.enable_grad():
                 nats = self.forward(inputs, targets, lora)
             self.scores.add(nats, rows, mask)  # score first ...
+            if self.on_scored is not None:
+                self.on_scored(int(rows.mask.sum()))
             if (chunks > c + 1).any():  # ... then learn from the chunk just scored, only where a later chunk remains
                 more = to_device(chunks > c + 1, device)[:, None] & mask
                 weights = more / mask.sum(1, keepdim=True).clamp(min=1)
@@ -167,13 +171,14 @@ def evaluate_lora_ttt(
     stats = warmup(ttt.forward, ttt.warmup_shapes(mine), adapters=ttt.throwaway_lora)
     start = time.perf_counter()
     seconds, phases = {"sgd": 0.0}, []
-    bar = tqdm(total=len(queue), desc="lora_ttt", unit="batch", disable=not (progress and rank == 0), leave=False)
+    bar = tqdm(total=sum(d.num_targets for b in mine for d in b), desc="lora_ttt (scored targets)", unit="tok",
+               unit_scale=True, disable=not (progress and rank == 0), leave=False, mininterval=1)  # fmt: skip
+    ttt.on_scored = bar.update
     before = BpbTotals()
     with bar:
         for k, (lo, hi) in enumerate(segments):
             for position in rank_positions([(lo, hi)], rank, world_size):
                 ttt.run_batch(queue[position], position)
-            bar.update(hi - lo)
             so_far = scores.totals()  # a collective: every rank reaches each segment end
             segment = BpbTotals(so_far.nats - before.nats, so_far.tokens - before.tokens, so_far.bytes - before.bytes)
             before = so_far

@@ -26,7 +26,8 @@ def calibrate(cfg: CalibrateConfig, export_dir: Path, shard_dir: Path, out: Path
         model = model.to(info.device)
         looped = meta["looping_from_step"] is not None
         windows = calibration_windows(shard_dir, cfg, info.rank, info.world_size)
-        hessians, tokens = collect_hessians(model, windows, looped=looped, doc_isolated=cfg.doc_isolated)
+        hessians, tokens = collect_hessians(model, windows, looped=looped, doc_isolated=cfg.doc_isolated,
+                                           total=cfg.batches)  # fmt: skip
         hessians, tokens = reduce_hessians(hessians, tokens, info.device)
         summary = {"tokens": tokens, "batches": cfg.batches, "looped": looped, "doc_isolated": cfg.doc_isolated,
                    "matrices": len(hessians), "seconds": round(time.perf_counter() - start, 2),

@@ -57,7 +57,9 @@ def calibration_windows(shard_dir: Path, cfg: CalibrateConfig, rank: int, world_
                                          for i, s in zip(picks, starts, strict=True)]))  # fmt: skip
 
 
-def collect_hessians(model: GPT, batches: Iterator[Tensor], *, looped: bool, doc_isolated: bool) -> tuple[dict, int]:
+def collect_hessians(
+    model: GPT, batches: Iterator[Tensor], *, looped: bool, doc_isolated: bool, total: int | None = None
+) -> tuple[dict, int]:
     """Sum x x^T over the inputs of every Linear and of the LM head; returns (Hessians, tokens seen)."""
     device = next(model.parameters()).device
     linears = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, Linear)}
@@ -79,7 +81,9 @@ def collect_hessians(model: GPT, batches: Iterator[Tensor], *, looped: bool, doc
     try:
         model.eval()
         with torch.no_grad():
-            for window in tqdm(batches, desc="calibrate", unit="batch", disable=not dist.dist_info().is_main):
+            bar = tqdm(batches, desc="calibrate (Hessian batches)", unit="batch", total=total,
+                       disable=not dist.dist_info().is_main)  # fmt: skip
+            for window in bar:
                 ids = window[:, :-1].to(device)
                 cu = window_cu_seqlens(ids.cpu().numpy(), model.cfg.bos_id).to(device) if doc_isolated else None
                 accumulate(EMBEDDING, model.hidden(ids, cu, looped, None))
