@@ -19,7 +19,8 @@ def run(main: Callable[[], None]) -> None:
     except (PgolfError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    name = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "stage"
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("-")
     dist = sys.modules.get("pgolf.dist")  # a stage that never imported it runs as one process
-    if dist is None or dist.dist_info().is_main:
+    if script.parent.name == "stages" and (dist is None or dist.dist_info().is_main):
+        name = script.stem
         print(f"{name}: done in {time.perf_counter() - start:.1f} s")

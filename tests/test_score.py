@@ -117,8 +117,12 @@ def test_summary_reads_the_ladder_in_order_and_the_measured_checks(tmp_path):
     write(summary, tmp_path / "summary.json", tmp_path / "ladder.csv", tmp_path / "headline.json")
     assert (tmp_path / "ladder.csv").read_text().splitlines()[:2] == ["rung,val_bpb", "prequant_raw,1.9"]
     head = json.loads((tmp_path / "headline.json").read_text())
-    assert head["ladder"] == summary["ladder"] and head["compliance"] == {"compliant": True, "train_seconds": 105.0,
-                                                                         "eval_seconds": 10.0, "audit": "compliant"}
+    assert head["ladder"] == summary["ladder"] and head["compliance"] == {
+        "compliant": True,
+        "train_seconds": 105.0,
+        "eval_seconds": 10.0,
+        "audit": "compliant",
+    }
     columns = sum(1 for _ in _flat(head))
     assert columns <= 20, columns  # what `dvc metrics show` prints: at most 30 columns with the revision
 

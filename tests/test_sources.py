@@ -202,3 +202,15 @@ def test_malformed_fineweb_line_names_file_and_line(tmp_path):
     cfg = _mirror_cfg(tmp_path / "mirror", source="fineweb", num_val_docs=1)
     with pytest.raises(sources.SourceError, match=r"docs_selected.jsonl:2: not a JSON object with a 'text' field"):
         sources.prepare(cfg, tmp_path / "docs")
+
+
+def test_a_validation_document_holding_the_whitespace_marker_is_refused_naming_it(tmp_path):
+    """SentencePiece decodes a literal U+2581 as a space: such a validation document could not be scored on its exact
+    bytes, so prepare refuses it (it failed after every train shard was written, with an AssertionError)."""
+    from pgolf.data.docs import Doc, write_docs
+    from pgolf.errors import PgolfError
+
+    docs = [Doc("a/0", "plain text"), Doc("b/3", "a \u2581 marker")]
+    assert write_docs(tmp_path, "train", docs)["docs"] == 2  # training text may hold it: nothing is scored there
+    with pytest.raises(PgolfError, match=r"val.jsonl: validation document 'b/3' holds U\+2581 .* at character 2"):
+        write_docs(tmp_path, "val", docs)

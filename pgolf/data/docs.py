@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgolf.errors import PgolfError
+
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 
@@ -36,12 +38,25 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+WHITESPACE_MARKER = "\u2581"
+"""SentencePiece's space symbol: in a text it decodes to a space, so a document holding it is not tokenized
+losslessly (rejected in the validation split, whose bytes the audit counts exactly)."""
+
+
 def write_docs(directory: Path, split: str, docs: Iterable[Doc]) -> dict:
-    """Write one split as JSONL; return its summary for the manifest."""
+    """Write one split as JSONL; return its summary for the manifest. A validation document holding the
+    tokenizer's whitespace marker is refused, naming it (:data:`WHITESPACE_MARKER`)."""
     path = directory / f"{split}.jsonl"
     count = nbytes = 0
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for doc in docs:
+            if split == "val" and WHITESPACE_MARKER in doc.text:
+                at = doc.text.index(WHITESPACE_MARKER)
+                raise PgolfError(
+                    f"{path}: validation document {doc.id!r} holds U+2581 (the tokenizer's whitespace marker) at "
+                    f"character {at}: SentencePiece decodes it as a space, so its bytes could not be counted exactly; "
+                    "remove the character from the source document or hold the document out of validation"
+                )
             f.write(json.dumps({"id": doc.id, "text": doc.text}, ensure_ascii=False) + "\n")
             count += 1
             nbytes += len(doc.text.encode("utf-8"))
