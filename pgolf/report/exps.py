@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.cli import run
+from pgolf.dist import subprocess_env
 from pgolf.errors import PgolfError
 
 SUMMARY = "metrics/headline.json"
@@ -267,7 +267,7 @@ def exp_show(repo: str | Path, dvc_args: list[str]) -> list:
     if bad:
         raise PgolfError(f"{' '.join(bad)}: this command reads dvc's JSON; drop the other output format")
     cmd = [*_dvc_command(), "exp", "show", "--json", *dvc_args]
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    env = subprocess_env(DVC_NO_ANALYTICS="1")
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env, check=False)
     shown = " ".join(["dvc", *cmd[len(cmd) - len(dvc_args) - 3 :]])
     if proc.returncode != 0:
