@@ -50,7 +50,7 @@ def unigram_log_probs(shard_dir: Path, vocab_size: int, max_tokens: int = UNIGRA
     counts = np.ones(vocab_size, dtype=np.int64)
     seen = 0
     for path in shard_io.shard_paths(shard_dir, "train"):
-        tokens = shard_io.read_shard(path, mmap=True)[: max_tokens - seen]
+        tokens = shard_io.read_shard(path, vocab_size=vocab_size, mmap=True)[: max_tokens - seen]
         counts += np.bincount(tokens, minlength=vocab_size)[:vocab_size]
         seen += len(tokens)
         if seen >= max_tokens:

@@ -116,6 +116,7 @@ RECORD_MODEL = {
     "num_kv_heads": 4,
     "mlp_mult": 4.0,
     "mlp_activation": "leaky_relu2",
+    "mlp_leaky_slope": 0.5,
     "tied_embed_init_std": 0.005,
     "logit_softcap": 30.0,
     "rope_base": 10000.0,

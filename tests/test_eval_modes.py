@@ -194,6 +194,18 @@ def test_score_first_audit_passes_for_compliant_modes_and_fails_for_multi_phase(
     assert audit.passed == (name != "multi_phase"), audit.message
 
 
+def test_the_stage_audit_says_what_it_runs(capsys):
+    """The evaluate stage's score-first audit prints a line before and after each of its two runs and its verdict
+    (issue 15: it ran for minutes without output)."""
+    from pgolf.eval.stage import score_first
+
+    val = text_val(random_texts(4, 20, 45, seed=3))
+    detail = score_first("chunk_sgd", tiny_model(), val, score_cfg(), eval_cfg(progress=True), True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "score-first audit of chunk_sgd" in line]
+    assert len(lines) == 5 and "original run on 2 documents" in lines[0] and "perturbed run" in lines[2]
+    assert lines[-1].endswith(f"passed ({detail['checked']} protected scores, 0 changed)")
+
+
 def test_run_modes_leaves_the_model_unchanged():
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}

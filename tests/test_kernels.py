@@ -51,7 +51,7 @@ _INTERPRETED = """
 import torch
 from test_kernels import TOL, _check_ce, _check_compiled, _check_mlp, _check_wide
 for dtype in (torch.float32, torch.float64):
-    for slope in (0.5, 0.0):
+    for slope in (0.5, 0.3, 0.0):
         _check_mlp((3, 7, 20), 37, slope, dtype, "cpu", (16, 16, 16), TOL[dtype])  # M=21, N=37, K=20: ragged edges
     _check_ce(13, 100, dtype, "cpu", 32, TOL[dtype])  # V=100 over blocks of 32
 _check_compiled()

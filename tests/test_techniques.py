@@ -239,6 +239,28 @@ def test_model_builds_and_runs_at_vocab_12288_with_every_table_quantized_as_embe
     assert scales.shape == (12288,)
 
 
+@pytest.mark.parametrize("slope", [0.5, 0.3])
+def test_leaky_slope_reaches_the_mlp_forward_and_backward(slope):
+    """frontier.md §3.12: phi(u) = u^2 (u > 0), (slope u)^2 else; derivative 2 slope^2 u on the negative side."""
+    cfg = model_cfg(mlp_leaky_slope=slope)
+    mlp = MLP(cfg).double()
+    with torch.no_grad():
+        mlp.down.weight.normal_()
+    x = torch.randn(2, 5, cfg.model_dim, dtype=torch.float64)
+    u = (x @ mlp.up.weight.T).detach().requires_grad_()
+    phi = torch.where(u > 0, u * u, slope * slope * u * u)
+    torch.testing.assert_close(mlp(x), phi @ mlp.down.weight.T, rtol=1e-12, atol=1e-12)
+    (grad,) = torch.autograd.grad(phi.sum(), u)
+    torch.testing.assert_close(grad, torch.where(u > 0, 2 * u, 2 * slope**2 * u))
+
+
+def test_leaky_slope_is_range_checked():
+    from pgolf.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.mlp_leaky_slope"):
+        model_cfg(mlp_leaky_slope=1.5)
+
+
 def test_relu2_mlp_3x_is_down_of_squared_relu_of_up():
     """#374's MLP: hidden width 3 x model_dim, ReLU(x)^2 (the record's is LeakyReLU(0.5)^2)."""
     cfg = model_cfg(mlp_mult=3.0, mlp_activation="relu2")

@@ -231,6 +231,9 @@ def test_unigram_baseline_is_add_one_counts(tmp_path):
     torch.testing.assert_close(logp.exp(), expected)
     capped = unigram_log_probs(tmp_path, vocab_size=5, max_tokens=4)  # the first 4 tokens only
     torch.testing.assert_close(capped.exp(), torch.tensor([1, 2, 3, 2, 1], dtype=torch.float64) / 9)
+    shards.write_shard(tmp_path / "train_000002.bin", [7])  # an id beyond the vocabulary: named, not dropped
+    with pytest.raises(shards.ShardError, match=r"train_000002.bin: token id 7 is out of range for vocab_size 5"):
+        unigram_log_probs(tmp_path, vocab_size=5)
 
 
 def test_gptq_beats_rtn_on_the_layers_of_a_trained_model(data, tmp_path):

@@ -22,10 +22,12 @@ import json
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from pgolf.compress import submission
 from pgolf.compress.container import MODEL_BIN
 from pgolf.data.docs import read_docs
-from pgolf.dist import dist_info, group_rank_world
+from pgolf.dist import dist_info
 from pgolf.eval import audit
 from pgolf.eval.bpb import ValData, load_val
 from pgolf.eval.common import EvalContext, ModeResult, TokenRecorder
@@ -54,14 +56,27 @@ def score_first(name: str, model: GPT, val: ValData, score: ScoreConfig, cfg: Ev
     small = score.model_copy(update={"docs": cfg.audit.docs})
     docs = scored_documents(val, small, model.cfg.bos_id)
     doc = max(docs, key=lambda d: d.num_targets)
-    ctx = EvalContext(looped, *group_rank_world())
+    ctx = dataclasses.replace(context(model, cfg, looped), compile_backend=None)
+    runs = iter(("original", "perturbed"))
 
     def run(v: ValData, recorder: TokenRecorder) -> ModeResult:
-        return run_mode(name, model, v, docs, small, cfg, dataclasses.replace(ctx, recorder=recorder))
+        label, start = next(runs), time.perf_counter()
+        say(ctx, f"evaluate: score-first audit of {name}: the {label} run on {len(docs)} documents ...")
+        result = run_mode(name, model, v, docs, small, cfg, dataclasses.replace(ctx, recorder=recorder))
+        say(ctx, f"evaluate: score-first audit of {name}: the {label} run took {time.perf_counter() - start:.1f} s")
+        return result
 
     result = audit.score_first_audit(run, val, doc, doc.num_targets // 2, model.cfg.vocab_size)
+    say(ctx, f"evaluate: score-first audit of {name}: {'passed' if result.passed else 'FAILED'} "
+             f"({result.checked} protected scores, {result.violations} changed)")  # fmt: skip
     return {"passed": result.passed, "checked": result.checked, "violations": result.violations,
             "max_abs_diff": result.max_abs_diff}  # fmt: skip
+
+
+def say(ctx: EvalContext, line: str) -> None:
+    """One progress line on rank 0 (through tqdm, so it does not break a bar), when ``eval.progress`` is on."""
+    if ctx.progress and ctx.rank == 0:
+        tqdm.write(line)
 
 
 def mode_seconds(decompress: float, result: ModeResult) -> dict:

@@ -34,7 +34,10 @@ class ModelParams(Section):
     mlp_mult: float
     """MLP hidden width = int(mlp_mult * model_dim)."""
     mlp_activation: Literal["leaky_relu2", "relu2"]
-    """(LeakyReLU(0.5))^2 as in the record, or ReLU^2."""
+    """(LeakyReLU(slope))^2 as in the record, or ReLU^2."""
+    mlp_leaky_slope: float
+    """Negative slope of leaky_relu2: phi(u) = u^2 for u > 0, (slope u)^2 otherwise; the record 0.5, #1948/#2140 0.3
+    (frontier.md §3.12). It reaches the eager path and the fused Triton kernel, forward and backward."""
     tied_embed_init_std: float
     logit_softcap: float
     """logits = c * tanh(z / c); 0 disables."""
@@ -90,6 +93,8 @@ class ModelParams(Section):
             problems.append("model.bigram_hash.buckets must be 0 (off) or at least 2 (one is reserved)")
         if any(not 0 <= layer < self.num_layers for layer in self.value_embed.layers):
             problems.append("model.value_embed.layers must lie inside 0..num_layers-1")
+        if not 0.0 <= self.mlp_leaky_slope <= 1.0:
+            problems.append(f"model.mlp_leaky_slope must lie in [0, 1] (got {self.mlp_leaky_slope})")
         if self.gate_window > self.model_dim:
             problems.append("model.gate_window must not exceed model.model_dim")
         if problems:

@@ -185,7 +185,7 @@ class MLP(nn.Module):
         super().__init__()
         self.up = Linear(cfg.model_dim, cfg.mlp_dim, "mlp", "up")
         self.down = Linear(cfg.mlp_dim, cfg.model_dim, "mlp", "down", zero_init=True)
-        self.slope = 0.5 if cfg.mlp_activation == "leaky_relu2" else 0.0
+        self.slope = cfg.mlp_leaky_slope if cfg.mlp_activation == "leaky_relu2" else 0.0
 
     def forward(self, n: Tensor) -> Tensor:
         if use_fused_mlp(n, self.training):  # the fused Triton up-projection + activation (training, as the record)
