@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from pgolf.quant.gptq import (
     clip_range,
     gptq_quantize,
     hessian_error,
+    inverse_upper_factor,
     quantize_gate_int8_row,
     relative_error,
     rtn_quantize,
@@ -159,6 +161,40 @@ def test_gptq_errors_are_clear() -> None:
         gptq_quantize(w, bad, sdclip_scales(w, K, 6), 6)
     with pytest.raises(ValueError, match="bits"):
         clip_range(9)
+    with pytest.raises(PgolfError, match=r"shape \(4, 8\).*damping"):
+        gptq_quantize(w, bad, sdclip_scales(w, K, 6), 6, inverse="reverse_cholesky")
+    with pytest.raises(ValueError, match="unknown GPTQ inverse method 'qr'"):
+        inverse_upper_factor(torch.eye(3), "qr")
+
+
+# ---- the H^-1 factor: chol -> inverse -> chol, or one reverse Cholesky (frontier §3.13) ----
+
+
+def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x - ref).norm() / ref.norm())
+
+
+@pytest.mark.parametrize("n", [1, 7, 96, 300])
+def test_reverse_cholesky_gives_the_same_factor_in_float64(n: int) -> None:
+    """Both read H's lower triangle: the fp32 X^T X here is symmetric only up to rounding (n = 7: by 6e-8), and the
+    reverse path must still give the Cholesky path's factor, not that of the upper triangle (3e-7 away there)."""
+    h = _correlated_hessian(n, n=4 * n + 8).double()
+    h.diagonal().add_(0.01 * h.diagonal().mean())
+    u = inverse_upper_factor(h, "cholesky")
+    r = inverse_upper_factor(h, "reverse_cholesky")
+    assert r.dtype == torch.float64 and torch.equal(r, r.triu()) and (r.diagonal() > 0).all()
+    assert _rel(r, u) < 1e-10
+    assert _rel(r.T @ r, torch.linalg.inv(h.tril() + h.tril(-1).T)) < 1e-10
+
+
+def test_reverse_cholesky_gives_the_golden_gptq_codes() -> None:
+    """The record's int6 and int7 codes (tests/golden) come out identical with the reverse factor in float32."""
+    gq = load((Path(__file__).parent / "golden" / "gptq.safetensors").read_bytes())
+    for key, clip, bits, w, h in (("int6_mlp", 11.5, 6, "w", "hessian"), ("int6_attn", 13.0, 6, "w", "hessian"),
+                                  ("emb", 14.0, 7, "emb/w", "emb/hessian")):  # fmt: skip
+        s = sdclip_scales(gq[w], clip, bits)
+        q = gptq_quantize(gq[w], gq[h], s, bits, inverse="reverse_cholesky")
+        assert torch.equal(q, gq[f"{key}/q"]), (key, int((q != gq[f"{key}/q"]).sum()))
 
 
 def test_error_measures() -> None:
@@ -225,6 +261,26 @@ def test_lqer_pack_ranges_and_round_trip() -> None:
             assert torch.equal(getattr(back, field), getattr(corr, field))
     with pytest.raises(ValueError, match="not a multiple of 64"):
         lqer.pack_asym(a[:, :3], b[:3, :100], 64)
+
+
+def test_lqer_group_32_doubles_the_b_scales_and_round_trips() -> None:
+    """#2060's retune: rank 2, B in groups of 32 (twice the scales of 64), through the manifest and back."""
+    w, fmt = _quantized()
+    a, b = lqer.low_rank_residual(lqer.quantization_residual(w, fmt), 2)
+    g64, g32 = lqer.pack_asym(a, b, 64), lqer.pack_asym(a, b, 32)
+    assert (g64.b_scale.numel(), g32.b_scale.numel()) == (2 * 128 // 64, 2 * 128 // 32)
+    groups = b.reshape(-1, 32)
+    expected = np.float16(groups.abs().amax(dim=1).double().numpy() / 7.5)
+    assert g32.group == 32 and np.array_equal(g32.b_scale.numpy(), expected)
+    b_hat = (g32.b_q.float().reshape(-1, 32) * g32.b_scale.float()[:, None]).reshape(b.shape)
+    # half a step at most (a group's positive max sits at 7.5 steps, clamped to 7; the fp16 scale adds < 1%)
+    assert ((b - b_hat).abs().reshape(-1, 32) <= 0.51 * g32.b_scale.float()[:, None]).all()
+    assert torch.allclose(lowrank_dense(g32), (g32.a_q.float() * g32.a_scale.float()) @ b_hat)
+    entry = Entry("m", (64, 128), "float32", fmt, g32)
+    tensors, manifest = to_tensors([entry])
+    assert tensors["m.lqer.b_scale"].shape == (8,) and manifest["entries"][0]["lqer"] == {"mode": "asym", "group": 32}
+    back = from_tensors(load(save(tensors)), json.loads(json.dumps(manifest)))[0]
+    assert back.lqer is not None and back.lqer.group == 32 and torch.equal(dequantize(back), dequantize(entry))
 
 
 def test_select_top_k() -> None:

@@ -178,3 +178,41 @@ def test_a_missing_hessian_names_the_tensor_and_the_fix():
     del hessians["blocks.2.mlp.up.weight"]
     with pytest.raises(PgolfError, match=r"no Hessian for 'blocks\.2\.mlp\.up\.weight' .*`dvc repro calibrate`"):
         quantize_state(state, hessians, decisions, _quant())
+
+
+def test_the_inverse_key_reaches_gptq(monkeypatch):
+    """quantize.inverse picks GPTQ's H^-1 factor (frontier §3.13); both give the same codes here."""
+    seen = []
+    original = gptq.inverse_upper_factor
+    monkeypatch.setattr(gptq, "inverse_upper_factor", lambda h, method, shape=(): seen.append(method) or
+                        original(h, method, shape))  # fmt: skip
+    model = _model()
+    w, h = model.state_dict()["blocks.0.mlp.up.weight"], torch.eye(32) + 0.1
+    d = decide(model, _quant())["blocks.0.mlp.up.weight"]
+    codes = [quantize_matrix("m", w, h, d, _quant(inverse=inverse)).entry.fmt.q
+             for inverse in ("cholesky", "reverse_cholesky")]  # fmt: skip
+    assert seen == ["cholesky", "reverse_cholesky"] and torch.equal(*codes)
+
+
+def test_lqer_group_32_end_to_end(shard_dir):
+    """#2060's LQER retune (rank 2, group 32, top 4): the corrections' B scales are twice those of group 64, and
+    model.bin gives back the same dequantized tensors."""
+    from pgolf.compress import pergroup, submission
+
+    model, hessians = _trained_like(shard_dir)
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    cfg = _quant(lqer={**_quant().lqer.model_dump(), "rank": 2, "top_k": 4, "group": 32})
+    entries, rows, chosen = quantize_state(state, hessians, decide(model, cfg), cfg)
+    corrections = {e.name: e.lqer for e in entries if e.lqer is not None}
+    assert len(chosen) == 4 and set(corrections) == set(chosen)
+    for name, c in corrections.items():
+        assert (c.mode, c.group, c.b_q.shape[0]) == ("asym", 32, 2)
+        assert c.b_scale.numel() == 2 * state[name].shape[1] // 32
+    tensors, manifest = formats.to_tensors(entries)
+    compress = parse_section({**read_params("params.yaml")["compress"], "codec": "brotli"}, "compress",
+                             pergroup.SerializeConfig)  # fmt: skip
+    blob, _ = submission.pack_model(entries, {"model_config": {}, "train": {"looping_from_step": None},
+                                              "formats": manifest}, compress, workers=1)  # fmt: skip
+    restored, _ = submission.unpack_model(blob, workers=1)
+    for a, b in zip(entries, restored, strict=True):
+        assert torch.equal(formats.dequantize(a), formats.dequantize(b)), a.name

@@ -3,15 +3,20 @@
 Formats:
     QuantizedMatrix   int8 Q with one fp16 scale per row (GPTQ/RTN), Ŵ = diag(s) Q; optionally in the Hadamard-rotated
                       input space, undone after any low-rank correction is added (Ŵ = (diag(s) Q + Â B̂) Q_H).
+                      AWQ-lite (:class:`ProtectedGroups`) puts a few column groups on a finer grid with a second
+                      per-row scale: those columns dequantize as diag(s_hi) Q instead.
     GateInt8Row       int8 per-row absmax quantization of the small attention-gate matrices.
     Passthrough       the tensor itself, stored as fp16 (or fp32), restored to its original dtype.
     LowRankCorrection LQER factors Â B̂ ("asym": int2 A with one scale, int4 B with per-group scales; "sym": per-row).
 
-The flat dict uses keys `{name}.q`, `{name}.scale`, `{name}.value` and `{name}.lqer.{a_q,a_scale,b_q,b_scale}`;
-everything else (kind, bits, shape, dtype, rotation, LQER mode and group) is in the manifest, never in key names.
+The flat dict uses keys `{name}.q`, `{name}.scale`, `{name}.value`, `{name}.awq_scale` (AWQ-lite's s_hi) and
+`{name}.lqer.{a_q,a_scale,b_q,b_scale}`; everything else (kind, bits, shape, dtype, rotation, AWQ-lite group starts,
+size and bits, LQER mode and group) is in the manifest, never in key names. A matrix without protected groups has
+no ``awq`` manifest field at all, so its manifest is the one written before AWQ-lite existed.
 
 References:
-    parameter-golf record PR #1855 (`gptq_mixed_quantize`, `dequantize_mixed`), PR #2143 (Hadamard rotation).
+    parameter-golf record PR #1855 (`gptq_mixed_quantize`, `dequantize_mixed`), PR #2143 (Hadamard rotation),
+    PR #1908 (AWQ-lite group promotion; frontier §3.1).
 """
 
 from __future__ import annotations
@@ -54,19 +59,51 @@ def _check_rows(q: Tensor, scale: Tensor, what: str) -> None:
 
 
 @dataclass(frozen=True, eq=False)
+class ProtectedGroups:
+    """AWQ-lite: the column groups [start, start + size) of a QuantizedMatrix whose codes lie on the finer grid
+    ±(2^(bits-1)-1) with the fp16 per-row step `scale` (s_hi), in the matrix's own (possibly rotated) columns."""
+
+    starts: tuple[int, ...]
+    size: int
+    scale: Tensor
+    bits: int
+
+    def __post_init__(self) -> None:
+        _require(self.size > 0 and len(self.starts) > 0, "ProtectedGroups: needs a positive size and a start")
+        _require(list(self.starts) == sorted(set(self.starts)), f"ProtectedGroups: starts {self.starts} not sorted")
+        gaps = [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)]
+        _require(self.starts[0] >= 0 and all(g >= self.size for g in gaps), "ProtectedGroups: groups overlap")
+        _require(2 <= self.bits <= 8, f"ProtectedGroups: bits must be in [2, 8], got {self.bits}")
+        _require(self.scale.dtype == torch.float16 and self.scale.ndim == 1, "ProtectedGroups: scale not fp16 rows")
+
+    def columns(self, cols: int) -> Tensor:
+        """The bool mask [cols] of the protected columns."""
+        mask = torch.zeros(cols, dtype=torch.bool)
+        for start in self.starts:
+            mask[start : start + self.size] = True
+        return mask
+
+
+@dataclass(frozen=True, eq=False)
 class QuantizedMatrix:
     """int8 Q [rows, cols] in [-(2^(bits-1)-1), 2^(bits-1)-1] with fp16 per-row scales; `rotated`: Q lives in the
-    Hadamard-rotated input space."""
+    Hadamard-rotated input space; `protected`: AWQ-lite's finer-grid column groups (None: none)."""
 
     kind: ClassVar[str] = "matrix"
     q: Tensor
     scale: Tensor
     bits: int
     rotated: bool
+    protected: ProtectedGroups | None = None
 
     def __post_init__(self) -> None:
         _check_rows(self.q, self.scale, "QuantizedMatrix")
         _require(2 <= self.bits <= 8, f"QuantizedMatrix: bits must be in [2, 8], got {self.bits}")
+        p = self.protected
+        if p is not None:
+            _require(tuple(p.scale.shape) == (self.q.shape[0],), "QuantizedMatrix: protected scale is not per row")
+            _require(p.starts[-1] + p.size <= self.q.shape[1], "QuantizedMatrix: a protected group passes the end")
+            _require(p.bits > self.bits, f"QuantizedMatrix: protected bits {p.bits} not finer than {self.bits}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,12 +191,22 @@ def lowrank_dense(c: LowRankCorrection) -> Tensor:
     return a @ b
 
 
+def matrix_dense(fmt: QuantizedMatrix) -> Tensor:
+    """diag(s) Q in fp32 (in the matrix's own domain, no correction), with diag(s_hi) Q on the protected columns."""
+    w = fmt.q.float() * fmt.scale.float()[:, None]
+    p = fmt.protected
+    if p is not None:
+        cols = p.columns(fmt.q.shape[1])
+        w[:, cols] = fmt.q[:, cols].float() * p.scale.float()[:, None]
+    return w
+
+
 def dequantize(entry: Entry) -> Tensor:
     """The dense tensor of an entry, computed in fp32 and cast to the entry's dtype and shape."""
     fmt = entry.fmt
     match fmt:
         case QuantizedMatrix():
-            w = fmt.q.float() * fmt.scale.float()[:, None]
+            w = matrix_dense(fmt)
             if entry.lqer is not None:
                 w = w + lowrank_dense(entry.lqer)
             if fmt.rotated:
@@ -181,6 +228,8 @@ def dequantized_state(entries: Iterable[Entry]) -> dict[str, Tensor]:
 def _format_tensors(fmt: QuantizedTensor) -> dict[str, Tensor]:
     if isinstance(fmt, Passthrough):
         return {"value": fmt.value}
+    if isinstance(fmt, QuantizedMatrix) and fmt.protected is not None:
+        return {"q": fmt.q, "scale": fmt.scale, "awq_scale": fmt.protected.scale}
     return {"q": fmt.q, "scale": fmt.scale}
 
 
@@ -188,6 +237,8 @@ def _format_meta(fmt: QuantizedTensor) -> dict[str, Any]:
     meta: dict[str, Any] = {"kind": fmt.kind}
     if isinstance(fmt, QuantizedMatrix):
         meta.update(bits=fmt.bits, rotated=fmt.rotated)
+        if (p := fmt.protected) is not None:  # absent, not null, when off: the manifest stays byte-identical
+            meta["awq"] = {"starts": list(p.starts), "size": p.size, "bits": p.bits}
     return meta
 
 
@@ -229,7 +280,11 @@ def _format_from(name: str, meta: dict[str, Any], tensors: dict[str, Tensor], dt
     q, scale = tensors[f"{name}.q"], tensors[f"{name}.scale"]
     if kind == GateInt8Row.kind:
         return GateInt8Row(q=q, scale=scale)
-    return QuantizedMatrix(q=q, scale=scale, bits=int(meta["bits"]), rotated=bool(meta["rotated"]))
+    protected = None
+    if (awq := meta.get("awq")) is not None:
+        protected = ProtectedGroups(starts=tuple(int(x) for x in awq["starts"]), size=int(awq["size"]),
+                                    scale=tensors[f"{name}.awq_scale"], bits=int(awq["bits"]))  # fmt: skip
+    return QuantizedMatrix(q=q, scale=scale, bits=int(meta["bits"]), rotated=bool(meta["rotated"]), protected=protected)
 
 
 def from_tensors(tensors: dict[str, Tensor], manifest: dict[str, Any]) -> list[Entry]:

@@ -7,6 +7,9 @@ tied embedding's Hessian is that of the LM head's input (the final-normed hidden
 reduces to round-to-nearest on its grid. Only *training* tokens are
 used: random windows of the train shards, drawn with a seeded generator. Sums are reduced across ranks (the
 reference kept each rank's own Hessians).
+
+Nothing is normalized: H = sum of x x^T over every row that reached the matrix, tokens x passes of the matrix per
+forward (:func:`hessian_rows`), which AWQ-lite divides by to get per-channel RMS activations (:mod:`pgolf.quant.awq`).
 """
 
 from __future__ import annotations
@@ -57,12 +60,38 @@ def calibration_windows(shard_dir: Path, cfg: CalibrateConfig, rank: int, world_
                                          for i, s in zip(picks, starts, strict=True)]))  # fmt: skip
 
 
+def _hooked_linears(model: GPT) -> dict[str, Linear]:
+    return {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, Linear)}
+
+
+def hessian_rows(model: GPT, looped: bool, tokens: int) -> dict[str, int]:
+    """The rows :func:`collect_hessians` summed into each Hessian over ``tokens`` calibration tokens: tokens times
+    the calls of the matrix per forward (a projection of a looped layer runs once per pass), counted on a one-token
+    forward with the same hooks; the tied embedding's (the LM head input) is ``tokens``. The lookup tables (H = I)
+    have no entry: they have no activation statistics."""
+    linears = _hooked_linears(model)
+    calls = dict.fromkeys(linears, 0)
+
+    def count(name: str) -> None:
+        calls[name] += 1
+
+    hooks = [m.register_forward_pre_hook(lambda _m, _args, n=name: count(n)) for name, m in linears.items()]
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model.hidden(torch.zeros(1, 1, dtype=torch.long, device=device), None, looped, None)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {EMBEDDING: tokens, **{name: tokens * n for name, n in calls.items()}}
+
+
 def collect_hessians(
     model: GPT, batches: Iterator[Tensor], *, looped: bool, doc_isolated: bool, total: int | None = None
 ) -> tuple[dict, int]:
     """Sum x x^T over the inputs of every Linear and of the LM head; returns (Hessians, tokens seen)."""
     device = next(model.parameters()).device
-    linears = {f"{name}.weight": m for name, m in model.named_modules() if isinstance(m, Linear)}
+    linears = _hooked_linears(model)
     hessians = {name: torch.zeros(m.weight.size(1), m.weight.size(1), device=device) for name, m in linears.items()}
     hessians[EMBEDDING] = torch.zeros(model.cfg.model_dim, model.cfg.model_dim, device=device)
     params = dict(model.named_parameters())

@@ -16,13 +16,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pgolf.quant.formats import LowRankCorrection, QuantizedMatrix, lowrank_dense, to_fp16_scale
+from pgolf.quant.formats import LowRankCorrection, QuantizedMatrix, lowrank_dense, matrix_dense, to_fp16_scale
 
 
 def quantization_residual(target: Tensor, fmt: QuantizedMatrix, correction: LowRankCorrection | None = None) -> Tensor:
-    """E = target - diag(s) Q in fp32, minus Â B̂ when a correction is given (the residual left after LQER);
-    `target` must be in the same (rotated or not) domain as the stored Q."""
-    e = target.float() - fmt.q.float() * fmt.scale.float()[:, None]
+    """E = target - diag(s) Q in fp32 (AWQ-lite's protected columns on their own step s_hi, so LQER is fitted on the
+    residual of the finer grid), minus Â B̂ when a correction is given (the residual left after LQER); `target` must
+    be in the same (rotated or not) domain as the stored Q."""
+    e = target.float() - matrix_dense(fmt)
     return e if correction is None else e - lowrank_dense(correction)
 
 

@@ -11,7 +11,8 @@ control            fp16 passthrough                                             
 =================  ===========================================================  ==========================
 
 Mixed precision (#2143: int5 q/o/down, int6 k/v/up) is a matter of the per-kind ``bits``. No decision looks at a
-parameter's name.
+parameter's name. ``quantize.awq`` (AWQ-lite, frontier §3.1) then promotes a few column groups of the GPTQ matrices
+to a finer grid (:mod:`pgolf.quant.awq`); ``quantize.inverse`` picks how GPTQ computes its H^-1 factor (§3.13).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator
 from pydantic_core import PydanticCustomError
 
-from pgolf.config import Section
+from pgolf.config import ConfigError, Section
 from pgolf.model.gpt import GPT
 from pgolf.model.layers import Linear
+from pgolf.quant.gptq import InverseMethod
 
 MatrixKind = Literal["embedding", "q", "k", "v", "o", "up", "down"]
 MIN_BITS, MAX_BITS = 2, 8  # every quantized value is stored in int8 (formats.QuantizedMatrix, lqer.pack_sym)
@@ -61,6 +63,30 @@ class LqerConfig(Section):
     factor_bits: BitWidth
 
 
+class AwqConfig(Section):
+    """AWQ-lite (frontier §3.1, #1908): the most activation-salient column groups of the GPTQ matrices are rounded
+    on a finer grid (same SDClip clip, 2^(bits-1)-1 levels) and stored with a second per-row scale."""
+
+    enabled: bool
+    bits: BitWidth
+    """Grid of the protected groups (frontier: 8, int8 in [-127, 127]); only matrices with fewer bits are candidates."""
+    group_size: int
+    """Consecutive input columns per group (frontier: 64); a trailing partial group is never a candidate."""
+    top_k: int
+    """Groups kept: in the whole model (scope global) or in each candidate matrix (per_matrix). Frontier: 1, global."""
+    scope: Literal["global", "per_matrix"]
+    min_elements: int
+    """Candidates have more than this many elements (frontier: 65,536, a constant there)."""
+
+    def model_post_init(self, _context: object) -> None:
+        sizes = (("group_size", self.group_size), ("top_k", self.top_k))
+        problems = [f"quantize.awq.{key} must be positive (got {value})" for key, value in sizes if value < 1]
+        if self.min_elements < 0:
+            problems.append(f"quantize.awq.min_elements must be >= 0 (got {self.min_elements})")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
 class QuantizeConfig(Section):
     method: Literal["gptq", "rtn"]
     """gptq, or round-to-nearest with per-row percentile-clipped scales (#374; see TensorSpec)."""
@@ -70,6 +96,9 @@ class QuantizeConfig(Section):
     damping: float
     """GPTQ damping as a fraction of the mean Hessian diagonal."""
     act_order: bool
+    inverse: InverseMethod
+    """GPTQ's upper factor of H^-1: cholesky (the record: chol, inverse, chol) or reverse_cholesky (one
+    factorization of H flipped, frontier §3.13); the same factor up to rounding."""
     gate_int8: bool
     embedding: TensorSpec
     q: TensorSpec
@@ -79,6 +108,12 @@ class QuantizeConfig(Section):
     up: TensorSpec
     down: TensorSpec
     lqer: LqerConfig
+    awq: AwqConfig
+
+    def model_post_init(self, _context: object) -> None:
+        if self.awq.enabled and self.method != "gptq":
+            raise ConfigError(f"quantize.awq.enabled needs quantize.method: gptq (AWQ-lite changes GPTQ's grid; "
+                              f"got method {self.method!r})")  # fmt: skip
 
 
 @dataclass(frozen=True)
