@@ -7,7 +7,8 @@ Static shapes (``dynamic=False``): a packed row always has ``train.micro_batch_t
 that reach the graph are the row and a few cu lengths. ``looped`` is a Python bool, so switching recurrence on is a
 guard miss: one more graph per bucket, built during the warm-up (unlooped, then looped) as in the record (spec
 §8.2), not at the switch. The attention bound ``max_seqlen`` is ``train.seq_len`` (segments are cut there), which
-lets the flash backends trace without a host sync (see :mod:`pgolf.model.attention`).
+lets the flash backends trace without a host sync (see :mod:`pgolf.model.attention`). It is a Python int, so a
+``train.seq_schedule`` gives one more graph per (stage seq_len, schedule, bucket), all built in the warm-up too.
 
 The model compiles with ``fullgraph=True`` like the record. If some op cannot be traced (FlexAttention's
 block-mask construction, or a kernel this PyTorch cannot trace), the first call warns with the reason and the
@@ -106,12 +107,16 @@ class CompiledModel:
 
 
 def compile_model(
-    model: nn.Module, seq_len: int, backend: str | Callable | None = None, buckets: tuple[int, ...] = BUCKET_LENGTHS
+    model: nn.Module,
+    seq_len: int,
+    backend: str | Callable | None = None,
+    buckets: tuple[int, ...] = BUCKET_LENGTHS,
+    num_seq_lens: int = 1,
 ) -> CompiledModel:
     """Bound every attention layer's segments by ``seq_len`` (static ``max_seqlen``), size the recompile limit for
-    ``buckets`` x 2 schedules (:func:`recompile_limit`), then compile ``model``."""
+    ``buckets`` x 2 schedules x ``num_seq_lens`` segment caps (:func:`recompile_limit`), then compile ``model``."""
     set_max_seqlen(model, seq_len)
-    raise_recompile_limit(recompile_limit(buckets))
+    raise_recompile_limit(recompile_limit(buckets, schedules=2 * num_seq_lens))
     return CompiledModel(model, backend)
 
 
@@ -131,15 +136,19 @@ def bucket_warmup(
     seq_len: int,
     autocast: Callable[[], object],
     buckets: tuple[int, ...] | None = None,
+    schedules: tuple[bool, ...] = (False, True),
 ) -> int:
-    """Forward and backward (no optimizer step) of one real row with every cu_seqlens bucket, unlooped then
-    looped, so that training never compiles; returns the graphs built. Gradients are cleared afterwards.
-    ``buckets``: the cu_seqlens lengths (default :data:`BUCKET_LENGTHS`)."""
+    """Forward and backward (no optimizer step) of one real row with every cu_seqlens bucket, for each recurrence
+    schedule in ``schedules`` (unlooped then looped), so that training never compiles; returns the graphs built.
+    Gradients are cleared afterwards. ``buckets``: the cu_seqlens lengths (default :data:`BUCKET_LENGTHS`); a
+    bucket too short for a row cut every ``seq_len`` tokens is never met and is skipped."""
     before = graphs_compiled()
     tokens = inputs.numel()
-    for looped in (False, True):
+    fewest = -(-tokens // max(1, seq_len)) + 1  # boundaries of a row without BOS: cut every seq_len tokens
+    for looped in schedules:
         for length in buckets or BUCKET_LENGTHS:
-            if length - CU_PAD_MULTIPLE >= tokens + 1:  # a row of n tokens has at most n + 1 boundaries
+            # a row of n tokens has at most n + 1 boundaries, and at least ``fewest``
+            if length - CU_PAD_MULTIPLE >= tokens + 1 or length < fewest:
                 continue
             cu = bucket_cu_seqlens(tokens, seq_len, length, inputs.device)
             with autocast():

@@ -40,6 +40,13 @@ class QatConfig(Section):
     """Grid: per-row s = max(rowmax/c, 1/c), integers in [-(c+1), c] with c = 2^(bits-1) - 1."""
 
 
+class SeqStage(Section):
+    """One stage of ``train.seq_schedule``: segments of at most ``seq_len`` tokens while progress <= ``until``."""
+
+    seq_len: int
+    until: float
+
+
 class TrainConfig(Section):
     launcher: str
     """How DVC starts the stage: ``python`` or e.g. ``torchrun --standalone --nproc_per_node=8``."""
@@ -53,7 +60,15 @@ class TrainConfig(Section):
     micro_batch_tokens: int
     """Tokens per rank per forward (one packed row)."""
     seq_len: int
-    """Longest attention segment: documents are cut into chunks of at most this many tokens."""
+    """Longest attention segment: documents are cut into chunks of at most this many tokens. With a
+    ``seq_schedule`` it must equal the largest stage ``seq_len`` (the bound validation runs under)."""
+    seq_schedule: list[SeqStage]
+    """Progressive context (#2014: 1024@0.1, 2048@0.7, 3072@1.0): each step cuts segments at the ``seq_len`` of
+    the first stage whose ``until`` progress has not been passed; tokens per step do not change. ``[]``: always
+    ``seq_len``. See :mod:`pgolf.train.seq_schedule`."""
+    seq_warmup_steps: int
+    """After each change of the active seq_len the LR multiplier is scaled by (step - change + 1) / this, capped
+    at 1 (#2014: 32; 0 = off). The QAT and SWA triggers read the multiplier before this ramp."""
     warmup_steps: int
     """Compile/warm-up steps run unlooped and looped, then thrown away (weights and optimizer state restored)."""
     enable_looping_at: float
@@ -81,8 +96,17 @@ class TrainConfig(Section):
     checkpoint_seconds: float
     """Wall-clock seconds between resumable checkpoints (0 = none)."""
     compile: bool
-    """torch.compile the model (one graph per cu_seqlens bucket and schedule, built in the warm-up) and Muon's
-    Newton–Schulz (CUDA only; ignored on CPU). See :mod:`pgolf.compiler`."""
+    """torch.compile the model (one graph per cu_seqlens bucket, schedule and seq_schedule stage, built in the
+    warm-up) and Muon's Newton–Schulz (CUDA only; ignored on CPU). See :mod:`pgolf.compiler`."""
+
+    def model_post_init(self, _context: object) -> None:
+        problems = []
+        if self.seq_warmup_steps < 0:
+            problems.append(f"train.seq_warmup_steps must be >= 0 (got {self.seq_warmup_steps})")
+        if self.seq_schedule:
+            problems += _schedule_problems(self.seq_schedule, self.seq_len)
+        if problems:
+            raise ConfigError("; ".join(problems))
 
     def grad_accum(self, world_size: int) -> int:
         per_step = world_size * self.micro_batch_tokens
@@ -92,3 +116,20 @@ class TrainConfig(Section):
                 f"({world_size}) x train.micro_batch_tokens ({self.micro_batch_tokens})"
             )
         return self.global_batch_tokens // per_step
+
+
+def _schedule_problems(stages: list[SeqStage], seq_len: int) -> list[str]:
+    """What is wrong with a non-empty ``train.seq_schedule`` read against ``train.seq_len``."""
+    problems = []
+    untils = [stage.until for stage in stages]
+    if any(not 0.0 < u <= 1.0 for u in untils) or any(b <= a for a, b in zip(untils, untils[1:], strict=False)):
+        problems.append(f"train.seq_schedule[*].until must be strictly increasing in (0, 1] (got {untils})")
+    if untils[-1] != 1.0:
+        problems.append(f"train.seq_schedule[-1].until must be 1.0, so the schedule covers the run (got {untils[-1]})")
+    lengths = [stage.seq_len for stage in stages]
+    if min(lengths) <= 0:
+        problems.append(f"train.seq_schedule[*].seq_len must be positive (got {lengths})")
+    elif max(lengths) != seq_len:
+        problems.append(f"train.seq_len ({seq_len}) must equal the largest train.seq_schedule[*].seq_len "
+                        f"({max(lengths)}): it is the cap every stage stays under")  # fmt: skip
+    return problems

@@ -159,6 +159,13 @@ class PackingLoader:
             return
         self._install(index)
 
+    def set_seq_len(self, seq_len: int) -> None:
+        """Cut segments at ``seq_len`` from the next batch on (``train.seq_schedule``); the rows, and so the tokens
+        per step, stay the same: a shorter cap only gives more, shorter segments."""
+        if seq_len <= 0:
+            raise ValueError(f"seq_len must be positive, got {seq_len}")
+        self.seq_len = seq_len
+
     def next_batch(self) -> Batch:
         """This rank's slab of the next window (one micro-step); the cursor moves past the whole window."""
         if self.cursor + self.span > self._shard.tokens.size:

@@ -2,7 +2,8 @@
 resumable checkpoints, NaN abort, and the weights it leaves (raw + averaged, safetensors, with meta.json).
 
 Time: ``progress`` = training seconds / budget, where training seconds exclude the compile warm-up, validation
-and checkpoint writes, and survive a resume. The step that crosses the budget is the last one.
+and checkpoint writes, and survive a resume. The step that crosses the budget is the last one. The same progress
+picks the step's attention segment cap when ``train.seq_schedule`` is set (:mod:`pgolf.train.seq_schedule`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pgolf.eval.bpb import ValData
 from pgolf.eval.common import EvalContext
 from pgolf.eval.documents import Document
 from pgolf.eval.score import ScoreConfig, rung, score_model
+from pgolf.model.attention import set_max_seqlen
 from pgolf.model.config import ModelConfig
 from pgolf.model.gpt import GPT
 from pgolf.optim.averaging import EMA, TightSWA
@@ -35,6 +37,7 @@ from pgolf.train import checkpoint as ckpt
 from pgolf.train.config import TrainConfig
 from pgolf.train.loader import PackingLoader
 from pgolf.train.qat import FakeQuant, install_fake_quant
+from pgolf.train.seq_schedule import active_seq_len, rewarm_factor, warmup_pairs
 from pgolf.train.step import (
     Optimizers,
     TrainingDiverged,
@@ -52,6 +55,10 @@ class Progress:
     tokens: int = 0
     looping_from_step: int | None = None
     last_loss: float = float("nan")
+    seq_len: int | None = None
+    """The segment cap of the latest step (None before the first)."""
+    seq_len_changed_at: int | None = None
+    """The step of the latest segment-cap change, where the LR re-warm-up restarts (None: no change yet)."""
 
 
 @dataclass
@@ -103,9 +110,17 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, data_manife
     else:
         averager = TightSWA(model, cfg.averaging.swa_every, cfg.averaging.swa_start_below_lr)
     qat = install_fake_quant(model, cfg.qat.bits) if cfg.qat.enabled else None
-    forward = tc.compile_model(model, cfg.seq_len) if compiling else model
+    num_seq_lens = len({stage.seq_len for stage in cfg.seq_schedule} | {cfg.seq_len})
+    forward = tc.compile_model(model, cfg.seq_len, num_seq_lens=num_seq_lens) if compiling else model
     return Run(model, opts, loader, averager, cfg, info, cfg.grad_accum(info.world_size),
                fingerprint(model_cfg, cfg, data_manifest, info.world_size), forward, qat=qat)  # fmt: skip
+
+
+def _set_seq_len(run: Run, seq_len: int) -> None:
+    """Cut the loader's segments at ``seq_len`` and, when compiling, make it the attention's static bound."""
+    run.loader.set_seq_len(seq_len)
+    if run.compiling:
+        set_max_seqlen(run.model, seq_len)
 
 
 def _step(run: Run, looped: bool) -> float:
@@ -117,16 +132,22 @@ def _step(run: Run, looped: bool) -> float:
 def warmup(run: Run) -> float:
     """The thrown-away compile warm-up; returns its seconds. The loader restarts afterwards.
 
-    When compiling: forward/backward of one real row with every cu_seqlens bucket, both schedules (no step), then
-    ``warmup_steps`` full steps unlooped and looped; weights and optimizer state are restored afterwards."""
+    When compiling: forward/backward of one real row with every cu_seqlens bucket for every (segment cap,
+    schedule) pair the run can meet (no step; both schedules of ``train.seq_len`` without a seq_schedule), then
+    ``warmup_steps`` full steps unlooped and looped at the first cap; weights and optimizer state are restored."""
     if run.cfg.warmup_steps <= 0 and not run.compiling:
         return 0.0
-    start, graphs = time.perf_counter(), tc.graphs_compiled()
+    start, graphs, cfg = time.perf_counter(), tc.graphs_compiled(), run.cfg
     loader_state = run.loader.state_dict()
     if run.compiling:
         batch = run.loader.next_batch().to(run.info.device)
-        tc.bucket_warmup(run.forward, run.model, batch.inputs, batch.targets, seq_len=run.cfg.seq_len,
-                         autocast=lambda: dist.autocast(run.info.device))  # fmt: skip
+        pairs = warmup_pairs(cfg.seq_schedule, cfg.enable_looping_at, cfg.seq_len)
+        for seq_len in dict.fromkeys(n for n, _ in pairs):
+            _set_seq_len(run, seq_len)
+            tc.bucket_warmup(run.forward, run.model, batch.inputs, batch.targets, seq_len=seq_len,
+                             autocast=lambda: dist.autocast(run.info.device),
+                             schedules=tuple(looped for n, looped in pairs if n == seq_len))  # fmt: skip
+    _set_seq_len(run, active_seq_len(cfg.seq_schedule, 0.0, cfg.seq_len))
 
     def steps(looped: bool) -> None:
         for _ in range(run.cfg.warmup_steps):
@@ -146,7 +167,7 @@ def _check_recompiles(run: Run, graphs_before: int) -> None:
     built = tc.graphs_compiled() - graphs_before
     if built > run.graphs_in_training:
         dist.print0(f"train: WARNING torch.compile built {built - run.graphs_in_training} new graph(s) at "
-                    f"step {run.state.step} (a cu_seqlens bucket or schedule the warm-up did not cover)")  # fmt: skip
+                    f"step {run.state.step} (a cu_seqlens bucket, seq_len or schedule not warmed up)")  # fmt: skip
         run.graphs_in_training = built
 
 
@@ -242,9 +263,30 @@ class Validation:
 
 
 def validate(run: Run, v: Validation, looped: bool) -> dict:
-    """The score (val_bpb, val_loss, tokens, bytes) of the live weights; the model is left as it was."""
+    """The score (val_bpb, val_loss, tokens, bytes) of the live weights under the attention bound
+    ``train.seq_len`` whatever the stage; the model is left as it was."""
     ctx = EvalContext(looped, run.info.rank, run.info.world_size)
-    return rung(score_model(run.model, v.val, v.docs, v.score, ctx, name="val"))
+    stage = run.loader.seq_len
+    _set_seq_len(run, run.cfg.seq_len)
+    try:
+        return rung(score_model(run.model, v.val, v.docs, v.score, ctx, name="val"))
+    finally:
+        _set_seq_len(run, stage)
+
+
+def _seq_stage(run: Run, frac: float) -> float:
+    """Select this step's segment cap (a line when it changes) and return the LR re-warm-up factor."""
+    s, cfg = run.state, run.cfg
+    seq_len = active_seq_len(cfg.seq_schedule, frac, cfg.seq_len)
+    if s.seq_len is not None and seq_len != s.seq_len:
+        s.seq_len_changed_at = s.step
+        dist.print0(f"train: seq_len {s.seq_len} -> {seq_len} at step {s.step} (progress {frac:.3f})")
+    elif s.seq_len is None and cfg.seq_schedule:
+        dist.print0(f"train: seq_len {seq_len} from step {s.step} (progress {frac:.3f})")
+    s.seq_len = seq_len
+    if run.loader.seq_len != seq_len:
+        _set_seq_len(run, seq_len)
+    return rewarm_factor(s.step, s.seq_len_changed_at, cfg.seq_warmup_steps)
 
 
 def _one_step(run: Run, logger: Logger, val: Validation | None) -> bool:
@@ -254,6 +296,7 @@ def _one_step(run: Run, logger: Logger, val: Validation | None) -> bool:
     if s.step >= cfg.iterations or frac >= 1.0:
         return False
     lr_mul = lr_multiplier(frac, cfg.warmdown_frac, cfg.min_lr)
+    step_lr = lr_mul * _seq_stage(run, frac)  # the optimizers' multiplier; QAT and SWA triggers read lr_mul
     looped = looping_active(frac, cfg.enable_looping_at) or s.looping_from_step is not None
     if looped and s.looping_from_step is None:
         s.looping_from_step = s.step
@@ -261,7 +304,7 @@ def _one_step(run: Run, logger: Logger, val: Validation | None) -> bool:
     if run.qat is not None and lr_mul < cfg.qat.start_below_lr and not run.qat.active:
         run.qat.switch_on()
         dist.print0(f"train: late QAT (int{cfg.qat.bits} STE) on at step {s.step} (lr multiplier {lr_mul:.3f})")
-    run.opts.set_schedule(lr_mul, momentum_at(s.step, cfg.muon.momentum_warmup_start, cfg.muon.momentum,
+    run.opts.set_schedule(step_lr, momentum_at(s.step, cfg.muon.momentum_warmup_start, cfg.muon.momentum,
                                               cfg.muon.momentum_warmup_steps))  # fmt: skip
     start = time.perf_counter()
     loss = _step(run, looped)
@@ -278,9 +321,12 @@ def _one_step(run: Run, logger: Logger, val: Validation | None) -> bool:
     )
     if s.step <= 5 or s.step % cfg.log_every == 0:
         rate = s.tokens / max(s.train_seconds, 1e-9)
-        logger.log(s.step, {"train/loss": loss, "train/lr_mul": lr_mul, "train/tokens_per_s": rate,
-                            "train/looped": float(looped),
-                            "train/qat": float(run.qat is not None and run.qat.active)})  # fmt: skip
+        qat_on = run.qat is not None and run.qat.active
+        metrics = {"train/loss": loss, "train/lr_mul": step_lr, "train/tokens_per_s": rate,
+                   "train/looped": float(looped), "train/qat": float(qat_on)}  # fmt: skip
+        if cfg.seq_schedule:
+            metrics["train/seq_len"] = float(s.seq_len)
+        logger.log(s.step, metrics)
     if val is not None and cfg.val_every and s.step % cfg.val_every == 0:
         _log_val(run, logger, val, looped)
     logger.progress(frac, loss)
