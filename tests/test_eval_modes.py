@@ -80,6 +80,8 @@ def eval_cfg(**overrides: dict) -> EvalConfig:
         "lora_ttt": {"enabled": True, "rank": 4, "alpha": 8.0, "lr": 1e-2, "beta1": 0.0, "beta2": 0.99,
                      "eps": 1e-10, "weight_decay": 0.5, "chunk_size": 6, "context": seq, "batch_docs": 3,
                      "warm_start_a": True, "sites": ["q", "k", "v", "o", "mlp", "head"], "phases": [3, 6], "seed": 0,
+                     "local_lr_mult": 1.0, "short_chunks": [], "asym_logit": False,
+                     "ngram_tilt": {"enabled": False, "order": 16, "threshold": 0.8, "boost": 2.625},
                      "global_sgd": {"lr": 1e-2, "momentum": 0.9, "epochs": 1, "chunk_tokens": ct, "seq_len": seq,
                                     "grad_clip": 1.0}},
         "chunk_sgd": {"enabled": True, "chunk_tokens": ct, "seq_len": seq, "stride": 5, "batch_windows": 4,

@@ -30,12 +30,13 @@ class ModeResult:
     passes: int = 1  # scoring passes over the targets; more than one re-scores trained tokens (never compliant)
     phases: list[dict] = field(default_factory=list)
     compile: dict = field(default_factory=dict)  # CompileStats.finish(): warm-up seconds, graphs built (not timed)
+    details: dict = field(default_factory=dict)  # a mode's own figures (e.g. LoRA TTT's ngram_tilt), by name
 
     def summary(self) -> dict:
         t = self.totals
         return {"val_bpb": t.val_bpb, "val_loss": t.val_loss, "tokens": t.tokens, "bytes": t.bytes,
                 "passes": self.passes, "seconds": self.seconds, "phases": self.phases,
-                "compile": self.compile}  # fmt: skip
+                "compile": self.compile, **self.details}  # fmt: skip
 
 
 class TokenRecorder:

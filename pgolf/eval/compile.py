@@ -16,10 +16,12 @@ the scored mask, so no scored number changes (tests/test_eval_compile.py).
 The warm-up runs each shape a mode will call (computed from its windows, never from their tokens) on random
 token ids (spec record-eval-data.md B9.9: validation tokens must not reach the warm-up), forward only for fixed
 models and forward + backward through a throw-away LoRA for LoRA TTT, so that no compilation falls in the timed
-part. The LoRA adapters are inputs of the graph, not constants: one graph serves every document batch of a shape.
-The graphs are guarded on the model's state (``eval()``, which parameters require grad, grad mode), not on its
-identity, so the modes' model copies share them and a shape another mode built compiles nothing; the TTT weight
-updates (LoRA's AdamW, global and chunk SGD, all eager) change values in place and keep them valid.
+part. The LoRA adapters (and LoRA TTT's AsymLogit caps, :class:`pgolf.eval.ttt_lora.AsymSoftcap`) are inputs of
+the graph, not constants: one graph serves every document batch of a shape, and global SGD's updates of the caps
+reach it (they require grad only inside global SGD, as in the warm-up they do not). The graphs are guarded on
+the model's state (``eval()``, which parameters require grad, grad mode), not on its identity, so the modes'
+model copies share them and a shape another mode built compiles nothing; the TTT weight updates (LoRA's AdamW,
+global and chunk SGD, all eager) change values in place and keep them valid.
 
 References: spec record-eval-data.md A1 step 7 (the record's compiled ``forward_ttt`` and its random-token
 warm-up, outside the timer), :mod:`pgolf.compiler`.
@@ -71,10 +73,20 @@ def set_recompile_limit(graphs: int) -> None:
 
 class EvalForward:
     """Per-token nats ``[rows, width]`` of padded window rows through ``model`` with the schedule ``looped``: eager
-    at the batch's own shape (``backend`` None), or compiled at bucketed shapes."""
+    at the batch's own shape (``backend`` None), or compiled at bucketed shapes. ``logit_cap``: an eval-time cap
+    module the model applies instead of its fixed soft-cap (LoRA TTT's AsymLogit; a graph input when compiled)."""
 
-    def __init__(self, model: nn.Module, looped: bool, backend: Backend, max_width: int) -> None:
-        self.model, self.looped = model, looped
+    def __init__(
+        self,
+        model: nn.Module,
+        looped: bool,
+        backend: Backend,
+        max_width: int,
+        logit_cap: nn.Module | None = None,
+        hints: bool = False,
+    ) -> None:
+        self.model, self.looped, self.logit_cap, self.hints = model, looped, logit_cap, hints
+        self.extra = {} if logit_cap is None else {"logit_cap": logit_cap}  # a model need not know the keyword
         self.compiled = backend is not None
         self.buckets = width_buckets(max_width) if self.compiled else ()
         self.fn = tc.CompiledModel(model, backend) if self.compiled else model
@@ -99,9 +111,21 @@ class EvalForward:
         num_rows, width = self.shape(len(windows), max((w[1] for w in windows), default=1), rows)
         return gather(val, list(windows) + [EMPTY_WINDOW] * (num_rows - len(windows)), width)
 
-    def __call__(self, inputs: Tensor, targets: Tensor, adapters: Adapters | None = None) -> Tensor:
+    def __call__(
+        self, inputs: Tensor, targets: Tensor, adapters: Adapters | None = None, hints: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The nats of ``targets``; built with ``hints=True``, the model returns its logits (one graph per shape,
+        hinted or not) and, given ``hints`` [rows, width] (-1 = none), the call also returns log p(hint) (the
+        n-gram tilt's input, :mod:`pgolf.eval.ngram`)."""
         with autocast(inputs.device):
-            return self.fn(inputs, targets, looped=self.looped, adapters=adapters, reduction="none")
+            if not self.hints:
+                return self.fn(inputs, targets, looped=self.looped, adapters=adapters, reduction="none", **self.extra)
+            logits = self.fn(inputs, None, looped=self.looped, adapters=adapters, **self.extra)
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # fp32 at least, as the model's cross-entropy
+        nats = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        if hints is None:
+            return nats
+        return nats, log_probs.gather(-1, hints.clamp(min=0).unsqueeze(-1)).squeeze(-1)
 
 
 @dataclass

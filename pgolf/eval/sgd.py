@@ -8,6 +8,10 @@ over ranks; each rank runs its sequences as rows of a batch (each row its own co
 the sum of per-token nats divided by the chunk's target count on *all* ranks, and gradients are all-reduced by
 sum: the step is the same for any world size (up to float summation order). Then ``clip_grad_norm_`` and ``SGD.step``.
 
+``logit_cap`` (LoRA TTT's AsymLogit, :class:`pgolf.eval.ttt_lora.AsymSoftcap`): the loss goes through that cap
+instead of the model's fixed one, and its parameters join the model's in the optimizer, the all-reduce and the
+clip, so the cap learns with the weights; it is trainable only inside :func:`train_stream`.
+
 Deliberate differences from the reference: we use every target of a chunk (it uses only ``floor(len/2048)`` full
 sequences); parameters stay fp32 (the record's bf16 ``tok_emb`` rounds small updates away, B9 pitfall 15).
 
@@ -64,11 +68,13 @@ def sgd_step(
     bos_id: int,
     rank: int = 0,
     world_size: int = 1,
+    logit_cap: nn.Module | None = None,
 ) -> float:
     """One SGD step on the targets ``span`` of ``stream`` (all ranks together); returns this rank's loss share."""
     lo, hi = span
     pieces = [(a, min(a + seq_len, hi)) for a in range(lo, hi, seq_len)][rank::world_size]
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in _trained(model, logit_cap) if p.requires_grad]
+    extra = {} if logit_cap is None else {"logit_cap": logit_cap}
     opt.zero_grad(set_to_none=True)
     loss_value = 0.0
     if pieces:
@@ -77,7 +83,7 @@ def sgd_step(
         cu = to_device(window_cu_seqlens(inputs, bos_id), device)
         inputs, targets, valid = (to_device(a, device) for a in (inputs, targets, valid))
         with autocast(device):
-            nats = model(inputs, targets, cu_seqlens=cu, looped=looped, reduction="none")
+            nats = model(inputs, targets, cu_seqlens=cu, looped=looped, reduction="none", **extra)
         loss = torch.where(valid, nats.float(), 0.0).sum() / (hi - lo)
         loss.backward()
         loss_value = float(loss.detach())
@@ -110,20 +116,31 @@ def train_stream(
     bos_id: int,
     rank: int = 0,
     world_size: int = 1,
+    logit_cap: nn.Module | None = None,
 ) -> int:
     """``epochs`` passes of SGD (fresh optimizer, momentum, cosine lr across chunks) over ``stream``; one step per
-    chunk and pass. ``skip_last_chunk``: the record never trains on the stream's last chunk. Returns the steps."""
+    chunk and pass. ``skip_last_chunk``: the record never trains on the stream's last chunk. ``logit_cap``: the
+    loss's cap, trained too (module docstring). Returns the steps."""
     spans = chunk_spans(len(stream) - 1, chunk_tokens)
     trained = spans[:-1] if skip_last_chunk else spans
     if not trained or epochs == 0:
         return 0
-    set_trainable(model, True)
+    modules = [model] if logit_cap is None else [model, logit_cap]
+    for module in modules:
+        set_trainable(module, True)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt = torch.optim.SGD(_trained(model, logit_cap), lr=lr, momentum=momentum)
     for _ in range(epochs):
         for c, span in enumerate(trained):
             sgd_step(model, opt, stream, span, lr=cosine_lr(lr, c, len(spans)), seq_len=seq_len,
-                     grad_clip=grad_clip, looped=looped, bos_id=bos_id, rank=rank, world_size=world_size)  # fmt: skip
-    set_trainable(model, False)
+                     grad_clip=grad_clip, looped=looped, bos_id=bos_id, rank=rank, world_size=world_size,
+                     logit_cap=logit_cap)  # fmt: skip
+    for module in modules:
+        set_trainable(module, False)
     model.eval()
     return epochs * len(trained)
+
+
+def _trained(model: nn.Module, logit_cap: nn.Module | None) -> list[nn.Parameter]:
+    """The parameters global SGD updates: the model's, then the cap's."""
+    return list(model.parameters()) + ([] if logit_cap is None else list(logit_cap.parameters()))

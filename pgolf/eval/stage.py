@@ -7,7 +7,8 @@ text from ``data/docs`` when the source has it (the published shards do not).
 
 Audits run by the stage: (a) bytes, for every mode: the scored byte total equals the UTF-8 size of the scored
 documents; (b) score-first, for every TTT mode, on the first ``eval.audit.docs`` documents: perturbing a document
-after its middle leaves every score that was due before that point unchanged. A mode is reported ``compliant``
+after its middle leaves every score that was due before that point unchanged; (c) with LoRA TTT's n-gram tilt,
+its causality and normalization audits (:func:`ngram_audits`). A mode is reported ``compliant``
 only when every audit that applies to it ran and passed; ``unaudited`` when one was skipped (no val text, or
 ``eval.audit.score_first: false``); ``violated`` when one failed or the mode re-scores (multi-phase TTT).
 
@@ -22,18 +23,21 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
 from tqdm import tqdm
 
 from pgolf.compress import submission
 from pgolf.compress.container import MODEL_BIN
 from pgolf.data.docs import read_docs
 from pgolf.dist import dist_info
-from pgolf.eval import audit
+from pgolf.eval import audit, ngram
 from pgolf.eval.bpb import ValData, load_val
 from pgolf.eval.common import EvalContext, ModeResult, TokenRecorder
 from pgolf.eval.config import EvalConfig
 from pgolf.eval.modes import TTT_MODES, context, enabled_modes, run_mode
 from pgolf.eval.score import ScoreConfig, document_set, scored_documents
+from pgolf.eval.ttt_lora import doc_queue, scoring_steps, tilt_audit_scorer
 from pgolf.model.gpt import GPT
 
 
@@ -71,6 +75,27 @@ def score_first(name: str, model: GPT, val: ValData, score: ScoreConfig, cfg: Ev
              f"({result.checked} protected scores, {result.violations} changed)")  # fmt: skip
     return {"passed": result.passed, "checked": result.checked, "violations": result.violations,
             "max_abs_diff": result.max_abs_diff}  # fmt: skip
+
+
+def ngram_audits(model: GPT, val: ValData, score: ScoreConfig, cfg: EvalConfig) -> dict[str, audit.AuditResult]:
+    """The n-gram tilt's own audits on the first ``cfg.audit.docs`` documents, in LoRA TTT's scoring order:
+    causality (a changed token moves no hint of a target scored at the same or an earlier step,
+    :func:`pgolf.eval.ngram.causality_audit`) and normalization (every candidate target scored through the mode's
+    own scorer: a full distribution that does not depend on the realized target, C1/C2), on random model
+    log-probabilities at the positions the tilt boosts."""
+    ttt = cfg.lora_ttt
+    docs = scored_documents(val, score.model_copy(update={"docs": cfg.audit.docs}), model.cfg.bos_id)
+    steps = scoring_steps(doc_queue(docs, ttt.batch_docs), ttt)
+    causal = ngram.causality_audit(val.tokens, steps, ttt.ngram_tilt.order)
+    hint, confidence = ngram.precompute_hints(val.tokens, steps, ttt.ngram_tilt.order)
+    beta = ngram.tilt_boost(hint, confidence, ttt.ngram_tilt.params())
+    rows = np.flatnonzero(beta > 0)[:8]
+    if rows.size == 0:  # nothing boosted on so few documents: check the untilted positions' scorer all the same
+        rows = np.flatnonzero(hint >= 0)[:8] if (hint >= 0).any() else np.arange(1, min(9, len(val.tokens)))
+    log_probs = torch.randn(rows.size, model.cfg.vocab_size, generator=torch.Generator().manual_seed(0))
+    norm = ngram.normalization_audit(log_probs.log_softmax(-1).double(), torch.from_numpy(hint[rows]),
+                                     torch.from_numpy(beta[rows]), tilt_audit_scorer)  # fmt: skip
+    return {"ngram_causality": causal, "ngram_normalization": norm}
 
 
 def say(ctx: EvalContext, line: str) -> None:
@@ -121,6 +146,12 @@ def run_evaluate(
             if detail is not None and not detail["passed"] and result.passes == 1:  # claims score-first, is not
                 failures.append(f"{name}: the score-first audit failed: {detail['violations']} of "
                                 f"{detail['checked']} scores changed when later tokens changed")  # fmt: skip
+        if name == "lora_ttt" and cfg.lora_ttt.ngram_tilt.enabled:
+            for key, check in ngram_audits(model, val, score, cfg).items():
+                audits[key] = check.passed
+                summary["audit"][key] = dataclasses.asdict(check)
+                if not check.passed:
+                    failures.append(f"{name}: the {key} audit of the n-gram tilt failed: {check.message}")
         summary["audit_failures"] = failures
         summary["compliance"] = audit.compliance_status(audits, result.passes)
         summary["compliant"] = summary["compliance"] == audit.COMPLIANT

@@ -7,7 +7,27 @@ from the slot's previous document when ``warm_start_a``) and a fresh AdamW state
 run through the model with its adapters; the chunk's targets are **scored first**, then one AdamW step is taken on
 the mean loss of those same targets, for the documents that still have a later chunk (no step after a document's
 last chunk). Phases: once the documents scored so far reach each prefix count of ``phases``, all parameters get
-global SGD (:mod:`pgolf.eval.sgd`) on the first that many scored documents, and adapters start afresh.
+global SGD (:mod:`pgolf.eval.sgd`) on the first that many scored documents, and adapters start afresh. One entry
+(``phases: [2500]``) is the frontier's single global phase (#2014, #2135).
+
+Frontier knobs (spec frontier.md; each off at its record value):
+
+* ``short_chunks`` (#2014's short-document schedule): a batch's chunk size is chosen once from its longest
+  document (:meth:`LoraTttConfig.batch_chunk_size`), and everything per batch uses it: its chunk count and windows,
+  its compile shapes, and the no-step-after-the-last-chunk rule. Short documents get more, smaller updates.
+* ``local_lr_mult`` (#1953, #2060): the per-document AdamW runs at ``lr * local_lr_mult``; global SGD keeps its lr.
+* ``sites`` masks the adapters, e.g. ``[k, o, mlp, head]`` (#1953's no_qv) or ``[q, v, o, mlp, head]`` (#2135, no K).
+* ``context`` up to 3072 (#2014): nothing caps it (RoPE is computed per call, the compile buckets end at it).
+* ``asym_logit`` (#1923 AsymLogit): the logits z pass through ``sp*tanh(z/sp)`` for z > 0 and ``sn*tanh(z/sn)``
+  otherwise (:class:`AsymSoftcap`, both caps starting at ``model.logit_softcap``) on every forward of this mode,
+  chunk scoring and global SGD alike, instead of the fixed symmetric cap (and so eagerly in fp32, never the fused
+  CE kernel, which knows only a symmetric cap). **The global-SGD optimizer holds sp and sn**: its loss goes through
+  the cap (the frontier's goes through the fixed-cap training forward, so its sp and sn never move, §3.2). The
+  per-document AdamW does not: it holds only LoRA parameters, so the caps change only at the phase pauses, from
+  already-scored documents, identically on every rank (an AdamW copy per rank would drift with the round-robin
+  batches and its weight decay would pull the caps toward 0). The caps live at evaluation time only, on this
+  mode's state, never in the model or the artifact (0 bytes; the frontier stores them as 8 fp16 bytes); their
+  values after each segment are in the mode's ``phases`` rows (``asym_sp``, ``asym_sn``; the last row = final).
 
 Deliberate differences (legality is the same, A6.11; determinism is better):
 
@@ -32,15 +52,17 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
+from pgolf.config import ConfigError
 from pgolf.dist import to_device
+from pgolf.eval import ngram
 from pgolf.eval.bpb import BpbTotals, ValData
 from pgolf.eval.common import EvalContext, ModeResult, Scores, model_device, set_trainable
 from pgolf.eval.compile import EvalForward, warmup
-from pgolf.eval.config import LoraTttConfig
-from pgolf.eval.documents import Document, chunk_window, num_chunks
+from pgolf.eval.config import LoraTttConfig, NgramTiltConfig
+from pgolf.eval.documents import Document, Rows, chunk_window, num_chunks
 from pgolf.eval.sgd import train_stream
 from pgolf.model.lora import BatchedLoRA
 
@@ -70,10 +92,106 @@ def rank_positions(segments: list[tuple[int, int]], rank: int, world_size: int) 
     return [p for lo, hi in segments for p in range(lo + rank, hi, world_size)]
 
 
+def batch_chunk_size(batch: list[Document], cfg: LoraTttConfig) -> int:
+    """The chunk size of a batch, from its longest document's tokens (BOS through the next BOS, #2014's doc_len)."""
+    return cfg.batch_chunk_size(max(d.num_targets for d in batch) + 1)
+
+
 def chunk_widths(batch: list[Document], cfg: LoraTttConfig) -> list[int]:
-    """The longest window of each chunk step of a batch: ``min((c + 1) C, longest document, context)``."""
-    longest = max(d.num_targets for d in batch)
-    return [min((c + 1) * cfg.chunk_size, longest, cfg.context) for c in range(-(-longest // cfg.chunk_size))]
+    """The longest window of each chunk step of a batch: ``min((c + 1) C, longest document, context)`` with the
+    batch's chunk size C."""
+    longest, size = max(d.num_targets for d in batch), batch_chunk_size(batch, cfg)
+    return [min((c + 1) * size, longest, cfg.context) for c in range(-(-longest // size))]
+
+
+def asym_softcap(z: Tensor, sp: Tensor, sn: Tensor) -> Tensor:
+    """AsymLogit: ``c*tanh(z/c)`` with the cap ``c = sp`` where z > 0 and ``c = sn`` elsewhere."""
+    cap = torch.where(z > 0, sp, sn)
+    return cap * torch.tanh(z / cap)
+
+
+class AsymSoftcap(nn.Module):
+    """The two learnable logit caps of AsymLogit (module docstring), both starting at the model's fixed cap."""
+
+    def __init__(self, cap: float) -> None:
+        super().__init__()
+        self.sp = nn.Parameter(torch.tensor(float(cap)))
+        self.sn = nn.Parameter(torch.tensor(float(cap)))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return asym_softcap(z, self.sp.to(z.dtype), self.sn.to(z.dtype))
+
+
+def logit_cap_for(model: nn.Module, cfg: LoraTttConfig) -> AsymSoftcap | None:
+    """The mode's eval-time cap: a frozen-until-global-SGD :class:`AsymSoftcap` when ``asym_logit``, else None."""
+    if not cfg.asym_logit:
+        return None
+    if model.cfg.logit_softcap <= 0:
+        raise ConfigError("eval.lora_ttt.asym_logit needs model.logit_softcap > 0 (the caps start at it)")
+    cap = AsymSoftcap(model.cfg.logit_softcap).to(model_device(model))
+    set_trainable(cap, False)  # trained by global SGD only (pgolf.eval.sgd.train_stream)
+    return cap
+
+
+def scoring_steps(queue: list[list[Document]], cfg: LoraTttConfig) -> ngram.Steps:
+    """The pass's scoring order, the same on every rank and for any world size: the batches in queue order, each
+    batch's chunk steps in order, one step = chunk c of every document of the batch (its target stream positions
+    and their documents' BOS positions). On one rank it is exactly the order of the recorder's scoring steps."""
+    steps = []
+    for batch in queue:
+        size = batch_chunk_size(batch, cfg)
+        for c in range(max(num_chunks(d, size) for d in batch)):
+            spans = [(d.start, c * size, min((c + 1) * size, d.num_targets)) for d in batch if c * size < d.num_targets]
+            positions = np.concatenate([np.arange(start + 1 + lo, start + 1 + hi) for start, lo, hi in spans])
+            starts = np.concatenate([np.full(hi - lo, start) for start, lo, hi in spans])
+            steps.append((positions, starts))
+    return steps
+
+
+def tilted_scores(nats: Tensor, log_p_hint: Tensor, targets: Tensor, hints: Tensor, beta: Tensor) -> Tensor:
+    """The scored nats of the n-gram tilt (:func:`pgolf.eval.ngram.tilted_nats`), from what the mode knows at a
+    position: its model's nats of the target and log p(hint), the hint and beta (0 = not tilted); the same function
+    the stage's normalization audit scores every candidate target with (:func:`tilt_audit_scorer`)."""
+    return ngram.tilted_nats(nats, log_p_hint, targets == hints, torch.where(hints >= 0, beta, 0.0))
+
+
+def tilt_audit_scorer(log_probs: Tensor, hint: Tensor, beta: Tensor, targets: Tensor) -> Tensor:
+    """:func:`tilted_scores` as the audit's scorer (full log-probs [N, V] in, the nats of ``targets`` out)."""
+    nats = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    log_p_hint = log_probs.gather(-1, hint.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return tilted_scores(nats, log_p_hint, targets, hint, beta.to(torch.float64))
+
+
+class NgramTilt:
+    """One pass's n-gram tilt: every target's hint and confidence (precomputed from the scoring order, inside the
+    timer), beta per position, the untilted running scores beside the tilted ones, and how many were tilted."""
+
+    def __init__(self, val: ValData, steps: ngram.Steps, cfg: NgramTiltConfig, device: torch.device) -> None:
+        self.params = cfg.params()
+        self.hint, self.confidence = ngram.precompute_hints(val.tokens, steps, cfg.order)
+        self.beta = ngram.tilt_boost(self.hint, self.confidence, self.params)
+        self.untilted = Scores(device)
+        self.tilted = self.hits = 0  # targets with beta > 0, and those whose target was the hint
+
+    def hints_for(self, rows: Rows, device: torch.device) -> Tensor:
+        return to_device(np.where(rows.mask, self.hint[rows.positions], -1), device)
+
+    def score(self, nats: Tensor, log_p_hint: Tensor, rows: Rows, targets: Tensor, hints: Tensor) -> Tensor:
+        """The tilted nats of a scored batch (the untilted ones go to :attr:`untilted`)."""
+        beta = np.where(rows.mask, self.beta[rows.positions], 0.0)
+        mask = to_device(rows.mask, nats.device)
+        self.untilted.add(nats, rows, mask)
+        self.tilted += int((beta > 0).sum())
+        self.hits += int(((beta > 0) & (rows.targets == self.hint[rows.positions])).sum())
+        return tilted_scores(nats.detach(), log_p_hint.detach(), targets, hints, to_device(beta, nats.device))
+
+    def summary(self, totals: BpbTotals, seconds: float) -> dict:
+        """What metrics/eval.json says of the tilt (collective: the untilted totals are all-reduced)."""
+        untilted = self.untilted.totals()
+        return {"order": self.params.order, "threshold": self.params.threshold, "boost": self.params.boost,
+                "untilted_val_bpb": untilted.val_bpb, "gain_bpb": totals.val_bpb - untilted.val_bpb,
+                "tilted_targets": self.tilted, "tilted_fraction": self.tilted / max(untilted.tokens, 1),
+                "hint_hits": self.hits, "hints_seconds": round(seconds, 3)}  # fmt: skip
 
 
 def _fresh_lora(model: nn.Module, cfg: LoraTttConfig, batch: int, looped: bool, seed: int) -> BatchedLoRA:
@@ -91,9 +209,10 @@ class LoraTtt:
 
     def __init__(self, forward: EvalForward, val: ValData, cfg: LoraTttConfig, scores: Scores) -> None:
         self.forward, self.val, self.cfg, self.scores = forward, val, cfg, scores
-        self.model, self.looped = forward.model, forward.looped
+        self.model, self.looped, self.logit_cap = forward.model, forward.looped, forward.logit_cap
         self.lora: BatchedLoRA | None = None
         self.on_scored: Callable[[int], object] | None = None  # called with each chunk step's scored targets
+        self.tilt: NgramTilt | None = None  # the n-gram tilt of the scores (eval.lora_ttt.ngram_tilt)
 
     def warmup_shapes(self, batches: list[list[Document]]) -> set[tuple[int, int]]:
         """The (rows, width) of every chunk step of these batches (what :meth:`run_batch` will call)."""
@@ -114,19 +233,32 @@ class LoraTtt:
             self.lora.reset(reset_a=False)
         return self.lora
 
+    def local_optimizer(self, lora: BatchedLoRA) -> torch.optim.AdamW:
+        """A batch's fresh AdamW over its adapters only, at ``lr * local_lr_mult``."""
+        cfg = self.cfg
+        return torch.optim.AdamW(lora.parameters(), lr=cfg.lr * cfg.local_lr_mult, betas=(cfg.beta1, cfg.beta2),
+                                 eps=cfg.eps, weight_decay=cfg.weight_decay)  # fmt: skip
+
     def run_batch(self, docs: list[Document], position: int) -> None:
         """Score every chunk of a batch of documents, each chunk before the AdamW step that learns from it."""
         cfg, device = self.cfg, self.forward.device
         lora = self.adapters_for(len(docs), position)
-        opt = torch.optim.AdamW(lora.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                weight_decay=cfg.weight_decay)  # fmt: skip
-        chunks = np.array([num_chunks(d, cfg.chunk_size) for d in docs])
+        opt = self.local_optimizer(lora)
+        size = batch_chunk_size(docs, cfg)
+        chunks = np.array([num_chunks(d, size) for d in docs])
         for c in range(int(chunks.max())):
-            rows = self.forward.gather(self.val, [chunk_window(d, c, cfg.chunk_size, cfg.context) for d in docs])
+            rows = self.forward.gather(self.val, [chunk_window(d, c, size, cfg.context) for d in docs])
             inputs, targets, mask = rows.tensors(device)
-            with torch.enable_grad():
-                nats = self.forward(inputs, targets, lora)
-            self.scores.add(nats, rows, mask)  # score first ...
+            if self.tilt is None:
+                with torch.enable_grad():
+                    nats = self.forward(inputs, targets, lora)
+                scored = nats
+            else:  # the tilt scores; the update learns from the untilted loss
+                hints = self.tilt.hints_for(rows, device)
+                with torch.enable_grad():
+                    nats, log_p_hint = self.forward(inputs, targets, lora, hints=hints)
+                scored = self.tilt.score(nats, log_p_hint, rows, targets, hints)
+            self.scores.add(scored, rows, mask)  # score first ...
             if self.on_scored is not None:
                 self.on_scored(int(rows.mask.sum()))
             if (chunks > c + 1).any():  # ... then learn from the chunk just scored, only where a later chunk remains
@@ -143,8 +275,14 @@ class LoraTtt:
         stream = np.concatenate([tokens[d.start : d.end - 1] for d in scored] + [tokens[scored[-1].end - 1 :][:1]])
         train_stream(self.model, stream, lr=g.lr, momentum=g.momentum, epochs=g.epochs, chunk_tokens=g.chunk_tokens,
                      seq_len=g.seq_len, grad_clip=g.grad_clip, skip_last_chunk=True, looped=self.looped,
-                     bos_id=self.model.cfg.bos_id, rank=rank, world_size=world_size)  # fmt: skip
+                     bos_id=self.model.cfg.bos_id, rank=rank, world_size=world_size,
+                     logit_cap=self.logit_cap)  # fmt: skip
         self.lora = None
+
+    def cap_values(self) -> dict[str, float]:
+        """The AsymLogit caps now (for the phase rows), or nothing when the mode has none."""
+        cap = self.logit_cap
+        return {} if cap is None else {"asym_sp": float(cap.sp), "asym_sn": float(cap.sn)}
 
 
 def evaluate_lora_ttt(
@@ -162,7 +300,9 @@ def evaluate_lora_ttt(
     model.eval()
     set_trainable(model, False)
     scores = Scores(model_device(model), recorder)
-    ttt = LoraTtt(EvalForward(model, looped, compile_backend, max_width=cfg.context), val, cfg, scores)
+    forward = EvalForward(model, looped, compile_backend, max_width=cfg.context, logit_cap=logit_cap_for(model, cfg),
+                          hints=cfg.ngram_tilt.enabled)  # fmt: skip
+    ttt = LoraTtt(forward, val, cfg, scores)
     queue = doc_queue(docs, cfg.batch_docs)
     ends = phase_ends(queue, cfg.phases)
     cuts = [0] + [q + 1 for q, _ in ends] + [len(queue)]  # phase k runs after queue[:cuts[k + 1]]
@@ -171,6 +311,9 @@ def evaluate_lora_ttt(
     stats = warmup(ttt.forward, ttt.warmup_shapes(mine), adapters=ttt.throwaway_lora)
     start = time.perf_counter()
     seconds, phases = {"sgd": 0.0}, []
+    if cfg.ngram_tilt.enabled:  # reads validation tokens: inside the timer (frontier.md §1.6)
+        ttt.tilt = NgramTilt(val, scoring_steps(queue, cfg), cfg.ngram_tilt, model_device(model))
+        seconds["ngram_hints"] = time.perf_counter() - start
     bar = tqdm(total=sum(d.num_targets for b in mine for d in b), desc="lora_ttt (scored targets)", unit="tok",
                unit_scale=True, disable=not (progress and rank == 0), leave=False, mininterval=1)  # fmt: skip
     ttt.on_scored = bar.update
@@ -191,7 +334,8 @@ def evaluate_lora_ttt(
                 ttt.global_sgd(scored, rank, world_size)
                 seconds["sgd"] += time.perf_counter() - t0
                 row["sgd_docs"] = boundary
-            phases.append(row)
+            phases.append(row | ttt.cap_values())
     totals = scores.totals()
     seconds["eval"] = time.perf_counter() - start
-    return ModeResult("lora_ttt", totals, seconds, phases=phases, compile=stats.finish("lora_ttt"))
+    details = {} if ttt.tilt is None else {"ngram_tilt": ttt.tilt.summary(totals, seconds["ngram_hints"])}
+    return ModeResult("lora_ttt", totals, seconds, phases=phases, compile=stats.finish("lora_ttt"), details=details)

@@ -1,7 +1,8 @@
 """The record's GPT (PR #1855), one readable model; every feature is a ``model.*`` knob.
 
 Notable features:
-- tied embedding (small normal init), logit soft-cap c*tanh(z/c), weightless RMSNorm everywhere
+- tied embedding (small normal init), logit soft-cap c*tanh(z/c) (or a cap the caller passes, e.g. TTT's
+  asymmetric one), weightless RMSNorm everywhere
 - SmearGate on the embeddings with the BOS mask; x0 = RMSNorm(embedding) feeds every block's resid_mix
 - optional (#374): hashed bigram embedding added to the token embedding, static SmearGate after the embedding
   norm, a shared value embedding added to V on chosen layers, OrthoInit
@@ -110,17 +111,22 @@ class GPT(nn.Module):
         looped: bool = False,
         adapters: Adapters | None = None,
         reduction: Literal["mean", "none"] = "mean",
+        logit_cap: nn.Module | None = None,
     ) -> Tensor:
         """Soft-capped logits (B, T, V) when ``targets`` is None, else the cross-entropy in nats: a scalar mean or,
-        with ``reduction="none"``, per token (B, T)."""
+        with ``reduction="none"``, per token (B, T). ``logit_cap``: an evaluation-time cap applied (in fp32 at least)
+        instead of the fixed ``c*tanh(z/c)``, e.g. LoRA TTT's learnable asymmetric one; it is no part of the model."""
         h = self.hidden(ids, cu_seqlens, looped, adapters)
         logits = F.linear(h, self.tok_emb.weight.to(h.dtype))
         if adapters is not None and (delta := adapters.delta("head", 0, h)) is not None:
             logits = logits + delta.to(logits.dtype)
-        if targets is not None and logits.is_cuda and self.cfg.logit_softcap > 0:  # fused Triton softcap + CE
+        fused = logit_cap is None and self.cfg.logit_softcap > 0 and targets is not None and logits.is_cuda
+        if fused:  # Triton softcap + CE (its cap is the fixed, symmetric one)
             loss = softcapped_cross_entropy(logits.flatten(0, 1), targets.flatten(), self.cfg.logit_softcap)
             return loss.mean() if reduction == "mean" else loss.view(targets.shape)
-        if self.cfg.logit_softcap > 0:
+        if logit_cap is not None:
+            logits = logit_cap(logits.to(torch.promote_types(logits.dtype, torch.float32)))
+        elif self.cfg.logit_softcap > 0:
             logits = self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)
         if targets is None:
             return logits

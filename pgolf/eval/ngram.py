@@ -1,0 +1,441 @@
+"""The causal token-only n-gram "tilt" of the frontier's official row #2135 (spec frontier.md §3.11).
+
+What it computes. Every scored target gets a *hint* from online count tables keyed by its context, the previous
+``order - 1`` tokens: the context's most frequent next token so far, h, with confidence r = top count / total.
+Where r >= ``threshold`` the scored distribution is tilted towards h by ``boost`` = beta:
+
+    p'(a) = p(a) e^(beta [a = h]) / Z,   Z = 1 + p(h) (e^beta - 1),
+    l'    = l - beta [y = h] + log1p(p(h) expm1(beta))          (l = -log p(y), the untilted loss)
+
+which is a full normalized distribution over the vocabulary by construction (C2). The TTT update keeps using the
+untilted loss; only l' enters the BPB sums (that wiring belongs to the mode).
+
+Tables (per context key): total count, top token, top count, and a count per (key, token) pair. Adding the pair
+(key, y): total += 1, pair += 1, and y becomes the top token only if its pair count now *strictly* exceeds the top
+count (so of two tokens with equal counts, the one that got there first stays on top). A key never seen gives no
+hint (-1, confidence 0).
+
+Keys. The context of the target at stream position j is ``tokens[doc.start .. j-1]`` of its OWN document (BOS
+included), its last ``order - 1`` tokens, left-padded with a sentinel where the document prefix is shorter, so every
+target has a key. The key is XOR_k v_k * c_k in uint64 wrap-around arithmetic, slot k = 0 the oldest, with
+v_k = token + 1 and v_k = 0 for the sentinel. c_k is the k-th output of SplitMix64 seeded with 0, ORed with 1
+(c_0 = 0xE220A8397B1DCDAF, c_1 = 0x6E789E6AA1B965F5, c_2 = 0x06C45D188009454F, ...; :data:`SLOT_CONSTANTS`). Being
+odd, c_k is invertible modulo 2^64, so a slot's term is 0 for the sentinel and non-zero for every token id: the
+sentinel hashes differently from all tokens. As in the frontier, colliding keys are not detected.
+
+Scoring order, not stream order. The frontier runs its hint pass once over the whole stream, left to right. TTT
+scores documents in a length-sorted order, so there a hint may count pairs of documents that come earlier in the
+stream but are scored later (the caveat of §3.11), which our score-first audit (:mod:`pgolf.eval.audit`) would
+flag. Here the tables follow the *scoring* order: the hint of a target scored at step s uses only the pairs of
+targets scored at steps < s (any document, the same document's earlier chunks included); after a step's lookups,
+its own pairs are added in stream-position order (which fixes the tie rule). :func:`precompute_hints` computes all
+hints at once from the known step list (sorting, exact same result as the online :class:`TokenNgram` loop of
+:func:`online_hints`); it reads validation tokens, so it must run inside the eval timer (§1.6).
+
+Legality kept, and the audits that check it:
+
+* C1 (a position's distribution depends only on what precedes it) and C3 (score before update):
+  :func:`causality_audit` changes one scored token and recomputes all hints; the hints of every target scored at
+  the same or an earlier step, and of the document's own targets up to that token, must not change (except the
+  document's targets after it, whose context holds the changed token: C1 allows that).
+* C2 (full normalized distribution) and the C1 side of the tilt itself: :func:`normalization_audit` scores every
+  candidate target through the mode's scorer and checks that the implied distribution sums to 1, equals the
+  target-free tilt, and does not move when the other positions' targets change.
+* C4 (each token scored once): :func:`precompute_hints` refuses a position that two steps score.
+
+What does not exist here: the frontier code's within-word and word-start experts and its agreement bonus. They
+are gated by properties of the realized target (``boundary_lut[y]``, ``starts_new_word_lut[y]``), which breaks C1
+(§3.11, "Channels that are illegal"). Only the token expert exists and no parameter can turn the others on.
+
+References: spec frontier.md §1.3 (C1-C4), §1.6 (eval timer), §3.11 (the tilt; lineage PRs #1145, #1420, #1514,
+#1967, #2130, #2135); Issue #1017 (the conditions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pgolf.config import ConfigError
+from pgolf.eval.audit import AuditResult
+
+Steps = list[tuple[np.ndarray, np.ndarray]]  # scoring order: (target stream positions, their documents' BOS positions)
+HintFn = Callable[[np.ndarray, Steps, int], tuple[np.ndarray, np.ndarray]]
+Scorer = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (log_probs, hint, beta, targets) -> nats
+
+
+@dataclass(frozen=True)
+class NgramTiltParams:
+    """The tilt's plain values (the ``eval.lora_ttt.ngram_tilt`` section); defaults are #2135's."""
+
+    order: int = 16  # TOKEN_ORDER: the context is the previous order - 1 tokens
+    threshold: float = 0.8  # TOKEN_THRESHOLD: tilt only where the hint's confidence r >= threshold
+    boost: float = 2.625  # TOKEN_BOOST: beta
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.order < 1:
+            problems.append(f"eval.lora_ttt.ngram_tilt.order must be >= 1 (got {self.order})")
+        if not 0.0 <= self.threshold <= 1.0:
+            problems.append(f"eval.lora_ttt.ngram_tilt.threshold must be in [0, 1] (got {self.threshold})")
+        if not (math.isfinite(self.boost) and 0.0 <= self.boost <= 50.0):
+            problems.append(f"eval.lora_ttt.ngram_tilt.boost must be in [0, 50] (got {self.boost})")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
+def _splitmix64(count: int) -> list[int]:
+    mask, state, out = (1 << 64) - 1, 0, []
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return out
+
+
+SLOT_CONSTANTS = np.array([c | 1 for c in _splitmix64(64)], dtype=np.uint64)  # c_k, slot 0 = the oldest token
+_SPAN_BLOCK = 1 << 16
+
+
+def slot_keys(tokens: np.ndarray, positions: np.ndarray, prefix: np.ndarray, num_slots: int) -> np.ndarray:
+    """The keys slot by slot (any targets): ``prefix`` = own-document tokens before each target, BOS included."""
+    keys = np.zeros(positions.shape, dtype=np.uint64)
+    for k in range(num_slots):
+        back = num_slots - k  # slot k holds the token ``back`` positions before the target
+        values = tokens[np.maximum(positions - back, 0)].astype(np.uint64)
+        values += np.uint64(1)
+        values[prefix < back] = 0  # the sentinel
+        values *= SLOT_CONSTANTS[k]
+        keys ^= values
+    return keys
+
+
+def _span_keys(tokens: np.ndarray, positions: np.ndarray, num_slots: int) -> np.ndarray:
+    """The keys of targets with a full own-document context, computed over the stream span they cover with
+    contiguous slices (no per-slot gathers), then picked."""
+    lo, hi = int(positions.min()), int(positions.max()) + 1
+    window = tokens[lo - num_slots : hi - 1].astype(np.uint64) + np.uint64(1)  # window[i + k] = slot k of lo + i
+    span, term = np.zeros(hi - lo, dtype=np.uint64), np.empty(_SPAN_BLOCK, dtype=np.uint64)
+    for start in range(0, hi - lo, _SPAN_BLOCK):  # blocks that stay in cache across the slots
+        out = span[start : start + _SPAN_BLOCK]
+        for k in range(num_slots):
+            np.multiply(window[start + k : start + k + out.size], SLOT_CONSTANTS[k], out=term[: out.size])
+            out ^= term[: out.size]
+    return span[positions - lo]
+
+
+def context_keys(tokens: np.ndarray, positions: np.ndarray, doc_starts: np.ndarray, order: int) -> np.ndarray:
+    """The uint64 key of each target: the hash of its own document's previous ``order - 1`` tokens, sentinel
+    padded (module docstring); ``doc_starts[i]`` is the BOS position of the document of ``positions[i]``."""
+    positions, doc_starts = np.asarray(positions, dtype=np.int64), np.asarray(doc_starts, dtype=np.int64)
+    num_slots = order - 1
+    if num_slots > SLOT_CONSTANTS.size:
+        raise ValueError(f"order {order} exceeds the {SLOT_CONSTANTS.size + 1} the slot constants allow")
+    prefix = positions - doc_starts
+    full = prefix >= num_slots
+    if num_slots == 0 or not full.any() or np.ptp(positions[full]) > 4 * positions.size:  # sparse: slot by slot
+        return slot_keys(tokens, positions, prefix, num_slots)
+    keys = np.empty(positions.shape, dtype=np.uint64)
+    keys[full] = _span_keys(tokens, positions[full], num_slots)
+    keys[~full] = slot_keys(tokens, positions[~full], prefix[~full], num_slots)
+    return keys
+
+
+class TokenNgram:
+    """The online tables (dicts; the reference semantics). ``lookup`` never changes them, ``update`` adds pairs."""
+
+    def __init__(self, order: int) -> None:
+        self.order = order
+        self._contexts: dict[int, list[int]] = {}  # key -> [total, top token, top count]
+        self._pairs: dict[tuple[int, int], int] = {}
+
+    def __len__(self) -> int:
+        return len(self._contexts)
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(hint int64, -1 where the key is unseen; confidence float64 = top count / total, 0 where unseen)."""
+        hints, confidences = [], []
+        get = self._contexts.get
+        for key in np.asarray(keys, dtype=np.uint64).tolist():
+            state = get(key)
+            hints.append(-1 if state is None else state[1])
+            confidences.append(0.0 if state is None else state[2] / state[0])
+        return np.array(hints, dtype=np.int64), np.array(confidences, dtype=np.float64)
+
+    def update(self, keys: np.ndarray, targets: np.ndarray) -> None:
+        """Add the pairs (key, target) one by one, in the given order (the order decides ties)."""
+        contexts, pairs = self._contexts, self._pairs
+        keys = np.asarray(keys, dtype=np.uint64).tolist()
+        for key, target in zip(keys, np.asarray(targets, dtype=np.int64).tolist(), strict=True):
+            count = pairs.get((key, target), 0) + 1
+            pairs[(key, target)] = count
+            state = contexts.get(key)
+            if state is None:
+                contexts[key] = [1, target, count]
+                continue
+            state[0] += 1
+            if count > state[2]:
+                state[1], state[2] = target, count
+
+
+def scoring_order(tokens: np.ndarray, steps: Steps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions, doc_starts, step index) of all scored targets in update order: steps in order, stream order
+    inside a step. Checks that every position is a target scored once (C4) and every doc start is a BOS."""
+    parts = [(np.asarray(p, dtype=np.int64).ravel(), np.asarray(d, dtype=np.int64).ravel()) for p, d in steps]
+    if any(p.shape != d.shape for p, d in parts):
+        raise ValueError("each step needs one doc start per target position")
+    orders = [np.argsort(p, kind="stable") for p, _ in parts]
+    positions = np.concatenate([np.zeros(0, np.int64)] + [p[o] for (p, _), o in zip(parts, orders, strict=True)])
+    doc_starts = np.concatenate([np.zeros(0, np.int64)] + [d[o] for (_, d), o in zip(parts, orders, strict=True)])
+    step_ids = np.repeat(np.arange(len(parts)), [p.size for p, _ in parts])
+    _check_targets(tokens, positions, doc_starts)
+    return positions, doc_starts, step_ids
+
+
+def _check_targets(tokens: np.ndarray, positions: np.ndarray, doc_starts: np.ndarray) -> None:
+    if positions.size == 0:
+        return
+    if positions.min() < 1 or positions.max() >= len(tokens) or doc_starts.min() < 0:
+        raise ValueError("a target position lies outside the token stream")
+    if (doc_starts >= positions).any():
+        raise ValueError("a target's document must start (BOS) before the target")
+    if np.bincount(positions, minlength=len(tokens)).max() > 1:
+        raise ValueError("a target is scored by more than one step (C4: each token is scored exactly once)")
+    bos = tokens[doc_starts]
+    if (bos != bos[0]).any() or tokens.min() < 0:
+        raise ValueError("the doc starts are not all the same (BOS) id, or the stream has negative ids")
+
+
+def _full_arrays(
+    num_positions: int, positions: np.ndarray, hints: np.ndarray, confidences: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-target hints spread over all stream positions (-1 / 0.0 elsewhere)."""
+    hint, confidence = np.full(num_positions, -1, dtype=np.int64), np.zeros(num_positions, dtype=np.float64)
+    hint[positions], confidence[positions] = hints, confidences
+    return hint, confidence
+
+
+def online_hints(tokens: np.ndarray, steps: Steps, order: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`precompute_hints` by the online loop: per step, look up all its targets, then add their pairs."""
+    positions, doc_starts, step_ids = scoring_order(tokens, steps)
+    keys = context_keys(tokens, positions, doc_starts, order)
+    targets = tokens[positions].astype(np.int64)
+    hints, confidences = np.full(positions.size, -1, dtype=np.int64), np.zeros(positions.size)
+    table = TokenNgram(order)
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(step_ids, minlength=len(steps)))]).astype(np.int64)
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        hints[lo:hi], confidences[lo:hi] = table.lookup(keys[lo:hi])
+        table.update(keys[lo:hi], targets[lo:hi])
+    return _full_arrays(len(tokens), positions, hints, confidences)
+
+
+def _segment_starts(new_segment: np.ndarray) -> np.ndarray:
+    """For each element, the index of the first element of its segment (``new_segment`` marks the starts)."""
+    return np.maximum.accumulate(np.where(new_segment, np.arange(new_segment.size), 0))
+
+
+def _changes(values: np.ndarray) -> np.ndarray:
+    """True where an element differs from the one before it (and at the first element)."""
+    out = np.ones(values.size, dtype=bool)
+    out[1:] = values[1:] != values[:-1]
+    return out
+
+
+def _group_by_key(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(update-order indices grouped by key, each group in update order; True at each group's first element),
+    keeping only the keys that occur at least twice (only those can give a hint).
+
+    One value sort (fast; an index sort is several times slower) of codes = the key's high bits with the index
+    in the low bits orders the elements by high bits, then by index. Keys that share their high bits (rare:
+    about n^2 / 2^(65 - log2 n) pairs) are then put in key order inside their high-bit bucket."""
+    n = keys.size
+    bits = np.uint64(max(1, (n - 1).bit_length()))
+    code = np.sort(((keys >> bits) << bits) | np.arange(n, dtype=np.uint64))
+    order = (code & ((np.uint64(1) << bits) - np.uint64(1))).astype(np.int64)
+    full, bucket = keys[order], code >> bits
+    new_bucket = _changes(bucket)
+    mixed = _changes(full) & ~new_bucket
+    if mixed.any():
+        segment = np.cumsum(new_bucket) - 1
+        is_mixed = np.zeros(int(segment[-1]) + 1, dtype=bool)
+        is_mixed[segment[mixed]] = True
+        slots = np.flatnonzero(is_mixed[segment])
+        resorted = np.lexsort((order[slots], full[slots], segment[slots]))
+        order[slots], full[slots] = order[slots][resorted], full[slots][resorted]
+    new_key = _changes(full)
+    sizes = np.diff(np.append(np.flatnonzero(new_key), n))
+    repeated = np.repeat(sizes >= 2, sizes)
+    return order[repeated], new_key[repeated]
+
+
+def _pair_counts(new_key: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The running count of (key, target) at each element, the element included (elements grouped by key, in
+    update order): one value sort of (target, element) codes puts each pair's elements together, in order."""
+    n = targets.size
+    if int(targets.max()) >= np.iinfo(np.int64).max // n:
+        raise ValueError("token ids too large to pack with element indices into int64")
+    code = np.sort(targets * n + np.arange(n))
+    target = code // n
+    element = code - target * n
+    group = np.cumsum(new_key) - 1
+    new_pair = _changes(target) | _changes(group[element])
+    counts = np.empty(n, dtype=np.int64)
+    counts[element] = np.arange(n) - _segment_starts(new_pair) + 1
+    return counts
+
+
+def _offline_hints(keys: np.ndarray, targets: np.ndarray, step_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The online tables' lookups, all at once: per key (events in update order), the top count is the running
+    maximum of the pair counts and the top token the target of the last event that raised it (a strict rise:
+    the tie rule); a step's targets see the state after the key's last event of an earlier step."""
+    hints, confidences = np.full(keys.size, -1, dtype=np.int64), np.zeros(keys.size, dtype=np.float64)
+    by_key, new_key = _group_by_key(keys)
+    n = by_key.size
+    if n == 0:
+        return hints, confidences
+    y, steps = targets[by_key], step_ids[by_key]
+    counts = _pair_counts(new_key, y)
+    offset = (np.cumsum(new_key) - 1) * (n + 1)  # a segmented running max through one global one
+    top_count = np.maximum.accumulate(counts + offset) - offset
+    previous = np.concatenate([[0], top_count[:-1]])
+    rises = top_count > np.where(new_key, 0, previous)  # always at a key's first event
+    top_event = np.maximum.accumulate(np.where(rises, np.arange(n), 0))
+    block_start, key_start = _segment_starts(new_key | _changes(steps)), _segment_starts(new_key)
+    seen = block_start > key_start
+    last = np.maximum(block_start - 1, 0)  # the key's last event before this step
+    hints[by_key] = np.where(seen, y[top_event[last]], -1)
+    confidences[by_key] = np.where(seen, top_count[last] / np.maximum(block_start - key_start, 1), 0.0)
+    return hints, confidences
+
+
+def precompute_hints(tokens: np.ndarray, steps: Steps, order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hint (int64) and confidence (float64) for every stream position (-1 / 0.0 where not scored or no hint),
+    the tables following ``steps`` (scoring order; each step's lookups before its update). Vectorized; equal to
+    :func:`online_hints`."""
+    positions, doc_starts, step_ids = scoring_order(tokens, steps)
+    if positions.size == 0:
+        return _full_arrays(len(tokens), positions, positions, np.zeros(0))
+    keys = context_keys(tokens, positions, doc_starts, order)
+    hints, confidences = _offline_hints(keys, tokens[positions].astype(np.int64), step_ids)
+    return _full_arrays(len(tokens), positions, hints, confidences)
+
+
+def tilt_boost(hint: np.ndarray, confidence: np.ndarray, params: NgramTiltParams) -> np.ndarray:
+    """beta per position: ``params.boost`` where there is a hint with confidence >= threshold, else 0.0."""
+    return np.where((np.asarray(hint) >= 0) & (np.asarray(confidence) >= params.threshold), params.boost, 0.0)
+
+
+def _log_z(log_p_hint: Tensor, beta: Tensor) -> Tensor:
+    """log(1 + p(h) (e^beta - 1)) in float64; exactly 0 where beta = 0."""
+    log_z = torch.log1p(torch.exp(log_p_hint) * torch.expm1(beta))
+    return torch.where(beta == 0, torch.zeros_like(log_z), log_z)
+
+
+def tilted_nats(nats: Tensor, log_p_hint: Tensor, target_is_hint: Tensor, beta: Tensor) -> Tensor:
+    """The tilted loss l' = l - beta [y = h] + log(1 + p(h) (e^beta - 1)), float64 (any input float dtype);
+    where beta = 0 it is l itself."""
+    beta = beta.to(torch.float64)
+    return nats.to(torch.float64) - beta * target_is_hint.to(torch.float64) + _log_z(log_p_hint.double(), beta)
+
+
+def tilted_distribution(log_probs: Tensor, hint: Tensor, beta: Tensor) -> Tensor:
+    """log p'(a) = log p(a) + beta [a = h] - log Z over the last dim, float64 (hint -1: untilted)."""
+    log_probs = log_probs.to(torch.float64)
+    beta = torch.where(hint >= 0, beta.to(torch.float64), 0.0).unsqueeze(-1)
+    is_hint = torch.arange(log_probs.shape[-1], device=log_probs.device) == hint.unsqueeze(-1)
+    log_p_hint = log_probs.gather(-1, hint.clamp(min=0).unsqueeze(-1))
+    return log_probs + beta * is_hint - _log_z(log_p_hint, beta)
+
+
+def tilt_scorer(log_probs: Tensor, hint: Tensor, beta: Tensor, targets: Tensor) -> Tensor:
+    """The tilted nats of ``targets`` from full log-probs [..., V] (the reference scorer of the audit)."""
+    nats = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    log_p_hint = log_probs.gather(-1, hint.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    beta = torch.where(hint >= 0, beta.to(torch.float64), 0.0)
+    return tilted_nats(nats, log_p_hint, targets == hint, beta)
+
+
+def _perturbed(tokens: np.ndarray, position: int, bos: int, rng: np.random.Generator) -> np.ndarray:
+    """A copy with the token at ``position`` replaced by another id that is not BOS."""
+    choices = np.setdiff1d(np.arange(int(tokens.max()) + 2), [int(tokens[position]), bos])
+    out = np.array(tokens, copy=True)
+    out[position] = rng.choice(choices)
+    return out
+
+
+def causality_audit(
+    tokens: np.ndarray, steps: Steps, order: int, *, seed: int = 0, trials: int = 3, hints: HintFn = precompute_hints
+) -> AuditResult:
+    """Change the token at ``trials`` random scored positions t (one at a time, never a BOS) and recompute the
+    hints with ``hints``: those of every target scored at a step <= step(t), and of t's own document's targets at
+    positions <= t, must stay the same (hint equal, confidence bit-equal). Exempt are t's own document's targets
+    after t: t is in their context (C1 allows it), so their keys change."""
+    positions, doc_starts, step_ids = scoring_order(tokens, steps)
+    step_of, doc_of = np.full(len(tokens), -1), np.full(len(tokens), -1)
+    step_of[positions], doc_of[positions] = step_ids, doc_starts
+    candidates = positions[tokens[positions] != tokens[doc_starts]]
+    if candidates.size == 0:
+        raise ValueError("no scored non-BOS token to perturb")
+    rng = np.random.default_rng(seed)
+    base_hint, base_conf = hints(tokens, steps, order)
+    checked = violations = 0
+    worst, first_bad = 0.0, None
+    for t in rng.choice(candidates, size=min(trials, candidates.size), replace=False).tolist():
+        hint, conf = hints(_perturbed(tokens, t, int(tokens[doc_of[t]]), rng), steps, order)
+        own, after = doc_of == doc_of[t], np.arange(len(tokens)) > t
+        earlier = (step_of >= 0) & (step_of <= step_of[t])
+        protected = np.flatnonzero((earlier & ~(own & after)) | (own & ~after))
+        diff = np.abs(conf[protected] - base_conf[protected])
+        bad = protected[(hint[protected] != base_hint[protected]) | (diff > 0)]
+        checked, violations, worst = checked + protected.size, violations + bad.size, max(worst, float(diff.max()))
+        if bad.size and first_bad is None:
+            first_bad = (t, int(bad[0]))
+    message = "ok"
+    if first_bad is not None:
+        message = f"{violations} hints changed; changing the token at {first_bad[0]} moved the hint at {first_bad[1]}"
+    return AuditResult("ngram_causality", violations == 0, checked, violations, worst, message)
+
+
+def _candidate_nats(scorer: Scorer, log_probs: Tensor, hint: Tensor, beta: Tensor, offsets: Tensor) -> Tensor:
+    """[N, V] nats of every candidate, row i scoring candidate (a + offsets[i]) mod V in the a-th call."""
+    num_rows, vocab = log_probs.shape
+    rows = torch.arange(num_rows, device=log_probs.device)
+    nats = torch.empty(num_rows, vocab, dtype=torch.float64, device=log_probs.device)
+    for a in range(vocab):
+        targets = (a + offsets) % vocab
+        nats[rows, targets] = scorer(log_probs, hint, beta, targets).to(torch.float64)
+    return nats
+
+
+def normalization_audit(
+    log_probs: Tensor, hint: Tensor, beta: Tensor, scorer: Scorer = tilt_scorer, *, atol: float = 1e-6, seed: int = 0
+) -> AuditResult:
+    """Score every candidate target of N positions ([N, V] log-probs, [N] hints and betas) through ``scorer``, the
+    mode's own scoring function, and check per position: sum_a exp(-nats(a)) = 1 (C2); the implied distribution
+    is the target-free tilt :func:`tilted_distribution`, and it is the same when the other positions' targets
+    change (C1: the score must not depend on which target is realized, here or elsewhere). Tolerance ``atol``."""
+    hint, beta = hint.to(log_probs.device), beta.to(log_probs.device)
+    num_rows, vocab = log_probs.shape
+    same = _candidate_nats(scorer, log_probs, hint, beta, torch.zeros_like(hint, dtype=torch.long))
+    generator = torch.Generator().manual_seed(seed)
+    offsets = torch.randint(0, vocab, (num_rows,), generator=generator).to(log_probs.device)
+    mixed = _candidate_nats(scorer, log_probs, hint, beta, offsets)
+    probs = torch.exp(-same)
+    mass_err = (probs.sum(-1) - 1).abs()
+    tilt_err = (probs - tilted_distribution(log_probs, hint, beta).exp()).abs().amax(-1)
+    mixed_err = (same - mixed).abs().amax(-1)
+    failures = {  # written as ~(err <= atol) so that NaN fails
+        "mass != 1 (C2)": ~(mass_err <= atol),
+        "not the target-free tilt (C1)": ~(tilt_err <= atol),
+        "depends on other targets (C1)": ~(mixed_err <= atol),
+    }
+    bad = torch.stack(list(failures.values())).any(0)
+    worst = float(torch.stack([mass_err, tilt_err, mixed_err]).nan_to_num(nan=math.inf).max())
+    found = [f"{name} at {int(rows.sum())} positions" for name, rows in failures.items() if rows.any()]
+    return AuditResult("ngram_normalization", not found, num_rows, int(bad.sum()), worst, "; ".join(found) or "ok")

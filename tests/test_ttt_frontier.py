@@ -1,0 +1,296 @@
+"""The post-#1855 LoRA TTT knobs (spec frontier.md §3.2-3.5, §3.8-3.10): AsymLogit (exact at the fixed cap, a
+float64 formula, caps that learn in global SGD only, score-first), a 3072-token context, the short-document chunk
+schedule, the per-document lr multiplier, adapter site masks, one global phase, and the unclipped validation tail."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import model_cfg
+from test_eval_modes import BOS, CHARS, VOCAB, eval_cfg, one_thread, random_texts, run, text_val, tiny_model
+
+from pgolf.config import ConfigError
+from pgolf.eval import ttt_lora
+from pgolf.eval.audit import bytes_audit, score_first_audit, text_bytes
+from pgolf.eval.common import EvalContext, Scores, TokenRecorder
+from pgolf.eval.compile import EvalForward
+from pgolf.eval.documents import split_documents
+from pgolf.eval.ttt_lora import AsymSoftcap, LoraTtt, asym_softcap, batch_chunk_size, chunk_widths, doc_queue
+from pgolf.model.gpt import GPT
+
+__all__ = ["one_thread"]  # the autouse fixture of test_eval_modes applies here too
+
+ZERO_LR = {"lr": 0.0, "global_sgd": {"lr": 0.0, "momentum": 0.9, "epochs": 1, "chunk_tokens": 40, "seq_len": 24,
+                                     "grad_clip": 1.0}}  # fmt: skip
+SHORT = [{"max_len": 12, "chunk_size": 2}, {"max_len": 30, "chunk_size": 4}]
+
+
+def recorded(model, val, cfg):
+    recorder = TokenRecorder(len(val.tokens))
+    return run("lora_ttt", model, val, cfg, recorder), recorder
+
+
+def one_layer_model(noise: float = 0.3) -> GPT:
+    """A single jittered layer, no recurrence: the cheapest model for long rows and compiling."""
+    torch.manual_seed(0)
+    model = GPT(model_cfg(num_layers=1, parallel_mode="none", parallel_start_layer=1, loop_start=0, loop_end=0,
+                          num_loops=0, xsa_last_n=1))  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(noise * torch.randn_like(p))
+    return model.eval()
+
+
+def texts_of(lengths: list[int], seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return ["".join(rng.choice(list(CHARS), size=n)) for n in lengths]
+
+
+def audit_lora_ttt(val, cfg, doc_index: int, cut: int):
+    model = tiny_model()
+    doc = split_documents(val.tokens, BOS)[doc_index]
+    return score_first_audit(lambda v, rec: run("lora_ttt", model, v, cfg, rec), val, doc, cut, VOCAB)
+
+
+# --- AsymLogit ---------------------------------------------------------------------------------------------------
+
+
+def test_asym_softcap_matches_a_float64_hand_formula_and_its_gradient():
+    zs = [-200.0, -31.0, -1.5, -1e-4, 0.0, 1e-4, 2.5, 29.0, 150.0]
+    sp, sn = 20.0, 45.0
+    z = torch.tensor(zs, dtype=torch.float64)
+    caps = torch.tensor([sp, sn], dtype=torch.float64, requires_grad=True)
+    out = asym_softcap(z, caps[0], caps[1])
+    want = [sp * math.tanh(x / sp) if x > 0 else sn * math.tanh(x / sn) for x in zs]
+    assert out.tolist() == pytest.approx(want, rel=1e-15, abs=1e-15)
+    out.sum().backward()
+
+    def dcap(x, c):  # d/dc c*tanh(x/c) = tanh(u) - u (1 - tanh(u)^2), u = x/c
+        u = x / c
+        return math.tanh(u) - u * (1 - math.tanh(u) ** 2)
+
+    assert caps.grad[0].item() == pytest.approx(sum(dcap(x, sp) for x in zs if x > 0), rel=1e-12)
+    assert caps.grad[1].item() == pytest.approx(sum(dcap(x, sn) for x in zs if x <= 0), rel=1e-12)
+
+
+def test_asym_caps_at_the_fixed_cap_score_exactly_like_the_symmetric_cap():
+    model = tiny_model()
+    ids = torch.randint(2, VOCAB, (3, 40), generator=torch.Generator().manual_seed(0))
+    targets = torch.roll(ids, -1, dims=1)
+    cap = AsymSoftcap(model.cfg.logit_softcap)
+    with torch.no_grad():
+        assert torch.equal(model(ids, logit_cap=cap), model(ids))
+        assert torch.equal(model(ids, targets, reduction="none", logit_cap=cap), model(ids, targets, reduction="none"))
+        cap.sp.fill_(10.0), cap.sn.fill_(50.0)
+        nats = EvalForward(model, False, None, max_width=40, logit_cap=cap)(ids, targets)  # the TTT forward caps
+        assert torch.equal(nats, model(ids, targets, reduction="none", logit_cap=cap))
+        assert not torch.allclose(nats, model(ids, targets, reduction="none"))
+    # A whole lora_ttt run whose global SGD cannot move the caps (lr 0) scores like the symmetric run.
+    val = text_val(random_texts(8, 10, 50, seed=1))
+    off, on = (run("lora_ttt", tiny_model(), val, eval_cfg(lora_ttt={**ZERO_LR, "lr": 1e-2, "asym_logit": asym}))
+               for asym in (False, True))  # fmt: skip
+    assert on.totals.nats == off.totals.nats and on.phases[-1]["asym_sp"] == on.phases[-1]["asym_sn"] == 30.0
+    assert "asym_sp" not in off.phases[-1]
+
+
+def test_asym_caps_learn_in_global_sgd_only_and_the_mode_stays_score_first(monkeypatch):
+    texts = random_texts(9, 20, 50, seed=2)
+    val = text_val(texts)
+    sgd = {**ZERO_LR["global_sgd"], "lr": 0.1}  # the caps get a small share of the clipped gradient: a large lr
+    cfg = eval_cfg(lora_ttt={"asym_logit": True, "phases": [3], "batch_docs": 3, "global_sgd": sgd})
+    seen: dict[str, list] = {"adamw": [], "sgd": []}
+
+    class AdamW(torch.optim.AdamW):
+        def __init__(self, params, **kw):
+            params = list(params)
+            seen["adamw"].append(params)
+            super().__init__(params, **kw)
+
+    class SGD(torch.optim.SGD):
+        def __init__(self, params, **kw):
+            params = list(params)
+            seen["sgd"].append(params)
+            super().__init__(params, **kw)
+
+    forwards = []
+
+    class Forward(EvalForward):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            forwards.append(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim, "AdamW", AdamW)
+        m.setattr(torch.optim, "SGD", SGD)
+        m.setattr(ttt_lora, "EvalForward", Forward)
+        result, recorder = recorded(tiny_model(noise=1.0), val, cfg)  # logits of ~ +-10: the caps matter
+    model_params = len(list(tiny_model().parameters()))
+    assert [len(p) for p in seen["sgd"]] == [model_params + 2]  # one global SGD: the weights, then sp and sn
+    assert all(p.dim() == 0 for p in seen["sgd"][0][-2:])
+    assert seen["adamw"] and all(p.dim() == 4 for ps in seen["adamw"] for p in ps)  # LoRA A and B only
+    first, last = result.phases[0], result.phases[-1]
+    assert first["sgd_docs"] == 3 and last["sgd_docs"] == 0
+    assert (first["asym_sp"], first["asym_sn"]) == (last["asym_sp"], last["asym_sn"])  # no change between pauses
+    assert abs(last["asym_sp"] - 30.0) > 1e-5 and abs(last["asym_sn"] - 30.0) > 1e-5, last
+    assert last["asym_sp"] != last["asym_sn"]
+    (cap,) = [f.logit_cap for f in forwards]  # the chunks are scored through the caps global SGD trains
+    assert (float(cap.sp), float(cap.sn)) == (last["asym_sp"], last["asym_sn"])
+    assert recorder.counts[1:].min() == recorder.counts.max() == 1
+    assert bytes_audit(result.totals, text_bytes(texts)).passed
+    audit = audit_lora_ttt(val, cfg, doc_index=4, cut=12)
+    assert audit.passed and audit.checked >= 12, audit.message
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_compiled_lora_ttt_with_asym_caps_scores_like_the_eager_one():
+    """The caps are graph inputs: global SGD's in-place updates reach the compiled forward."""
+    val = text_val(random_texts(6, 20, 40, seed=3))  # 2 batches of 3 windows of <= 24 tokens: one shape
+    docs = split_documents(val.tokens, BOS)
+    cfg = eval_cfg(lora_ttt={"asym_logit": True, "phases": [3], "global_sgd": {**ZERO_LR["global_sgd"], "lr": 0.2}})
+    results = [ttt_lora.evaluate_lora_ttt(one_layer_model(1.0), val, docs, cfg.lora_ttt,
+                                          ctx=EvalContext(True, compile_backend=backend))
+               for backend in (None, "aot_eager")]  # fmt: skip
+    eager, compiled = results
+    assert compiled.compile["graphs_scoring"] == 0
+    assert compiled.phases[-1]["asym_sp"] == pytest.approx(eager.phases[-1]["asym_sp"], abs=1e-6) != 30.0
+    assert compiled.totals.nats == pytest.approx(eager.totals.nats, rel=1e-5)
+
+
+# --- context, chunk schedule, optimizer, sites, phases, tail -----------------------------------------------------
+
+
+def test_context_3072_reaches_back_3072_tokens_on_a_long_document():
+    texts = texts_of([40, 3099, 25], seed=4)  # 41, 3100 and 25 targets
+    val = text_val(texts)
+    chunk, context = 1536, 3072  # the long document's chunks: windows of 1536, 3072 and (capped) 3072 tokens
+    cfg = eval_cfg(lora_ttt={**ZERO_LR, "chunk_size": chunk, "context": context, "phases": [], "batch_docs": 1})
+    model = one_layer_model(noise=0.1)
+    result, recorder = recorded(model, val, cfg)
+    assert recorder.counts[1:].min() == recorder.counts.max() == 1
+    long_doc = split_documents(val.tokens, BOS)[1]
+    tokens = torch.as_tensor(val.tokens.astype(np.int64))
+    with torch.no_grad():
+        for lo in range(0, long_doc.num_targets, chunk):
+            end = long_doc.start + min(lo + chunk, long_doc.num_targets)  # stream position of the chunk's last input
+            begin = max(long_doc.start, end - context)
+            nats = model(tokens[None, begin:end], tokens[None, begin + 1 : end + 1], looped=True, reduction="none")
+            scored = nats[0, long_doc.start + lo - begin :].double().numpy()
+            positions = np.arange(long_doc.start + lo + 1, end + 1)
+            np.testing.assert_allclose(recorder.nats[positions], scored, rtol=0, atol=1e-5)
+    assert end - begin == context  # the last chunks saw the full 3072 tokens
+    forward = EvalForward(model, True, "aot_eager", max_width=context)  # compiled shapes (nothing is compiled)
+    ttt = LoraTtt(forward, val, cfg.lora_ttt, Scores(torch.device("cpu")))
+    shapes = ttt.warmup_shapes(doc_queue(split_documents(val.tokens, BOS), cfg.lora_ttt.batch_docs))
+    assert max(w for _, w in shapes) == context
+
+
+def short_schedule_texts() -> list[str]:
+    """9 documents, in batches of 3 by length (BOS through the next BOS: characters + 2, the last document's
+    characters + 1, having no trailing BOS): 5, 10, 12 | 13, 13, 13 | 21, 29, 33."""
+    return texts_of([11, 8, 19, 3, 11, 10, 31, 11, 28], seed=5)
+
+
+def test_short_chunks_pick_each_batch_chunk_size_by_its_longest_document(monkeypatch):
+    texts = short_schedule_texts()
+    val = text_val(texts)
+    cfg = eval_cfg(lora_ttt={"chunk_size": 6, "short_chunks": SHORT, "phases": [3]})
+    docs = split_documents(val.tokens, BOS)
+    queue = doc_queue(docs, 3)
+    longest = [max(d.num_targets for d in b) + 1 for b in queue]  # queued longest batch first
+    assert longest == [33, 13, 12]
+    assert [batch_chunk_size(b, cfg.lora_ttt) for b in queue] == [6, 4, 2]  # 33 > 30; 12 < 13 <= 30; 12 <= 12
+    assert chunk_widths(queue[2], cfg.lora_ttt) == [2, 4, 6, 8, 10, 11]
+    steps = []
+    original = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or original(self, *a, **k))
+    result, recorder = recorded(tiny_model(), val, cfg)
+    chunks = [math.ceil((n - 1) / size) for n, size in zip(longest, [6, 4, 2], strict=True)]  # 6, 3, 6 chunk steps
+    assert recorder.step == sum(chunks) == 15
+    assert len(steps) == sum(c - 1 for c in chunks)  # no AdamW step after a batch's last chunk
+    assert recorder.counts[1:].min() == recorder.counts.max() == 1
+    assert bytes_audit(result.totals, text_bytes(texts)).passed
+
+
+def test_short_chunks_keep_the_mode_score_first():
+    val = text_val(short_schedule_texts())
+    cfg = eval_cfg(lora_ttt={"chunk_size": 6, "short_chunks": SHORT, "phases": [3]})
+    audit = audit_lora_ttt(val, cfg, doc_index=1, cut=4)  # 9 targets, in the batch of chunks of 2
+    assert audit.passed and audit.checked >= 4, audit.message
+
+
+def test_short_chunks_and_local_lr_mult_are_validated():
+    with pytest.raises(ConfigError, match=r"eval.lora_ttt.short_chunks: max_len must be positive and increasing"):
+        eval_cfg(lora_ttt={"short_chunks": [SHORT[1], SHORT[0]]})
+    with pytest.raises(ConfigError, match=r"eval.lora_ttt.short_chunks\[1\].chunk_size must lie in 1..eval"):
+        eval_cfg(lora_ttt={"short_chunks": [SHORT[0], {"max_len": 40, "chunk_size": 25}]})  # context 24
+    with pytest.raises(ConfigError, match=r"eval.lora_ttt.short_chunks\[0\].chunk_size"):
+        eval_cfg(lora_ttt={"short_chunks": [{"max_len": 40, "chunk_size": 0}]})
+    with pytest.raises(ConfigError, match="eval.lora_ttt.local_lr_mult must be >= 0"):
+        eval_cfg(lora_ttt={"local_lr_mult": -0.5})
+    uncapped = GPT(model_cfg(logit_softcap=0.0))
+    with pytest.raises(ConfigError, match="eval.lora_ttt.asym_logit needs model.logit_softcap > 0"):
+        run("lora_ttt", uncapped, text_val(["abc"]), eval_cfg(lora_ttt={"asym_logit": True}))
+
+
+def test_local_lr_mult_scales_the_per_document_adamw_lr_only(monkeypatch):
+    lrs: dict[str, list[float]] = {"adamw": [], "sgd": []}
+
+    class AdamW(torch.optim.AdamW):
+        def __init__(self, params, lr, **kw):
+            lrs["adamw"].append(lr)
+            super().__init__(params, lr=lr, **kw)
+
+    class SGD(torch.optim.SGD):
+        def __init__(self, params, lr, **kw):
+            lrs["sgd"].append(lr)
+            super().__init__(params, lr=lr, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", AdamW)
+    monkeypatch.setattr(torch.optim, "SGD", SGD)
+    cfg = eval_cfg(lora_ttt={"lr": 0.02, "local_lr_mult": 0.75, "phases": [3]})
+    run("lora_ttt", tiny_model(), text_val(random_texts(7, 10, 40, seed=6)), cfg)
+    assert lrs["adamw"] and set(lrs["adamw"]) == {0.02 * 0.75}
+    assert lrs["sgd"] == [cfg.lora_ttt.global_sgd.lr]
+
+
+@pytest.mark.parametrize("sites", [["k", "o", "mlp", "head"], ["q", "v", "o", "mlp", "head"]], ids=["no_qv", "no_k"])
+def test_adapter_masks_create_adapters_on_the_chosen_sites_only(monkeypatch, sites):
+    made = []
+
+    class Recording(ttt_lora.BatchedLoRA):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            made.append((set(self.A), set(self.B)))
+
+    monkeypatch.setattr(ttt_lora, "BatchedLoRA", Recording)
+    val = text_val(random_texts(7, 10, 40, seed=7))
+    masked = run("lora_ttt", tiny_model(), val, eval_cfg(lora_ttt={"sites": sites}))
+    assert made and all(a == b == set(sites) for a, b in made)
+    full = run("lora_ttt", tiny_model(), val, eval_cfg())
+    assert masked.totals.tokens == full.totals.tokens and masked.totals.nats != full.totals.nats
+
+
+def test_one_phase_runs_one_global_sgd_pass(monkeypatch):
+    calls = []
+    original = ttt_lora.train_stream
+    monkeypatch.setattr(ttt_lora, "train_stream", lambda *a, **k: calls.append(1) or original(*a, **k))
+    val = text_val(random_texts(9, 10, 40, seed=8))
+    result = run("lora_ttt", tiny_model(), val, eval_cfg(lora_ttt={"phases": [4]}))
+    assert len(calls) == 1
+    assert [p["sgd_docs"] for p in result.phases] == [4, 0]  # batches of 3: the 4th document ends the 2nd batch
+    assert [p["documents"] for p in result.phases] == [6, 9]
+
+
+def test_the_validation_tail_is_scored_whole():
+    """Every target 1 .. len - 1 of the stream is scored once, the last document's (no trailing BOS) included."""
+    texts = random_texts(8, 1, 45, seed=9)
+    val = text_val(texts)
+    assert val.tokens[-1] != BOS
+    cfg = eval_cfg(lora_ttt={"short_chunks": SHORT, "asym_logit": True})
+    result, recorder = recorded(tiny_model(), val, cfg)
+    assert recorder.counts[0] == 0 and recorder.counts[1:].min() == recorder.counts.max() == 1
+    assert result.totals.tokens == len(val.tokens) - 1
+    assert bytes_audit(result.totals, text_bytes(texts)).passed
