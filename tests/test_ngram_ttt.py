@@ -25,14 +25,20 @@ def tilt_cfg(**tilt):
 
 @pytest.fixture(scope="module")
 def texts():
-    return repetitive_texts(6, 60, 5, seed=1)
+    return repetitive_texts(5, 45, 5, seed=1)
 
 
-def test_tilt_scores_while_the_update_learns_from_the_untilted_loss(texts):
-    val, model = text_val(texts), tiny_model()
-    plain = run("lora_ttt", model, val, eval_cfg())
+@pytest.fixture(scope="module")
+def tilted_run(texts):
+    """One tilted LoRA TTT pass and its recorder (shared: a pass costs seconds)."""
+    val = text_val(texts)
     recorder = TokenRecorder(len(val.tokens))
-    tilted = run("lora_ttt", model, val, tilt_cfg(), recorder)
+    return val, run("lora_ttt", tiny_model(), val, tilt_cfg(), recorder), recorder
+
+
+def test_tilt_scores_while_the_update_learns_from_the_untilted_loss(texts, tilted_run):
+    val, tilted, recorder = tilted_run
+    plain = run("lora_ttt", tiny_model(), val, eval_cfg())
     stats = tilted.summary()["ngram_tilt"]
     # the untilted scores of the tilted pass are the plain pass's (the tilt never reaches the LoRA updates)
     assert stats["untilted_val_bpb"] == pytest.approx(plain.totals.val_bpb, rel=1e-9, abs=1e-9)
@@ -66,11 +72,9 @@ def test_the_tilt_passes_the_score_first_audit_and_a_leaky_hint_order_fails_it(t
     assert not leaky.passed and leaky.violations > 0
 
 
-def test_scoring_steps_are_the_recorders_steps(texts):
+def test_scoring_steps_are_the_recorders_steps(tilted_run):
     """On one rank the hint order is exactly the order in which the mode scores (one step per Scores.add)."""
-    val, cfg = text_val(texts), tilt_cfg()
-    recorder = TokenRecorder(len(val.tokens))
-    run("lora_ttt", tiny_model(), val, cfg, recorder)
+    (val, _, recorder), cfg = tilted_run, tilt_cfg()
     docs = split_documents(val.tokens, BOS)
     steps = ttt_lora.scoring_steps(ttt_lora.doc_queue(docs, cfg.lora_ttt.batch_docs), cfg.lora_ttt)
     assert len(steps) == recorder.step

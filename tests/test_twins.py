@@ -5,7 +5,7 @@ evaluation documents (one audited). The #1802 twin's multi-phase mode must be re
 artifact must fit, every enabled evaluation mode must report and pass its audits, and the summary must show the
 ladder on one document set with the model.bin rung equal to the dequantized one.
 
-On 2 shared cores the five twins take about 6 minutes, 58-80 s each: most of it is the start-up (imports) of the
+On 2 shared cores the six twins take about 7 minutes, 58-80 s each: most of it is the start-up (imports) of the
 seven stage processes per twin.
 
 The twins run one after another in the same scratch repository, so stages whose inputs a previous twin already
