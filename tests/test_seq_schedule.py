@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import SCORE, _weights, data, paths, tiny_model, train_cfg  # noqa: F401 (data: a fixture)
+from test_train import SCORE, _weights, data, paths, run_killed_at, tiny_model, train_cfg  # noqa: F401 (data: a fixture)
 
 from pgolf import compiler as tc
 from pgolf import dist, tensorio
@@ -143,17 +143,7 @@ def test_schedule_changes_mid_run_and_a_resume_across_the_change_keeps_the_ramp(
     for step in range(6):
         assert lr[step + 1] == pytest.approx(lr_multiplier(step / 6, cfg.warmdown_frac, cfg.min_lr) * ramp.get(step, 1))
 
-    original = loop._step
-
-    def dies_at_step_3(run, looped):  # inside the ramp
-        if run.state.step == 3:
-            raise KeyboardInterrupt("killed")
-        return original(run, looped)
-
-    monkeypatch.setattr(loop, "_step", dies_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "killed"))
-    monkeypatch.setattr(loop, "_step", original)
+    run_killed_at(3, cfg, data, tmp_path / "killed", monkeypatch)  # inside the ramp
     progress = tensorio.load_tensors(tmp_path / "killed" / "resume" / "state.safetensors")[1]["progress"]
     assert (progress["step"], progress["seq_len"], progress["seq_len_changed_at"]) == (3, 64, 2)
     summary = run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "killed"))

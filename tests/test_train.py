@@ -99,20 +99,25 @@ def _curve_steps(path: Path) -> list[int]:
     return [int(line.split("\t")[0]) for line in path.read_text().splitlines()[1:]]
 
 
-def test_kill_and_resume_gives_the_same_weights_and_curves(data, tmp_path, monkeypatch):
-    cfg = train_cfg(checkpoint_seconds=1e-9)  # a checkpoint after every step
-    run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "straight"))
+def run_killed_at(step: int, cfg: TrainConfig, data, out: Path, monkeypatch) -> None:
+    """A training run into ``out`` that dies (KeyboardInterrupt) when it reaches ``step``."""
     original = loop._step
 
-    def dies_at_step_5(run, looped):
-        if run.state.step == 5:
+    def dies(run, looped):
+        if run.state.step == step:
             raise KeyboardInterrupt("killed")
         return original(run, looped)
 
-    monkeypatch.setattr(loop, "_step", dies_at_step_5)
+    monkeypatch.setattr(loop, "_step", dies)
     with pytest.raises(KeyboardInterrupt):
-        run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "killed"))
+        run_train(tiny_model(), cfg, SCORE, paths(data, out))
     monkeypatch.setattr(loop, "_step", original)
+
+
+def test_kill_and_resume_gives_the_same_weights_and_curves(data, tmp_path, monkeypatch):
+    cfg = train_cfg(checkpoint_seconds=1e-9)  # a checkpoint after every step
+    run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "straight"))
+    run_killed_at(5, cfg, data, tmp_path / "killed", monkeypatch)
     summary = run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "killed"))
     assert summary["resumed"] and summary["steps"] == 8
     for curve in ("train/loss", "val/bpb"):  # the curves keep their pre-kill part, and end with a val point
