@@ -353,12 +353,20 @@ def tilted_distribution(log_probs: Tensor, hint: Tensor, beta: Tensor) -> Tensor
     return log_probs + beta * is_hint - _log_z(log_p_hint, beta)
 
 
-def tilt_scorer(log_probs: Tensor, hint: Tensor, beta: Tensor, targets: Tensor) -> Tensor:
-    """The tilted nats of ``targets`` from full log-probs [..., V] (the reference scorer of the audit)."""
+def tilted_scores(nats: Tensor, log_p_hint: Tensor, targets: Tensor, hint: Tensor, beta: Tensor) -> Tensor:
+    """The tilted nats from what a scorer knows at a position: the model's nats of the target, log p(hint), the
+    hint (-1 = none: untilted, whatever beta) and beta."""
+    return tilted_nats(nats, log_p_hint, targets == hint, torch.where(hint >= 0, beta.to(torch.float64), 0.0))
+
+
+def tilt_scorer(
+    log_probs: Tensor, hint: Tensor, beta: Tensor, targets: Tensor, scores: Callable[..., Tensor] = tilted_scores
+) -> Tensor:
+    """The tilted nats of ``targets`` from full log-probs [..., V] through ``scores`` (default
+    :func:`tilted_scores`; the reference scorer of the audit)."""
     nats = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     log_p_hint = log_probs.gather(-1, hint.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    beta = torch.where(hint >= 0, beta.to(torch.float64), 0.0)
-    return tilted_nats(nats, log_p_hint, targets == hint, beta)
+    return scores(nats, log_p_hint, targets, hint, beta)
 
 
 def _perturbed(tokens: np.ndarray, position: int, bos: int, rng: np.random.Generator) -> np.ndarray:

@@ -148,18 +148,14 @@ def scoring_steps(queue: list[list[Document]], cfg: LoraTttConfig) -> ngram.Step
     return steps
 
 
-def tilted_scores(nats: Tensor, log_p_hint: Tensor, targets: Tensor, hints: Tensor, beta: Tensor) -> Tensor:
-    """The scored nats of the n-gram tilt (:func:`pgolf.eval.ngram.tilted_nats`), from what the mode knows at a
-    position: its model's nats of the target and log p(hint), the hint and beta (0 = not tilted); the same function
-    the stage's normalization audit scores every candidate target with (:func:`tilt_audit_scorer`)."""
-    return ngram.tilted_nats(nats, log_p_hint, targets == hints, torch.where(hints >= 0, beta, 0.0))
+tilted_scores = ngram.tilted_scores
+"""The mode's scorer of the tilt (a module global, looked up at each call: what the mode scores with is what the
+stage's normalization audit scores every candidate target with, :func:`tilt_audit_scorer`)."""
 
 
 def tilt_audit_scorer(log_probs: Tensor, hint: Tensor, beta: Tensor, targets: Tensor) -> Tensor:
-    """:func:`tilted_scores` as the audit's scorer (full log-probs [N, V] in, the nats of ``targets`` out)."""
-    nats = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    log_p_hint = log_probs.gather(-1, hint.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return tilted_scores(nats, log_p_hint, targets, hint, beta.to(torch.float64))
+    """:data:`tilted_scores` as the audit's scorer (full log-probs [N, V] in, the nats of ``targets`` out)."""
+    return ngram.tilt_scorer(log_probs, hint, beta, targets, scores=tilted_scores)
 
 
 class NgramTilt:
