@@ -2,6 +2,7 @@
 torchrun with 2 gloo ranks equals 1 rank with gradient accumulation, and the export stage."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,7 @@ def test_kill_and_resume_gives_the_same_weights_and_curves(data, tmp_path, monke
     cfg = train_cfg(checkpoint_seconds=1e-9)  # a checkpoint after every step
     run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "straight"))
     run_killed_at(5, cfg, data, tmp_path / "killed", monkeypatch)
+    shutil.rmtree(tmp_path / "killed" / "live")  # DVC deletes the stage's outputs before it re-runs it
     summary = run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "killed"))
     assert summary["resumed"] and summary["steps"] == 8
     for curve in ("train/loss", "val/bpb"):  # the curves keep their pre-kill part, and end with a val point

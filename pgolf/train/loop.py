@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -174,9 +175,16 @@ def _check_recompiles(run: Run, graphs_before: int) -> None:
 # ------------------------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(run: Run, directory: Path) -> None:
-    """Rank 0 writes weights, averager and progress; every rank writes its own optimizer state (Muon's momentum
-    lives on the parameter's owner rank)."""
+LIVE_COPY = "live"  # the curves as of the checkpoint, inside the resume directory
+
+
+def save_checkpoint(run: Run, directory: Path, live_dir: Path | None = None) -> None:
+    """Rank 0 writes weights, averager, progress and a copy of the curves so far (``live_dir``); every rank writes
+    its own optimizer state (Muon's momentum lives on the parameter's owner rank).
+
+    The curves travel with the checkpoint so that the train stage's outputs need not persist across DVC's re-run
+    (a stage with a ``persist`` output never uses DVC's run cache: a fresh clone or a queued experiment would
+    retrain instead of checking the weights out); a resumed run gets exactly the points logged up to its step."""
     tensors, info = {}, {}
     for name, opt in zip(("muon", "embed", "scalar"), run.opts.all(), strict=True):
         t, meta = ckpt.optimizer_tensors(opt, name)
@@ -191,11 +199,18 @@ def save_checkpoint(run: Run, directory: Path) -> None:
         meta = {"fingerprint": run.fingerprint, "progress": asdict(run.state), "loader": run.loader.state_dict(),
                 "averager_extra": extra}  # fmt: skip
         tensorio.save_tensors(directory / "state.safetensors", state, meta)
+        if live_dir is not None and live_dir.is_dir():
+            tmp = directory / f"{LIVE_COPY}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(live_dir, tmp)
+            shutil.rmtree(directory / LIVE_COPY, ignore_errors=True)
+            tmp.rename(directory / LIVE_COPY)
     dist.barrier()
 
 
-def try_resume(run: Run, directory: Path) -> bool:
-    """Restore the run from ``directory`` when a checkpoint of the same fingerprint is there."""
+def try_resume(run: Run, directory: Path, live_dir: Path | None = None) -> bool:
+    """Restore the run from ``directory`` when a checkpoint of the same fingerprint is there, and on rank 0 the
+    curves as of that checkpoint into ``live_dir`` (points logged after it are logged again by the resumed run)."""
     path = directory / "state.safetensors"
     optim_path = directory / f"optim_rank{run.info.rank}.safetensors"
     if not path.is_file() or not optim_path.is_file():
@@ -212,6 +227,10 @@ def try_resume(run: Run, directory: Path) -> bool:
         ckpt.load_optimizer(opt, name, opt_tensors, opt_info[name])
     run.loader.load_state_dict(meta["loader"])
     run.state = Progress(**meta["progress"])
+    saved = directory / LIVE_COPY
+    if live_dir is not None and run.info.is_main and saved.is_dir():
+        shutil.rmtree(live_dir, ignore_errors=True)
+        shutil.copytree(saved, live_dir)
     dist.print0(f"train: resumed from {directory} at step {run.state.step}")
     return True
 
@@ -342,7 +361,7 @@ def _log_val(run: Run, logger: Logger, val: Validation, looped: bool) -> dict:
 def train(run: Run, *, val: Validation | None, resume_dir: Path, live_dir: Path) -> dict:
     """Warm up, resume if possible, train until the budget is spent; returns the summary for meta.json."""
     warm_seconds = warmup(run)
-    resumed = try_resume(run, resume_dir)
+    resumed = try_resume(run, resume_dir, live_dir)
     logger = Logger(live_dir, resumed, run.info.is_main, total=100)
     last_save, graphs = time.perf_counter(), tc.graphs_compiled()
     try:
@@ -351,7 +370,7 @@ def train(run: Run, *, val: Validation | None, resume_dir: Path, live_dir: Path)
                 _check_recompiles(run, graphs)
             since = dist.all_max(time.perf_counter() - last_save, run.info.device)  # every rank decides alike
             if run.cfg.checkpoint_seconds and since >= run.cfg.checkpoint_seconds:
-                save_checkpoint(run, resume_dir)
+                save_checkpoint(run, resume_dir, live_dir)
                 last_save = time.perf_counter()
         final = None
         if val is not None:  # the last point of the curve: the raw weights training ends with
