@@ -187,10 +187,12 @@ def test_a_section_named_size_would_be_invisible_to_dvc():
 
 @pytest.mark.parametrize("name", STAGES)
 def test_every_stage_can_use_the_run_cache(name):
-    """DVC restores a stage from its run cache (a fresh clone with a shared cache, a queued experiment) only when
-    dvc.stage.cache._can_hash holds: no ``persist`` output, not always changed. A ``persist`` output (the dvclive
-    curves had one, for resume) made every queued experiment retrain; the curves now travel with the resume
-    checkpoint instead (test_train.py::test_kill_and_resume_gives_the_same_weights_and_curves)."""
+    """DVC restores a stage from its run cache (a queued experiment, a fresh clone sharing the cache, a setting
+    tried before) only when the run was saved there and can be restored: dvc.stage.cache._can_hash holds (no
+    ``persist`` output, not always changed), and Stage.run saves it only when every output is cached or a metric or
+    a plot. The dvclive curves had ``persist`` (for resume: they now travel with the resume checkpoint, see
+    test_train.py::test_kill_and_resume_gives_the_same_weights_and_curves) and the stages' metrics files were
+    uncached plain outputs: either one made every queued experiment of a new configuration retrain."""
     pytest.importorskip("dvc")
     from dvc.repo import Repo
     from dvc.stage.cache import _can_hash
@@ -200,3 +202,5 @@ def test_every_stage_can_use_the_run_cache(name):
         for dep in stage.deps:  # the deps' hashes need the data; _can_hash only asks that one exists
             dep.get_hash = lambda: "0" * 32
         assert _can_hash(stage), [o.def_path for o in stage.outs if o.persist]
+        uncached = [o.def_path for o in stage.outs if not o.use_cache and not (o.is_metric or o.is_plot)]
+        assert not uncached, f"{uncached}: cache: false outside metrics/plots, so Stage.run skips the run cache"
