@@ -178,6 +178,15 @@ def _check_recompiles(run: Run, graphs_before: int) -> None:
 LIVE_COPY = "live"  # the curves as of the checkpoint, inside the resume directory
 
 
+def _copy_dir(src: Path, dst: Path) -> None:
+    """Replace ``dst`` by a copy of ``src``, copied beside it first so that a kill mid-copy leaves ``dst`` whole."""
+    tmp = dst.with_name(f"{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
 def save_checkpoint(run: Run, directory: Path, live_dir: Path | None = None) -> None:
     """Rank 0 writes weights, averager, progress and a copy of the curves so far (``live_dir``); every rank writes
     its own optimizer state (Muon's momentum lives on the parameter's owner rank).
@@ -200,11 +209,7 @@ def save_checkpoint(run: Run, directory: Path, live_dir: Path | None = None) -> 
                 "averager_extra": extra}  # fmt: skip
         tensorio.save_tensors(directory / "state.safetensors", state, meta)
         if live_dir is not None and live_dir.is_dir():
-            tmp = directory / f"{LIVE_COPY}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(live_dir, tmp)
-            shutil.rmtree(directory / LIVE_COPY, ignore_errors=True)
-            tmp.rename(directory / LIVE_COPY)
+            _copy_dir(live_dir, directory / LIVE_COPY)
     dist.barrier()
 
 
@@ -229,8 +234,7 @@ def try_resume(run: Run, directory: Path, live_dir: Path | None = None) -> bool:
     run.state = Progress(**meta["progress"])
     saved = directory / LIVE_COPY
     if live_dir is not None and run.info.is_main and saved.is_dir():
-        shutil.rmtree(live_dir, ignore_errors=True)
-        shutil.copytree(saved, live_dir)
+        _copy_dir(saved, live_dir)
     dist.print0(f"train: resumed from {directory} at step {run.state.step}")
     return True
 
