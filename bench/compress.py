@@ -38,22 +38,22 @@ sys.path.insert(0, str(ROOT))
 
 from bench._results import publish  # noqa: E402
 from pgolf.compress import codecs, entropy, parallel, pergroup, submission  # noqa: E402
-from pgolf.compress.stage import CompressConfig, check_identical, load_quantized  # noqa: E402
-from pgolf.config import load_section  # noqa: E402
-from pgolf.model.config import ModelParams  # noqa: E402
+from pgolf.compress.pergroup import CompressConfig  # noqa: E402
+from pgolf.compress.submission import check_identical  # noqa: E402
 from pgolf.model.gpt import GPT  # noqa: E402
+from pgolf.params import load_section  # noqa: E402
 from pgolf.quant import formats  # noqa: E402
-from pgolf.quant.policy import QuantizeConfig, decide  # noqa: E402
+from pgolf.quant.formats import load_quantized  # noqa: E402
+from pgolf.quant.policy import decide  # noqa: E402
 from pgolf.quant.quantize import quantize_state  # noqa: E402
-from pgolf.tokenizer import TokenizerConfig  # noqa: E402
 
 RECORD_SIMSORT = ["tok_emb.weight", "attn.q.weight", "mlp.up.weight"]
 
 
 def synthetic_entries(preset: Path, seed: int) -> list[formats.Entry]:
-    tok = load_section("tokenizer", TokenizerConfig, preset)
-    model = GPT(load_section("model", ModelParams, preset).resolve(tok.vocab_size, tok.special_ids.bos))
-    qcfg = load_section("quantize", QuantizeConfig, preset)
+    tok = load_section("tokenizer", preset)
+    model = GPT(load_section("model", preset).resolve(tok.vocab_size, tok.special_ids.bos))
+    qcfg = load_section("quantize", preset)
     decisions = decide(model, qcfg)
     torch.manual_seed(seed)
     student_t = torch.distributions.StudentT(6.0)
@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
-    base = load_section("compress", CompressConfig, args.params)
+    base = load_section("compress", args.params)
     base = base.model_copy(update={"lrzip": codecs.LrzipConfig(level=9, threads=1, zpaq=True)})
     if args.synthetic:
         entries, source = synthetic_entries(args.synthetic, args.seed), f"synthetic {args.synthetic.name} shapes"

@@ -1,5 +1,5 @@
 """GPTQ's upper factor of H^-1: the record's chol(H) -> H^-1 -> chol(H^-1) against one reverse Cholesky
-(frontier §3.13, ``quantize.inverse``), on random SPD matrices, in one run.
+(#2054, ``quantize.inverse``), on random SPD matrices, in one run.
 
     python bench/gptq_inverse.py                        # 512 and 2048, fp32, on CUDA when there is one
     python bench/gptq_inverse.py --sizes 512 2048 4096 --no-results

@@ -43,13 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import train_throughput as tt  # noqa: E402
-from pgolf.config import load_section  # noqa: E402
-from pgolf.model.config import ModelParams  # noqa: E402
-from pgolf.tokenizer import TokenizerConfig  # noqa: E402
-from pgolf.train.config import TrainConfig  # noqa: E402
+from pgolf.params import load_section  # noqa: E402
 
 RECORD_TOKENS_PER_GPU = {"overall": 808_000, "recurrence off": 8.17e6 / 8, "recurrence on": 5.58e6 / 8}
-"""The record's per-GPU training rates on 8xH100 (spec record-model-training.md §8.4: 4,945 steps x 786,432
+"""The record's per-GPU training rates on 8xH100 (the record's log: 4,945 steps x 786,432
 tokens in 599.6 s; 8.15-8.2 M tok/s unlooped, 5.58 M looped, over 8 GPUs)."""
 MICRO_TOKENS = 98_304
 SKIP_NO_CUDA = "no CUDA device (dry run)"
@@ -127,9 +124,9 @@ def timed(fn: Callable[[], object], reps: int = 10, warmup: int = 3) -> float:
 
 
 def record_configs(preset: Path):
-    tokenizer = load_section("tokenizer", TokenizerConfig, preset)
-    model_cfg = load_section("model", ModelParams, preset).resolve(tokenizer.vocab_size, tokenizer.special_ids.bos)
-    return model_cfg, load_section("train", TrainConfig, preset)
+    tokenizer = load_section("tokenizer", preset)
+    model_cfg = load_section("model", preset).resolve(tokenizer.vocab_size, tokenizer.special_ids.bos)
+    return model_cfg, load_section("train", preset)
 
 
 # ------------------------------------------------------------------------------------------- 1. environment
@@ -338,7 +335,7 @@ def train_step(check: Check, preset: Path) -> dict:
 
 def synthetic_val(num_docs: int, doc_tokens: int, vocab_size: int, bos_id: int, seed: int = 0):
     """A validation stream of ``num_docs`` random documents of ``doc_tokens`` tokens (BOS + ids), 3 bytes each."""
-    from pgolf.eval.bpb import ValData
+    from pgolf.score.bpb import ValData
 
     rng = np.random.default_rng(seed)
     docs = rng.integers(2, vocab_size, size=(num_docs, doc_tokens + 1))
@@ -352,15 +349,13 @@ def ttt(check: Check, preset: Path, doc_tokens: int = 144) -> dict:
     """The record's evaluation modes as the evaluate stage runs them (compiled, warm-up untimed), on a record-size
     model with random weights: phased LoRA TTT over two batches of 64 documents of ``doc_tokens`` tokens (chunks
     of 48: a few width buckets, so compilation fits the check), and plain scoring of 2048-token windows."""
-    from pgolf.eval.config import EvalConfig
-    from pgolf.eval.documents import split_documents
     from pgolf.eval.modes import context, run_mode
-    from pgolf.eval.score import ScoreConfig
     from pgolf.model.gpt import GPT
+    from pgolf.score.documents import split_documents
 
     model_cfg, _ = record_configs(preset)
-    cfg = load_section("eval", EvalConfig, preset)
-    score = load_section("score", ScoreConfig, preset)
+    cfg = load_section("eval", preset)
+    score = load_section("score", preset)
     lora = cfg.lora_ttt.model_copy(update={"phases": [64]})
     torch.manual_seed(0)
     model = GPT(model_cfg).to(check.device)

@@ -38,12 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench._results import device_name, publish  # noqa: E402
 from pgolf import compiler as tc  # noqa: E402
-from pgolf.config import load_section  # noqa: E402
 from pgolf.dist import autocast  # noqa: E402
-from pgolf.model.config import ModelConfig, ModelParams  # noqa: E402
+from pgolf.model.config import ModelConfig  # noqa: E402
 from pgolf.model.gpt import GPT  # noqa: E402
-from pgolf.tokenizer import TokenizerConfig  # noqa: E402
-from pgolf.train.config import TrainConfig  # noqa: E402
+from pgolf.params import load_section  # noqa: E402
 from pgolf.train.loader import CU_PAD_MULTIPLE, build_cu_seqlens  # noqa: E402
 from pgolf.train.step import build_optimizers  # noqa: E402
 
@@ -134,9 +132,9 @@ def main() -> None:
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     args = parser.parse_args()
 
-    tokenizer = load_section("tokenizer", TokenizerConfig, args.preset)
-    model_cfg = load_section("model", ModelParams, args.preset).resolve(tokenizer.vocab_size, tokenizer.special_ids.bos)
-    train_cfg = load_section("train", TrainConfig, args.preset)
+    tokenizer = load_section("tokenizer", args.preset)
+    model_cfg = load_section("model", args.preset).resolve(tokenizer.vocab_size, tokenizer.special_ids.bos)
+    train_cfg = load_section("train", args.preset)
     micro = args.micro_batch_tokens or train_cfg.micro_batch_tokens
     accum = args.grad_accum or train_cfg.global_batch_tokens // micro
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -5,8 +5,8 @@ so that a recompilation during training is reported rather than silently slowing
 Static shapes (``dynamic=False``): a packed row always has ``train.micro_batch_tokens`` tokens and its
 ``cu_seqlens`` is padded to a multiple of 64 entries (:func:`pgolf.segments.build_cu_seqlens`), so the shapes
 that reach the graph are the row and a few cu lengths. ``looped`` is a Python bool, so switching recurrence on is a
-guard miss: one more graph per bucket, built during the warm-up (unlooped, then looped) as in the record (spec
-§8.2), not at the switch. The attention bound ``max_seqlen`` is ``train.seq_len`` (segments are cut there), which
+guard miss: one more graph per bucket, built during the warm-up (unlooped, then looped) as in the record, not at
+the switch. The attention bound ``max_seqlen`` is ``train.seq_len`` (segments are cut there), which
 lets the flash backends trace without a host sync (see :mod:`pgolf.model.attention`). It is a Python int, so a
 ``train.seq_schedule`` gives one more graph per (stage seq_len, schedule, bucket), all built in the warm-up too.
 

@@ -2,14 +2,16 @@
 
 Every section model derives from :class:`Section`, which forbids unknown keys, has no defaults for values that
 params.yaml sets, and never coerces types. Errors name the file and the full key path, e.g.
-``params.yaml: data.doc_charz: unknown key``. A params file holds exactly the sections of :data:`SECTIONS`:
-:func:`load_section` refuses a misspelled or missing one (``params.yaml: unknown section 'qauntize' (did you mean
-'quantize'?)``); :func:`parse_section` validates one section's dict and looks at nothing else.
+``params.yaml: data.doc_charz: unknown key``. :func:`check_sections` refuses a params file whose sections are not
+exactly the registry's (``params.yaml: unknown section 'qauntize' (did you mean 'quantize'?)``);
+:func:`parse_section` validates one section's dict and looks at nothing else. The registry of sections (which
+model each name maps to) is :mod:`pgolf.params`, the top of the package: this module knows none of them.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,22 +21,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pgolf.errors import PgolfError
 
 PARAMS_FILE = Path("params.yaml")
-SECTIONS = (
-    "data",
-    "tokenizer",
-    "model",
-    "score",
-    "train",
-    "export",
-    "calibrate",
-    "quantize",
-    "compress",
-    "bundle",
-    "artifact",
-    "eval",
-    "compliance",
-)
-"""The top-level sections every params file holds, no more and no fewer (pgolf.presets maps each to its model)."""
 RENAMED = {"size": "artifact"}
 """Former section names, for the hint on a params file written before the rename."""
 
@@ -50,6 +36,22 @@ class Section(BaseModel):
 
 
 S = TypeVar("S", bound=Section)
+
+
+def positive(prefix: str, **values: float) -> list[str]:
+    """The problem lines of the ``values`` (keys under ``prefix``) that are not > 0."""
+    return [f"{prefix}.{key} must be positive (got {value})" for key, value in values.items() if value <= 0]
+
+
+def non_negative(prefix: str, **values: float) -> list[str]:
+    """The problem lines of the ``values`` (keys under ``prefix``) that are < 0."""
+    return [f"{prefix}.{key} must be >= 0 (got {value})" for key, value in values.items() if value < 0]
+
+
+def raise_problems(problems: list[str]) -> None:
+    """One ConfigError holding every problem line, if there is any."""
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def read_params(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
@@ -74,34 +76,26 @@ def parse_section(raw: Any, name: str, model: type[S], *, source: str = str(PARA
         raise ConfigError(_describe(err, name, source)) from None
 
 
-def check_sections(params: dict[str, Any], path: Path | str) -> None:
-    """ConfigError unless ``params`` holds exactly :data:`SECTIONS`: one line naming every unknown section (with the
+def check_sections(params: dict[str, Any], path: Path | str, sections: Iterable[str]) -> None:
+    """ConfigError unless ``params`` holds exactly ``sections``: one line naming every unknown section (with the
     closest known name) and every missing one, so a misspelled section is never silently ignored."""
-    unknown = [_unknown_section(str(key)) for key in params if key not in SECTIONS]
+    sections = tuple(sections)
+    unknown = [_unknown_section(str(key), sections) for key in params if key not in sections]
     meant = {known for _, known in unknown}
-    missing = [f"missing section '{name}' (add it)" for name in SECTIONS if name not in params and name not in meant]
+    missing = [f"missing section '{name}' (add it)" for name in sections if name not in params and name not in meant]
     problems = [line for line, _ in unknown] + missing
     if problems:
         raise ConfigError(f"{path}: {'; '.join(problems)}")
 
 
-def _unknown_section(name: str) -> tuple[str, str | None]:
+def _unknown_section(name: str, sections: tuple[str, ...]) -> tuple[str, str | None]:
     """The problem line of an unknown section and the known section it most likely stands for."""
     if name in RENAMED:
         return f"unknown section '{name}' (renamed '{RENAMED[name]}')", RENAMED[name]
-    close = difflib.get_close_matches(name, SECTIONS, n=1)
+    close = difflib.get_close_matches(name, sections, n=1)
     if close:
         return f"unknown section '{name}' (did you mean '{close[0]}'?)", close[0]
-    return f"unknown section '{name}' (remove it; the sections are: {', '.join(SECTIONS)})", None
-
-
-def load_section(name: str, model: type[S], path: Path | str = PARAMS_FILE) -> S:
-    """Load section ``name`` of the params file into ``model``, after checking the file's section names."""
-    params = read_params(path)
-    check_sections(params, path)
-    if name not in params:
-        raise ConfigError(f"{path}: missing section '{name}' (expected keys: {', '.join(model.model_fields)})")
-    return parse_section(params[name], name, model, source=str(path))
+    return f"unknown section '{name}' (remove it; the sections are: {', '.join(sections)})", None
 
 
 def _describe(err: ValidationError, name: str, source: str) -> str:

@@ -55,7 +55,7 @@ def init() -> DistInfo:
     info = dist_info()
     if info.device.type == "cuda":
         torch.cuda.set_device(info.device)
-        torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls, as the record (spec §8.1)
+        torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls, as the record
         torch.backends.cudnn.allow_tf32 = True
     if info.world_size > 1 and not dist.is_initialized():
         backend = "nccl" if info.device.type == "cuda" else "gloo"

@@ -17,49 +17,16 @@ import argparse
 import shutil
 from pathlib import Path
 
-from pgolf import config
 from pgolf.cli import run
-from pgolf.compress.bundle import BundleConfig
-from pgolf.compress.size import SizeConfig
-from pgolf.compress.stage import CompressConfig
-from pgolf.config import PARAMS_FILE, ConfigError, Section, load_section, read_params
-from pgolf.data.sources import DataConfig
-from pgolf.eval.config import EvalConfig
-from pgolf.eval.score import ScoreConfig
-from pgolf.export import ExportConfig
-from pgolf.model.config import ModelParams
-from pgolf.quant.hessian import CalibrateConfig
-from pgolf.quant.policy import QuantizeConfig
-from pgolf.report.summary import ComplianceConfig
-from pgolf.tokenizer import TokenizerConfig
-from pgolf.train.config import TrainConfig
+from pgolf.config import PARAMS_FILE, Section
+from pgolf.params import load_all
 
 PRESETS_DIR = Path("presets")
-SECTIONS: dict[str, type[Section]] = {
-    "data": DataConfig,
-    "tokenizer": TokenizerConfig,
-    "model": ModelParams,
-    "score": ScoreConfig,
-    "train": TrainConfig,
-    "export": ExportConfig,
-    "calibrate": CalibrateConfig,
-    "quantize": QuantizeConfig,
-    "compress": CompressConfig,
-    "bundle": BundleConfig,
-    "artifact": SizeConfig,
-    "eval": EvalConfig,
-    "compliance": ComplianceConfig,
-}
-if tuple(SECTIONS) != config.SECTIONS:  # a bug, not a user error: the two lists of sections drifted apart
-    raise RuntimeError(f"pgolf.presets.SECTIONS {tuple(SECTIONS)} differ from pgolf.config.SECTIONS {config.SECTIONS}")
 
 
 def check(path: Path | str) -> dict[str, Section]:
     """Every section of a params file, validated; ConfigError on a missing, unknown or malformed section."""
-    extra = set(read_params(path)) - set(SECTIONS)
-    if extra:
-        raise ConfigError(f"{path}: unknown sections {sorted(extra)}; expected {sorted(SECTIONS)}")
-    return {name: load_section(name, model, path) for name, model in SECTIONS.items()}
+    return load_all(path)
 
 
 def apply(preset: Path | str, params: Path | str = PARAMS_FILE) -> None:

@@ -1,5 +1,5 @@
 """Writes presets/{pr1492,pr1802,pr2143,pr374}.yaml and presets/cpu/*.yaml from record_1855.yaml plus each seed's
-differences (spec other-seeds.md §2-5; the values of their reproduce commands and logs, not script defaults).
+differences (the values of their reproduce commands and logs, not script defaults).
 
     python presets/make_presets.py        # rewrite the generated presets; `git diff presets/` shows the effect
 
@@ -91,28 +91,28 @@ PR374 = {
 
 # The official frontier row #2135 (1.05651): #2130's stack (PR #1797/#1855 lineage + token-only n-gram tilt + AsymLogit
 # + the #2060 levers + one TTT phase) with 32 calibration batches. The values of its launch command (as inherited
-# verbatim by #2158's run_3seed.sh and #2131-#2136's READMEs) where they differ from #1855's; frontier.md sections.
+# verbatim by #2158's run_3seed.sh and #2131-#2136's READMEs) where they differ from #1855's.
 PR2135 = {
-    "train": {"muon": {"lr": 0.028}},                                     # MATRIX_LR, §3.15
-    "score": {"seq_len": 2560},                                           # EVAL_SEQ_LEN, §3.3
-    "calibrate": {"batches": 32},                                         # GPTQ_CALIBRATION_BATCHES, §3.14
-    "quantize": {"lqer": {"group": 32}},                                  # LQER_ASYM_GROUP (rank 4, top 3), §3.15
-    "eval": {"lora_ttt": {"lr": 8.0e-5, "weight_decay": 2.0,              # TTT_LORA_LR, TTT_WEIGHT_DECAY, §3.5
-                          "context": 2560,                                # TTT_EVAL_SEQ_LEN, §3.3
-                          "sites": ["q", "v", "o", "mlp", "head"],        # TTT_K_LORA=0 (Q, V hard-wired on), §3.4
-                          "phases": [2500],                               # PHASED_TTT_NUM_PHASES=1, prefix 2500, §3.9
-                          "asym_logit": True,                             # ASYM_LOGIT_RESCALE=1, §3.2
-                          "ngram_tilt": {"enabled": True, "order": 16, "threshold": 0.8, "boost": 2.625}}},  # §3.11
+    "train": {"muon": {"lr": 0.028}},                                     # MATRIX_LR
+    "score": {"seq_len": 2560},                                           # EVAL_SEQ_LEN
+    "calibrate": {"batches": 32},                                         # GPTQ_CALIBRATION_BATCHES
+    "quantize": {"lqer": {"group": 32}},                                  # LQER_ASYM_GROUP (rank 4, top 3)
+    "eval": {"lora_ttt": {"lr": 8.0e-5, "weight_decay": 2.0,              # TTT_LORA_LR, TTT_WEIGHT_DECAY
+                          "context": 2560,                                # TTT_EVAL_SEQ_LEN
+                          "sites": ["q", "v", "o", "mlp", "head"],        # TTT_K_LORA=0 (Q, V hard-wired on)
+                          "phases": [2500],                               # PHASED_TTT_NUM_PHASES=1, prefix 2500
+                          "asym_logit": True,                             # ASYM_LOGIT_RESCALE=1
+                          "ngram_tilt": {"enabled": True, "order": 16, "threshold": 0.8, "boost": 2.625}}},
 }  # fmt: skip
 PR2135_NOTES = [
     "SMEAR_GATE_BOS_FIX=0 in its launch command: its SmearGate also mixes across a BOS in training (ours is",
-    "always BOS-masked; the #2130 README's table says BOS-fixed, frontier.md §3.17)",
+    "always BOS-masked; the #2130 README's table says BOS-fixed)",
     "its n-gram hints are built in stream order across documents; ours in scoring order inside the TTT pass",
-    "(frontier.md §3.11 caveat: the stream order fails our score-first audit), so the hints differ",
-    "its AsymLogit scalars get no gradient (frontier.md §3.2); ours are trained by the global SGD",
-    "AWQ-lite (§3.1) is not in its launch command nor in #2130's stack table: off here (its script default unread)",
+    "(the stream order fails our score-first audit), so the hints differ",
+    "its AsymLogit scalars get no gradient in its code; ours are trained by the global SGD",
+    "AWQ-lite (#1908) is not in its launch command nor in #2130's stack table: off here (its script default unread)",
     "QK_GAIN_INIT, LeakyReLU slope, train context: not in its launch command; #1855's values kept (5.0, 0.5, 2048)",
-    "GPTQ_RESERVE_SECONDS=0.5 with 32 batches likely overruns 600 s with the Hessians (§1.5); our compliance",
+    "GPTQ_RESERVE_SECONDS=0.5 with 32 batches likely overruns 600 s with the Hessians; our compliance",
     "check measures train + Hessian seconds against the budget instead",
     "EVAL_SEQ_LEN also sets its diagnostic eval's windows: here score.seq_len 2560 (every rung of the ladder)",
 ]

@@ -1,35 +1,70 @@
-"""Stage calibrate: input Hessians of every quantized matrix of the exported model, on training tokens only ->
-artifacts/calibrate/hessians.safetensors (its own stage, so re-quantizing never recomputes them)."""
+"""Stage calibrate: the input Hessians H = sum x x^T of every quantized matrix of the exported model (and of the LM
+head's input), on training tokens only -> artifacts/calibrate/hessians.safetensors; metrics/calibrate.json. Its own
+stage, so that re-quantizing never recomputes them.
 
-import argparse
-import json
+Before collecting, every calibration document is checked against the validation documents' hashes (timed apart:
+the Hessian collection counts in the training budget, the check does not).
+"""
+
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf.cli import run
-from pgolf.config import load_section
-from pgolf.dist import dist_info, print0
-from pgolf.quant.calibrate import calibrate
-from pgolf.quant.hessian import CalibrateConfig
+from pgolf import artifacts, dist, tensorio
+from pgolf.cli import parse_paths, run
+from pgolf.data import shards
+from pgolf.data.provenance import check_training_documents
+from pgolf.files import write_json
+from pgolf.params import load_section
+from pgolf.quant.hessian import CalibrateConfig, calibration_windows, collect_hessians, reduce_hessians
+
+
+@dataclass(frozen=True)
+class Paths:
+    params: Path = Path("params.yaml")
+    export: Path = Path("artifacts/export")
+    shards: Path = Path("data/shards")
+    out: Path = Path("artifacts/calibrate")
+    metrics: Path = Path("metrics/calibrate.json")
+
+
+KEPT = ("tokens", "batches", "looped", "doc_isolated", "matrices", "world_size")
+"""What the Hessians carry: what they are, never how long they took, so every run writes the same bytes."""
+
+
+def calibrate(cfg: CalibrateConfig, paths: Paths) -> dict:
+    """Check the calibration documents, then collect, reduce and save the Hessians; returns the metrics (tokens,
+    batches, schedule, seconds of the collection, provenance)."""
+    check_start = time.perf_counter()
+    model, meta = artifacts.load_exported(paths.export)
+    provenance = check_training_documents(paths.shards, shards.shard_paths(paths.shards, "train"), model.cfg.bos_id,
+                                          what="calibrate", progress=dist.dist_info().is_main)  # fmt: skip
+    provenance["seconds"] = round(time.perf_counter() - check_start, 3)
+    info = dist.init()
+    try:
+        start = time.perf_counter()
+        model = model.to(info.device)
+        looped = meta["looping_from_step"] is not None
+        windows = calibration_windows(paths.shards, cfg, info.rank, info.world_size)
+        hessians, tokens = collect_hessians(model, windows, looped=looped, doc_isolated=cfg.doc_isolated,
+                                           total=cfg.batches)  # fmt: skip
+        hessians, tokens = reduce_hessians(hessians, tokens, info.device)
+        summary = {"tokens": tokens, "batches": cfg.batches, "looped": looped, "doc_isolated": cfg.doc_isolated,
+                   "matrices": len(hessians), "seconds": round(time.perf_counter() - start, 2),
+                   "world_size": info.world_size, "hardware": info.hardware, "provenance": provenance}  # fmt: skip
+        if info.is_main:
+            tensorio.save_tensors(paths.out / artifacts.HESSIANS_FILE, hessians, {k: summary[k] for k in KEPT})
+            write_json(paths.metrics, summary)
+    finally:
+        dist.shutdown()
+    return summary
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--export", default="artifacts/export")
-    parser.add_argument("--shards", default="data/shards")
-    parser.add_argument("--out", default="artifacts/calibrate")
-    parser.add_argument("--metrics", default="metrics/calibrate.json")
-    args = parser.parse_args()
-
-    cfg = load_section("calibrate", CalibrateConfig, args.params)
-    summary = calibrate(cfg, Path(args.export), Path(args.shards), Path(args.out))
-    if dist_info().is_main:
-        Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics).write_text(json.dumps(summary, indent=2) + "\n")
-    print0(
-        f"calibrate: {summary['matrices']} Hessians from {summary['tokens']:,} training tokens "
-        f"(looped={summary['looped']}) in {summary['seconds']:.1f}s -> {args.out}"
-    )
+    paths = parse_paths(Paths, __doc__)
+    summary = calibrate(load_section("calibrate", paths.params), paths)
+    dist.print0(f"calibrate: {summary['matrices']} Hessians from {summary['tokens']:,} training tokens "
+                f"(looped={summary['looped']}) in {summary['seconds']:.1f}s -> {paths.out}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,35 +1,63 @@
 """Stage export: the final weights (EMA by default) in their final dtypes -> artifacts/export/, and the
-pre-quantization val_bpb of the raw and chosen weights -> metrics/export.json."""
+pre-quantization rungs of the ladder -> metrics/export.json: the raw weights, the chosen weights as exported and
+the unigram baseline, all by the one scorer on the ``score`` section's documents.
 
-import argparse
-import json
+The model is rebuilt from the configuration stored with the checkpoint, never from params.yaml, and scored with
+the layer schedule it finished training with (recurrence on if it was switched on).
+"""
+
+from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf.cli import run
-from pgolf.config import load_section
-from pgolf.eval.score import ScoreConfig
-from pgolf.export import ExportConfig, export
+from pgolf import artifacts, dist, tensorio
+from pgolf.cli import parse_paths, run
+from pgolf.files import write_json
+from pgolf.params import load_section
+from pgolf.score.scorer import Ladder, ScoreConfig
+from pgolf.score.unigram import unigram_rung
+from pgolf.train.export import ExportConfig, cast_final
+
+
+@dataclass(frozen=True)
+class Paths:
+    params: Path = Path("params.yaml")
+    train: Path = Path("artifacts/train")
+    shards: Path = Path("data/shards")
+    tokenizer: Path = Path("artifacts/tokenizer")
+    out: Path = Path("artifacts/export")
+    metrics: Path = Path("metrics/export.json")
+
+
+def export(cfg: ExportConfig, score: ScoreConfig, paths: Paths) -> dict:
+    """Write the chosen weights + meta into ``paths.out`` and the pre-quantization rungs into ``paths.metrics``;
+    returns the metrics."""
+    info = dist.dist_info()
+    chosen, meta = artifacts.load_trained(paths.train, cfg.weights)
+    chosen = cast_final(chosen, cfg)
+    looped = meta["looping_from_step"] is not None
+    ladder = Ladder.load(score, paths.shards, paths.tokenizer, chosen.cfg.bos_id)
+    metrics = {"documents": ladder.documents, "byte_count": ladder.val.byte_count, "looped": looped,
+               "weights": cfg.weights}  # fmt: skip
+    metrics[f"prequant_{cfg.weights}"] = ladder.rung(chosen.to(info.device), looped, cfg.weights, info.is_main)
+    if cfg.weights != "raw":
+        raw = artifacts.load_trained(paths.train, "raw")[0]
+        metrics["prequant_raw"] = ladder.rung(raw.to(info.device), looped, "raw", info.is_main)
+    metrics["unigram_baseline"] = unigram_rung(ladder, paths.shards, chosen.cfg.vocab_size, info.device)
+    if info.is_main:
+        export_meta = {**meta, "weights": cfg.weights, "dtype": cfg.dtype, "embedding_dtype": cfg.embedding_dtype}
+        tensorio.save_tensors(paths.out / artifacts.MODEL_FILE, chosen.state_dict(), export_meta)
+        write_json(paths.out / artifacts.META_FILE, export_meta)
+        write_json(paths.metrics, metrics)
+    return metrics
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--train", default="artifacts/train")
-    parser.add_argument("--shards", default="data/shards")
-    parser.add_argument("--tokenizer", default="artifacts/tokenizer")
-    parser.add_argument("--out", default="artifacts/export")
-    parser.add_argument("--metrics", default="metrics/export.json")
-    args = parser.parse_args()
-
-    cfg = load_section("export", ExportConfig, args.params)
-    score = load_section("score", ScoreConfig, args.params)
-    metrics = export(cfg, score, Path(args.train), Path(args.shards), Path(args.tokenizer), Path(args.out))
-    Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.metrics).write_text(json.dumps(metrics, indent=2) + "\n")
+    paths = parse_paths(Paths, __doc__)
+    cfg: ExportConfig = load_section("export", paths.params)
+    metrics = export(cfg, load_section("score", paths.params), paths)
     scores = {k: round(v["val_bpb"], 4) for k, v in metrics.items() if isinstance(v, dict) and "val_bpb" in v}
-    docs = metrics["documents"]["count"]
-    print(f"export: {cfg.weights} weights -> {args.out}; pre-quant val_bpb {scores} on {docs} documents "
-          f"({metrics['byte_count']} bytes)")  # fmt: skip
+    print(f"export: {cfg.weights} weights -> {paths.out}; pre-quant val_bpb {scores} on "
+          f"{metrics['documents']['count']} documents ({metrics['byte_count']} bytes)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,35 +1,73 @@
-"""Stage quantize: GPTQ/RTN + SDClip, int8 gates, fp16 passthrough, LQER -> artifacts/quant/; per-tensor errors and
-the dequantized model's val_bpb -> metrics/quantize.json, metrics/quantize_tensors.csv. Never trains."""
+"""Stage quantize: GPTQ/RTN with SDClip scales, int8 gates, fp16 passthrough, LQER (and AWQ-lite, Hadamard when on)
+-> artifacts/quant/; per-tensor errors and the ladder's ``dequantized`` rung -> metrics/quantize.json and
+metrics/quantize_tensors.csv. Never trains: it reads the exported weights and the calibrate stage's Hessians."""
 
-import argparse
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf.cli import run
-from pgolf.config import load_section
-from pgolf.eval.score import ScoreConfig
-from pgolf.quant.policy import QuantizeConfig
-from pgolf.quant.quantize import run_quantize, write_metrics
+from pgolf import artifacts, tensorio
+from pgolf.cli import parse_paths, run
+from pgolf.dist import dist_info
+from pgolf.files import write_csv, write_json
+from pgolf.model.config import ModelConfig
+from pgolf.model.gpt import GPT
+from pgolf.params import load_section
+from pgolf.quant import formats
+from pgolf.quant.hessian import hessian_rows
+from pgolf.quant.policy import QuantizeConfig, decide
+from pgolf.quant.quantize import dequantized_model, quantize_state
+from pgolf.score.scorer import Ladder, ScoreConfig
+
+
+@dataclass(frozen=True)
+class Paths:
+    params: Path = Path("params.yaml")
+    export: Path = Path("artifacts/export")
+    calibrate: Path = Path("artifacts/calibrate")
+    shards: Path = Path("data/shards")
+    tokenizer: Path = Path("artifacts/tokenizer")
+    out: Path = Path("artifacts/quant")
+    metrics: Path = Path("metrics/quantize.json")
+    tensors: Path = Path("metrics/quantize_tensors.csv")
+
+
+TENSOR_COLUMNS = ["name", "layer", "kind", "bits", "numel", "rel_error", "h_error", "lqer", "awq"]
+
+
+def quantize(cfg: QuantizeConfig, score: ScoreConfig, paths: Paths) -> dict:
+    """Quantize the export with the calibrate stage's Hessians into ``paths.out``; write and return the metrics,
+    with the ladder's ``dequantized`` rung (the one scorer on the ``score`` section's documents)."""
+    start = time.perf_counter()
+    state, meta = tensorio.load_tensors(paths.export / artifacts.MODEL_FILE)
+    hessians, calib = tensorio.load_tensors(paths.calibrate / artifacts.HESSIANS_FILE)
+    template = GPT(ModelConfig.model_validate(meta["model_config"]))
+    rows = hessian_rows(template, calib["looped"], calib["tokens"]) if cfg.awq.enabled else None
+    entries, reports, chosen = quantize_state(state, hessians, decide(template, cfg), cfg, rows)
+    seconds = time.perf_counter() - start
+    train = {k: meta[k] for k in ("steps", "looping_from_step", "averaging")}
+    formats.save_quantized(paths.out, entries, {"model_config": meta["model_config"], "train": train,
+                                                "quantize": cfg.model_dump()})  # fmt: skip
+    info = dist_info()
+    model = dequantized_model(entries, meta["model_config"]).to(info.device)
+    ladder = Ladder.load(score, paths.shards, paths.tokenizer, model.cfg.bos_id)
+    looped = meta["looping_from_step"] is not None
+    metrics = {"documents": ladder.documents, "dequantized": ladder.rung(model, looped, "dequantized", info.is_main),
+               "lqer_tensors": chosen, "awq_groups": {r["name"]: [int(x) for x in r["awq"].split()] for r in reports
+                                                       if r["awq"]},
+               "quantize_seconds": round(seconds, 2),
+               "mean_rel_error": sum(r["rel_error"] for r in reports) / max(len(reports), 1),
+               "total_h_error": sum(r["h_error"] for r in reports)}  # fmt: skip
+    write_json(paths.metrics, metrics)
+    write_csv(paths.tensors, TENSOR_COLUMNS, reports)
+    return {**metrics, "tensors": reports}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--export", default="artifacts/export")
-    parser.add_argument("--calibrate", default="artifacts/calibrate")
-    parser.add_argument("--shards", default="data/shards")
-    parser.add_argument("--tokenizer", default="artifacts/tokenizer")
-    parser.add_argument("--out", default="artifacts/quant")
-    parser.add_argument("--metrics", default="metrics/quantize.json")
-    parser.add_argument("--tensors", default="metrics/quantize_tensors.csv")
-    args = parser.parse_args()
-
-    cfg = load_section("quantize", QuantizeConfig, args.params)
-    score = load_section("score", ScoreConfig, args.params)
-    paths = {k: Path(getattr(args, k)) for k in ("export", "calibrate", "shards", "tokenizer", "out")}
-    metrics = run_quantize(cfg, score, paths)
-    write_metrics(metrics, Path(args.metrics), Path(args.tensors))
-    q = metrics["dequantized"]
-    print(f"quantize: {cfg.method} -> {args.out}; dequantized val_bpb {q['val_bpb']:.4f}; "
+    paths = parse_paths(Paths, __doc__)
+    cfg: QuantizeConfig = load_section("quantize", paths.params)
+    metrics = quantize(cfg, load_section("score", paths.params), paths)
+    print(f"quantize: {cfg.method} -> {paths.out}; dequantized val_bpb {metrics['dequantized']['val_bpb']:.4f}; "
           f"LQER on {metrics['lqer_tensors']} ({metrics['quantize_seconds']:.1f}s)")  # fmt: skip
 
 

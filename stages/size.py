@@ -1,31 +1,36 @@
 """Stage size: sum the bytes of the files in artifacts/submission/ -> metrics/size.json (written first), then fail
 over the 16,000,000-byte limit unless artifact.enforce is false."""
 
-import argparse
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf.cli import run
+from pgolf.cli import parse_paths, run
 from pgolf.compress.size import SizeConfig, check, measure
-from pgolf.config import load_section
+from pgolf.files import write_json
+from pgolf.params import load_section
+
+
+@dataclass(frozen=True)
+class Paths:
+    params: Path = Path("params.yaml")
+    submission: Path = Path("artifacts/submission")
+    metrics: Path = Path("metrics/size.json")
+
+
+def size(cfg: SizeConfig, paths: Paths) -> dict:
+    """Measure the submission, write the metrics, then raise when it is over the limit and ``enforce`` is set."""
+    metrics = measure(paths.submission, cfg.limit_bytes)
+    write_json(paths.metrics, metrics)
+    return metrics
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--submission", default="artifacts/submission")
-    parser.add_argument("--metrics", default="metrics/size.json")
-    args = parser.parse_args()
-
-    cfg = load_section("artifact", SizeConfig, args.params)
-    metrics = measure(Path(args.submission), cfg.limit_bytes)
-    Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.metrics).write_text(json.dumps(metrics, indent=2) + "\n")
-    print(
-        f"size: {metrics['total_bytes']:,} B (model {metrics['model_bytes']:,} + code {metrics['code_bytes']:,}); "
-        f"limit {cfg.limit_bytes:,}, margin {metrics['margin_bytes']:,}, fits: {metrics['fits']}"
-    )
-    check(metrics, cfg.enforce)
+    paths = parse_paths(Paths, __doc__)
+    cfg: SizeConfig = load_section("artifact", paths.params)
+    m = size(cfg, paths)
+    print(f"size: {m['total_bytes']:,} B (model {m['model_bytes']:,} + code {m['code_bytes']:,}); limit "
+          f"{cfg.limit_bytes:,}, margin {m['margin_bytes']:,}, fits: {m['fits']}")  # fmt: skip
+    check(m, cfg.enforce)
 
 
 if __name__ == "__main__":

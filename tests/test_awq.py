@@ -1,4 +1,4 @@
-"""AWQ-lite (frontier §3.1): group scores and selection by hand, the finer grid of the protected columns, a lower
+"""AWQ-lite (#1908): group scores and selection by hand, the finer grid of the protected columns, a lower
 H-weighted error, row-normalized statistics, config checks, and the round trip through formats and model.bin."""
 
 import numpy as np
@@ -296,7 +296,7 @@ def test_protected_groups_round_trip_through_formats_and_model_bin(quantized):
     for a, b in zip(entries, back, strict=True):
         assert torch.equal(formats.dequantize(a), formats.dequantize(b)), a.name
     compress = read_params("params.yaml")["compress"]
-    cfg = parse_section({**compress, "codec": "brotli", "rest_codec": "brotli"}, "compress", pergroup.SerializeConfig)
+    cfg = parse_section({**compress, "codec": "brotli", "rest_codec": "brotli"}, "compress", pergroup.CompressConfig)
     meta = {"model_config": {}, "train": {"looping_from_step": 10}, "formats": manifest}
     blob, _ = submission.pack_model(entries, meta, cfg, workers=1)
     restored, _ = submission.unpack_model(blob, workers=1)

@@ -22,9 +22,9 @@ BYTE_CODECS = ["raw", "brotli", "lzma", "zstd", pytest.param("lrzip", marks=pyte
     not HAVE_LRZIP, reason="lrzip binary not installed (apt-get install lrzip)"))]  # fmt: skip
 
 
-def compress_cfg(**overrides) -> pergroup.SerializeConfig:
+def compress_cfg(**overrides) -> pergroup.CompressConfig:
     raw = read_params("params.yaml")["compress"]
-    return parse_section({**raw, **overrides}, "compress", pergroup.SerializeConfig)
+    return parse_section({**raw, **overrides}, "compress", pergroup.CompressConfig)
 
 
 def _payload(seed: int, n: int = 50_000) -> bytes:

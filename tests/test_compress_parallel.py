@@ -36,9 +36,9 @@ CODECS = [
 ]
 
 
-def _cfg(**overrides) -> pergroup.SerializeConfig:
+def _cfg(**overrides) -> pergroup.CompressConfig:
     raw = read_params(ROOT / "params.yaml")["compress"]
-    return parse_section({**raw, **overrides}, "compress", pergroup.SerializeConfig)
+    return parse_section({**raw, **overrides}, "compress", pergroup.CompressConfig)
 
 
 def _entries(layers: int = 3) -> list[formats.Entry]:
@@ -149,7 +149,7 @@ _BLOCKED = """
 import sys
 for name in {optional!r}:
     sys.modules[name] = None  # `import name` now raises ImportError, as on a box without the package
-from pgolf.compress import bundle, codecs, container, entropy, pergroup, stage, submission
+from pgolf.compress import bundle, codecs, container, entropy, pergroup, submission
 for path in sys.argv[2:]:
     entries, _ = submission.unpack_model(open(path, "rb").read(), path)
     print("decoded", len(entries))
@@ -195,7 +195,7 @@ def test_missing_python_minifier_names_the_package(monkeypatch):
 
 
 def test_compress_metrics_count_the_coding_threads():
-    from pgolf.compress.stage import pool_size
+    from pgolf.compress.submission import pool_size
 
     streams = [pergroup.Stream(name, "brotli", b"", 0, None, 0.0) for name in ("group:a", "group:b", "rest", "perms")]
     assert pool_size(streams, 1) == 1 and pool_size(streams, 8) == 3  # perms is coded after the pool

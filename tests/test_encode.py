@@ -1,10 +1,10 @@
 """Tokenize: val shards decode to the val documents and the sidecar counts their bytes exactly."""
 
 import numpy as np
-from conftest import EDGE_DOCS, data_cfg, tokenizer_cfg, write_corpus
+from conftest import EDGE_DOCS, build_tokenizer, data_cfg, tokenize, tokenizer_cfg, write_corpus
 
-from pgolf import tokenizer as tok
 from pgolf.data import caseops, docs, encode, shards
+from pgolf.data import tokenizer as tok
 from pgolf.data.docs import Doc
 
 
@@ -78,8 +78,8 @@ def test_lookup_tables_agree_with_sidecar_on_a_lossless_tokenizer(built):
 def test_sidecar_is_exact_for_a_lossy_normalizer(tmp_path, corpus):
     """nmt_nfkc drops and folds characters; the counts still sum to the original bytes."""
     cfg = tokenizer_cfg(normalization="nmt_nfkc", remove_extra_whitespaces=True, caseops=True)
-    tok.build(corpus, cfg, tmp_path / "tok", num_threads=2)
-    manifest = encode.tokenize(corpus, tmp_path / "tok", data_cfg(), tmp_path / "shards")
+    build_tokenizer(cfg, tmp_path / "tok", corpus, 2)
+    manifest = tokenize(corpus, tmp_path / "tok", data_cfg(), tmp_path / "shards")
     expected = sum(len(d.text.encode()) for d in docs.read_docs(corpus, "val"))
     assert manifest["splits"]["val"]["sidecar_bytes"] == expected
     assert "roundtrip_failures" not in manifest["splits"]["val"]  # lossy: no round-trip claim
@@ -98,13 +98,13 @@ def test_roundtrip_failure_is_detected(tmp_path, speeches):
     train = [Doc("t/0", speeches[0][1])]
     val = [Doc("v/0", EDGE_DOCS[0])]
     corpus = write_corpus(tmp_path / "docs", train, val)
-    tok.build(corpus, tokenizer_cfg(vocab_size=300, byte_fallback=False), tmp_path / "tok", num_threads=1)
+    build_tokenizer(tokenizer_cfg(vocab_size=300, byte_fallback=False), tmp_path / "tok", corpus, 1)
     meta_path = tmp_path / "tok" / tok.META_FILE
     meta_path.write_text(meta_path.read_text().replace('"byte_fallback": false', '"byte_fallback": true'))
     val_text = "unknown glyphs ☃ ☄"
     corpus = write_corpus(tmp_path / "docs", train, [Doc("v/0", val_text)])
     try:
-        encode.tokenize(corpus, tmp_path / "tok", data_cfg(), tmp_path / "shards")
+        tokenize(corpus, tmp_path / "tok", data_cfg(), tmp_path / "shards")
     except AssertionError as err:
         assert "do not decode to themselves" in str(err)
     else:

@@ -13,15 +13,15 @@ from test_eval_modes import BOS, CHARS, eval_cfg, one_thread, text_val, tiny_mod
 
 from pgolf import compiler as tc
 from pgolf.dist import to_device
-from pgolf.eval import compile as ec
-from pgolf.eval import score
-from pgolf.eval.common import EvalContext, TokenRecorder
-from pgolf.eval.documents import chunk_window, num_chunks, split_documents
+from pgolf.eval.chunk_sgd import evaluate_chunk_sgd
+from pgolf.eval.lora_ttt import LoraTtt, evaluate_lora_ttt
 from pgolf.eval.modes import context, run_mode
-from pgolf.eval.score import ScoreConfig, score_model
 from pgolf.eval.sliding import evaluate_sliding
-from pgolf.eval.ttt_chunk import evaluate_chunk_sgd
-from pgolf.eval.ttt_lora import LoraTtt, evaluate_lora_ttt
+from pgolf.score import compile as ec
+from pgolf.score import scorer as score
+from pgolf.score.documents import chunk_window, num_chunks, split_documents
+from pgolf.score.scorer import ScoreConfig, score_model
+from pgolf.score.scores import EvalContext, TokenRecorder
 
 __all__ = ["one_thread"]  # the autouse fixture of test_eval_modes applies here too
 
@@ -104,7 +104,7 @@ def test_lora_warmup_shapes_are_the_chunk_calls():
     val = text_val(texts_of([5, 400, 48, 49, 23, 24, 25, 170, 160, 1]))
     docs, cfg = split_documents(val.tokens, BOS), wide_cfg(160).lora_ttt
     forward = ec.EvalForward(tiny_model(), True, BACKEND, max_width=cfg.context)
-    ttt = LoraTtt(forward, val, cfg, scores=None)
+    ttt = LoraTtt(forward, val, cfg, scores=None, ctx=EvalContext(True))
     batches = [docs[:3], docs[3:5], docs[5:6], docs[6:]]
     calls = set()
     for batch in batches:

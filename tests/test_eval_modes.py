@@ -18,13 +18,12 @@ from pgolf.config import ConfigError, parse_section
 from pgolf.dist import group_rank_world
 from pgolf.errors import PgolfError
 from pgolf.eval.audit import bytes_audit, score_first_audit, text_bytes
-from pgolf.eval.bpb import ValData
-from pgolf.eval.common import EvalContext, TokenRecorder
-from pgolf.eval.config import EvalConfig
-from pgolf.eval.documents import split_documents
-from pgolf.eval.modes import MODES, enabled_modes, run_mode
-from pgolf.eval.score import ScoreConfig, document_windows, scored_documents
+from pgolf.eval.modes import MODES, EvalConfig, enabled_modes, run_mode
 from pgolf.model.gpt import GPT
+from pgolf.score.bpb import ValData
+from pgolf.score.documents import split_documents
+from pgolf.score.scorer import ScoreConfig, document_windows, scored_documents
+from pgolf.score.scores import EvalContext, TokenRecorder
 
 BOS, VOCAB = 1, 64
 CHARS = "abcdefghijklmnopqrstuvwxyz .,éü東京"  # ids 2.., some of several UTF-8 bytes
@@ -199,7 +198,7 @@ def test_score_first_audit_passes_for_compliant_modes_and_fails_for_multi_phase(
 def test_the_stage_audit_says_what_it_runs(capsys):
     """The evaluate stage's score-first audit prints a line before and after each of its two runs and its verdict
     (issue 15: it ran for minutes without output)."""
-    from pgolf.eval.stage import score_first
+    from pgolf.eval.audit import score_first
 
     val = text_val(random_texts(4, 20, 45, seed=3))
     detail = score_first("chunk_sgd", tiny_model(), val, score_cfg(), eval_cfg(progress=True), True)

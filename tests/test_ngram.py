@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.config import ConfigError
-from pgolf.eval import ngram
-from pgolf.eval.ngram import NgramTiltParams
+from pgolf.config import ConfigError, parse_section
+from pgolf.eval import audit, ngram
+from pgolf.eval.ngram import NgramTiltConfig
+from tests.ngram_oracle import TokenNgram, online_hints
 
 # One document (BOS = 0) where the context (1, 2) is followed by 3, 4, 4, 3, 3, 5 at positions 3, 6, 9, 12, 15, 18.
 HAND = np.array([0, 1, 2, 3, 1, 2, 4, 1, 2, 4, 1, 2, 3, 1, 2, 3, 1, 2, 5])
@@ -30,7 +31,7 @@ def test_slot_constants_are_the_stated_odd_splitmix64_outputs():
     assert (ngram.SLOT_CONSTANTS % 2 == 1).all() and np.unique(ngram.SLOT_CONSTANTS).size == 64
 
 
-@pytest.mark.parametrize("hints", [ngram.precompute_hints, ngram.online_hints])
+@pytest.mark.parametrize("hints", [ngram.precompute_hints, online_hints])
 def test_hand_worked_hints_and_the_strict_exceed_tie_rule(hints):
     hint, conf = hints(HAND, one_per_step(range(1, 19)), 3)
     assert hint.tolist() == HAND_HINT
@@ -38,7 +39,7 @@ def test_hand_worked_hints_and_the_strict_exceed_tie_rule(hints):
 
 
 def test_token_ngram_tables_by_hand():
-    table = ngram.TokenNgram(3)
+    table = TokenNgram(3)
     keys = np.array([7, 7, 7, 9], dtype=np.uint64)
     table.update(keys[:2], np.array([5, 6]))  # 5 and 6 tie at 1: 5 came first and stays on top
     assert [a.tolist() for a in table.lookup(keys[[0, 3]])] == [[5, -1], [0.5, 0.0]]
@@ -57,7 +58,7 @@ def test_lookups_of_a_step_come_before_its_update():
     assert hint[[10, 13, 16]].tolist() == [1, 1, 1] and conf[16] == 1.0
 
 
-@pytest.mark.parametrize("hints", [ngram.precompute_hints, ngram.online_hints])
+@pytest.mark.parametrize("hints", [ngram.precompute_hints, online_hints])
 def test_a_step_updates_in_stream_order_whatever_order_it_is_given(hints):
     # step 1 = positions 1..6 given backwards: in stream order (1,2) sees 3 then 4 (tie: 3 stays on top).
     steps = [(np.arange(6, 0, -1), np.zeros(6, np.int64)), (np.arange(7, 19), np.zeros(12, np.int64))]
@@ -102,7 +103,7 @@ def random_steps(seed: int, num_docs: int = 30, vocab: int = 4, chunk: int = 5, 
 def test_vectorized_hints_equal_the_online_loop(order, vocab):
     for seed in range(3):
         tokens, steps = random_steps(seed, vocab=vocab)
-        fast, slow = ngram.precompute_hints(tokens, steps, order), ngram.online_hints(tokens, steps, order)
+        fast, slow = ngram.precompute_hints(tokens, steps, order), online_hints(tokens, steps, order)
         assert (fast[0] >= 0).sum() > 20
         np.testing.assert_array_equal(fast[0], slow[0])
         np.testing.assert_array_equal(fast[1], slow[1])
@@ -124,7 +125,7 @@ def test_offline_hints_equal_the_tables_when_keys_share_their_high_bits():
     keys = rng.integers(0, 7, 400).astype(np.uint64) * np.uint64(3)
     targets, step_ids = rng.integers(0, 4, 400), np.sort(rng.integers(0, 60, 400))
     hint, conf = ngram._offline_hints(keys, targets, step_ids)
-    table = ngram.TokenNgram(3)
+    table = TokenNgram(3)
     for s in np.unique(step_ids):
         rows = step_ids == s
         expected = table.lookup(keys[rows])
@@ -139,17 +140,15 @@ def test_a_position_scored_twice_is_refused():
 
 
 def test_tilt_boost_gates_on_hint_and_threshold():
-    params = NgramTiltParams(order=3, threshold=0.8, boost=2.5)
-    beta = ngram.tilt_boost(np.array([3, 3, -1, 0]), np.array([0.8, 0.79, 1.0, 1.0]), params)
+    beta = ngram.tilt_boost(np.array([3, 3, -1, 0]), np.array([0.8, 0.79, 1.0, 1.0]), threshold=0.8, boost=2.5)
     assert beta.tolist() == [2.5, 0.0, 0.0, 2.5]
 
 
 def test_params_are_checked_naming_the_key():
-    assert NgramTiltParams() == NgramTiltParams(16, 0.8, 2.625)
     with pytest.raises(ConfigError, match=r"eval\.lora_ttt\.ngram_tilt\.threshold"):
-        NgramTiltParams(threshold=1.5)
+        parse_section({"enabled": True, "order": 16, "threshold": 1.5, "boost": 2.625}, "ngram_tilt", NgramTiltConfig)
     with pytest.raises(ConfigError, match=r"eval\.lora_ttt\.ngram_tilt\.order"):
-        NgramTiltParams(order=0)
+        parse_section({"enabled": True, "order": 0, "threshold": 0.8, "boost": 2.625}, "ngram_tilt", NgramTiltConfig)
 
 
 def tilt_case(seed: int = 0, rows: int = 12, vocab: int = 9, dtype=torch.float64):
@@ -211,7 +210,7 @@ def test_a_position_without_a_hint_is_never_tilted():
 def update_before_lookup(tokens: np.ndarray, steps: list, order: int):
     """Leaky: each step's pairs are added before its own lookups (a target sees its own token)."""
     positions, doc_starts, step_ids = ngram.scoring_order(tokens, steps)
-    keys, table = ngram.context_keys(tokens, positions, doc_starts, order), ngram.TokenNgram(order)
+    keys, table = ngram.context_keys(tokens, positions, doc_starts, order), TokenNgram(order)
     hint, conf = np.full(len(tokens), -1), np.zeros(len(tokens))
     for s in range(len(steps)):
         rows = step_ids == s
@@ -232,10 +231,10 @@ def stream_order(tokens: np.ndarray, steps: list, order: int):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_causality_audit_passes_for_scoring_order_hints_and_fails_for_leaky_ones(seed):
     tokens, steps = random_steps(seed)
-    result = ngram.causality_audit(tokens, steps, 3, seed=seed)
+    result = audit.causality_audit(tokens, steps, 3, seed=seed)
     assert result.passed and result.checked > 0, result.message
     for leaky in (update_before_lookup, stream_order):
-        result = ngram.causality_audit(tokens, steps, 3, seed=seed, hints=leaky)
+        result = audit.causality_audit(tokens, steps, 3, seed=seed, hints=leaky)
         assert not result.passed and result.violations > 0, leaky.__name__
 
 
@@ -259,10 +258,10 @@ def neighbour_gated(log_probs, hint, beta, targets):
 def test_normalization_audit_passes_for_the_tilt_and_fails_for_target_gated_scorers():
     log_probs, hint, _ = tilt_case(rows=16, vocab=11, dtype=torch.float32)
     conf = torch.linspace(0.5, 1.0, 16)
-    beta = torch.from_numpy(ngram.tilt_boost(hint.numpy(), conf.numpy(), NgramTiltParams(3, 0.8, 2.625)))
-    result = ngram.normalization_audit(log_probs, hint, beta)
+    beta = torch.from_numpy(ngram.tilt_boost(hint.numpy(), conf.numpy(), 0.8, 2.625))
+    result = audit.normalization_audit(log_probs, hint, beta)
     assert result.passed and result.checked == 16, result.message  # float32 log-probs: mass within ~1e-7
     expected = {target_gated: "C2", boundary_gated: "C2", neighbour_gated: "other targets"}
     for scorer, reason in expected.items():
-        result = ngram.normalization_audit(log_probs, hint, beta, scorer)
+        result = audit.normalization_audit(log_probs, hint, beta, scorer)
         assert not result.passed and reason in result.message, scorer.__name__

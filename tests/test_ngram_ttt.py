@@ -1,6 +1,6 @@
 """The n-gram tilt inside LoRA TTT (eval.lora_ttt.ngram_tilt): it scores, the update learns from the untilted loss,
 every audit passes, a deliberately leaky hint order fails the score-first audit, and no key turns on a
-target-gated channel (frontier.md §3.11)."""
+target-gated channel (the #1967 review)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from pgolf.config import ConfigError
-from pgolf.eval import ngram, ttt_lora
+from pgolf.eval import lora_ttt as ttt_lora
+from pgolf.eval import ngram
 from pgolf.eval.audit import bytes_audit, score_first_audit, text_bytes
-from pgolf.eval.common import TokenRecorder
-from pgolf.eval.config import NgramTiltConfig
-from pgolf.eval.documents import split_documents
+from pgolf.eval.ngram import NgramTiltConfig
+from pgolf.score.documents import split_documents
+from pgolf.score.scores import TokenRecorder
 from tests.test_eval_modes import BOS, VOCAB, eval_cfg, repetitive_texts, run, text_val, tiny_model
 
 TILT = {"enabled": True, "order": 4, "threshold": 0.5, "boost": 2.625}
@@ -84,19 +85,18 @@ def test_scoring_steps_are_the_recorders_steps(tilted_run):
 
 
 def test_the_stage_audits_pass_for_the_tilt_and_fail_for_a_target_gated_scorer(texts, monkeypatch):
-    from pgolf.eval import stage
+    from pgolf.eval import audit
     from tests.test_eval_modes import score_cfg
 
     val, model, cfg = text_val(texts), tiny_model(), tilt_cfg()
-    checks = stage.ngram_audits(model, val, score_cfg(), cfg)
+    checks = audit.ngram_audits(model, val, score_cfg(), cfg)
     assert all(c.passed for c in checks.values()), {k: c.message for k, c in checks.items()}
 
     def gated(nats, log_p_hint, targets, hints, beta):  # #1967: tilt only where the target is the hint
         beta = torch.where(targets == hints, beta, 0.0)
         return ngram.tilted_nats(nats, log_p_hint, targets == hints, beta)
 
-    monkeypatch.setattr(ttt_lora, "tilted_scores", gated)
-    assert not stage.ngram_audits(model, val, score_cfg(), cfg)["ngram_normalization"].passed
+    assert not audit.ngram_audits(model, val, score_cfg(), cfg, scorer=gated)["ngram_normalization"].passed
 
 
 def test_no_key_turns_on_a_target_gated_channel():

@@ -1,5 +1,5 @@
 """Presets: every one validates, applying one rewrites params.yaml so DVC sees the change, and the record's preset
-gives the record's parameter count and byte budget arithmetic (spec record-quant-compress.md §8.1, §10)."""
+gives the record's parameter count and byte budget arithmetic (the record's README)."""
 
 import shutil
 import subprocess
@@ -11,7 +11,8 @@ import yaml
 
 from pgolf.config import ConfigError, read_params
 from pgolf.model.gpt import GPT
-from pgolf.presets import SECTIONS, apply, available, check
+from pgolf.params import SECTIONS
+from pgolf.presets import apply, available, check
 from pgolf.quant.policy import decide
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,8 +79,8 @@ def test_record_preset_gives_the_record_parameter_count_and_byte_arithmetic():
     assert passthrough * 2 == 61_774  # fp16 passthrough
     assert (gate, gate_rows) == (1_056, 88)  # int8 gate values and their fp16 row scales
     raw = sum(by_bits.values()) + rows * 2 + passthrough * 2 + gate + gate_rows * 2
-    # order-0 entropy of SDClip'd int6/int7 (spec §13.1: H ~ b - log2(k) + const) is what makes 36 MB of int8
+    # order-0 entropy of SDClip'd int6/int7 (H ~ b - log2(k) + const) is what makes 36 MB of int8
     # containers fit: the record's per-group total was 15,865,260 B + 31,999 B of code = 15,897,259 < 16,000,000.
     assert (
         raw == 31_719_424 + 4_194_304 + 106_496 + 61_774 + 1_056 + 88 * 2
-    )  # the spec §8.1 figures and 15_865_260 + 31_999 == 15_897_259 < 16_000_000
+    )  # the record README's figures and 15_865_260 + 31_999 == 15_897_259 < 16_000_000

@@ -7,10 +7,10 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import data_cfg, tokenizer_cfg, write_corpus
+from conftest import build_tokenizer, data_cfg, tokenize, tokenizer_cfg, write_corpus
 
-from pgolf import tokenizer as tok
-from pgolf.data import docs, encode, provenance, shards
+from pgolf.data import docs, provenance, shards
+from pgolf.data import tokenizer as tok
 from pgolf.data.docs import Doc
 from pgolf.errors import PgolfError
 
@@ -89,7 +89,7 @@ def test_a_validation_document_in_one_shard_is_named(val_dir):
     assert message.startswith("calibrate: document 1 of ")
     assert "train_shards/train_000001.bin (token offset 2, 1 tokens)" in message
     assert "validation document 2 (line 3 of val_hashes.txt" in message
-    assert "must not contain validation documents" in message and "§1.4" in message
+    assert "must not contain validation documents" in message and "#2127" in message
 
 
 def test_a_validation_document_spanning_two_shards_is_found(val_dir):
@@ -155,7 +155,7 @@ def _cached_corpus(tmp_path):
 
 def test_tokenize_records_val_hashes_for_adopted_shards(tmp_path):
     docs_dir, tok_dir = _cached_corpus(tmp_path)
-    manifest = encode.tokenize(docs_dir, tok_dir, data_cfg(source="fineweb_cached"), tmp_path / "shards")
+    manifest = tokenize(docs_dir, tok_dir, data_cfg(source="fineweb_cached"), tmp_path / "shards")
     out = tmp_path / "shards"
     hashes = (out / "val_hashes.txt").read_text()
     assert hashes.splitlines() == [_ref(d).hex() for d in VAL_DOCS]
@@ -177,14 +177,14 @@ def test_tokenize_records_val_hashes_that_catch_a_copied_document(tmp_path):
     val = [Doc("v/0", "Ünïcödé validation text, one of a kind."), Doc("v/1", "The second validation document.\n")]
     train = [Doc(f"t/{i}", words[i * 500 : (i + 1) * 500]) for i in range(8)]
     corpus = write_corpus(tmp_path / "docs", [*train[:4], Doc("t/copy", val[1].text), *train[4:]], val)
-    tok.build(corpus, tokenizer_cfg(vocab_size=320), tmp_path / "tok", num_threads=1)
+    build_tokenizer(tokenizer_cfg(vocab_size=320), tmp_path / "tok", corpus, 1)
     out = tmp_path / "shards"
-    manifest = encode.tokenize(corpus, tmp_path / "tok", data_cfg(shard_tokens=300), out)
+    manifest = tokenize(corpus, tmp_path / "tok", data_cfg(shard_tokens=300), out)
     assert manifest["val_hashes"]["documents"] == 2
     paths = shards.shard_paths(out, "train")
     assert len(paths) > 1
     with pytest.raises(provenance.ProvenanceError, match="validation document 1 "):
         provenance.check_training_documents(out, paths, manifest["bos_id"], what="train")
-    tok.build(write_corpus(tmp_path / "docs", train, val), tokenizer_cfg(vocab_size=320), tmp_path / "tok", 1)
-    encode.tokenize(tmp_path / "docs", tmp_path / "tok", data_cfg(shard_tokens=300), out)
+    build_tokenizer(tokenizer_cfg(vocab_size=320), tmp_path / "tok", write_corpus(tmp_path / "docs", train, val), 1)
+    tokenize(tmp_path / "docs", tmp_path / "tok", data_cfg(shard_tokens=300), out)
     assert provenance.check_training_documents(out, shards.shard_paths(out, "train"), BOS, what="train")["passed"]

@@ -167,7 +167,7 @@ def test_gptq_errors_are_clear() -> None:
         inverse_upper_factor(torch.eye(3), "qr")
 
 
-# ---- the H^-1 factor: chol -> inverse -> chol, or one reverse Cholesky (frontier §3.13) ----
+# ---- the H^-1 factor: chol -> inverse -> chol, or one reverse Cholesky (#2054) ----
 
 
 def _rel(x: torch.Tensor, ref: torch.Tensor) -> float:

@@ -181,7 +181,7 @@ def test_a_missing_hessian_names_the_tensor_and_the_fix():
 
 
 def test_the_inverse_key_reaches_gptq(monkeypatch):
-    """quantize.inverse picks GPTQ's H^-1 factor (frontier §3.13); both give the same codes here."""
+    """quantize.inverse picks GPTQ's H^-1 factor (#2054); both give the same codes here."""
     seen = []
     original = gptq.inverse_upper_factor
     monkeypatch.setattr(gptq, "inverse_upper_factor", lambda h, method, shape=(): seen.append(method) or
@@ -210,7 +210,7 @@ def test_lqer_group_32_end_to_end(shard_dir):
         assert c.b_scale.numel() == 2 * state[name].shape[1] // 32
     tensors, manifest = formats.to_tensors(entries)
     compress = parse_section({**read_params("params.yaml")["compress"], "codec": "brotli"}, "compress",
-                             pergroup.SerializeConfig)  # fmt: skip
+                             pergroup.CompressConfig)  # fmt: skip
     blob, _ = submission.pack_model(entries, {"model_config": {}, "train": {"looping_from_step": None},
                                               "formats": manifest}, compress, workers=1)  # fmt: skip
     restored, _ = submission.unpack_model(blob, workers=1)

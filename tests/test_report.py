@@ -16,8 +16,8 @@ stats = pytest.importorskip("scipy.stats")
 pytest.importorskip("vl_convert")
 pytest.importorskip("dvc")
 
-# Post-TTT val_bpb / val_loss of record #1855's seeds 42, 0, 1234 (spec record-eval-data.md A7.1), and the reported
-# seeds of #1492 (42, 314, 999) and #1802 (42, 314, 999) (spec other-seeds.md 2.3, 4.3).
+# Post-TTT val_bpb / val_loss of record #1855's seeds 42, 0, 1234 (the record's README), and the reported
+# seeds of #1492 (42, 314, 999) and #1802 (42, 314, 999) (their READMEs).
 PR1855_BPB = (1.05989454, 1.06124613, 1.06208695)
 PR1855_LOSS = (2.31944212, 2.32239991, 2.32423994)
 PR1492_BPB = (1.08079, 1.08103, 1.08118)

@@ -12,9 +12,10 @@ from test_eval_modes import BOS, one_thread, random_texts, text_val, tiny_model
 
 from pgolf.errors import PgolfError
 from pgolf.eval.audit import COMPLIANT, UNAUDITED, VIOLATED, compliance_status
-from pgolf.eval.common import EvalContext
-from pgolf.eval.score import ScoreConfig, fp32_model, score_model, scored_documents
-from pgolf.report.summary import ComplianceConfig, build, write
+from pgolf.report.summary import ComplianceConfig, build
+from pgolf.score.scorer import ScoreConfig, fp32_model, score_model, scored_documents
+from pgolf.score.scores import EvalContext
+from stages.summary import Paths, summarize
 
 __all__ = ["one_thread"]  # the autouse fixture of test_eval_modes applies here too
 
@@ -106,7 +107,10 @@ def _flat(tree):
 
 
 def test_summary_reads_the_ladder_in_order_and_the_measured_checks(tmp_path):
-    summary = build(CFG, _metrics(tmp_path))
+    paths = Paths(metrics_dir=_metrics(tmp_path), out=tmp_path / "summary.json", ladder=tmp_path / "ladder.csv",
+                  headline=tmp_path / "headline.json")  # fmt: skip
+    summary = summarize(CFG, paths)
+    assert summary == build(CFG, tmp_path)
     assert summary["ladder"] == {"prequant_raw": 1.9, "prequant_ema": 1.8, "dequantized": 1.85, "model_bin": 1.85,
                                  "sliding": 1.84, "lora_ttt": 1.80}  # fmt: skip
     assert summary["model_bin_equals_dequantized"] and summary["train_val_equals_prequant_raw"]
@@ -114,7 +118,6 @@ def test_summary_reads_the_ladder_in_order_and_the_measured_checks(tmp_path):
     assert c["train"]["total_seconds"] == 105.0 and c["train"]["within"] and c["reported_mode"] == "lora_ttt"
     assert c["eval"]["lora_ttt"]["total_seconds"] == 10.0 and c["artifact"]["within"] and c["data"]["passed"]
     assert c["compliant"] is True
-    write(summary, tmp_path / "summary.json", tmp_path / "ladder.csv", tmp_path / "headline.json")
     assert (tmp_path / "ladder.csv").read_text().splitlines()[:2] == ["rung,val_bpb", "prequant_raw,1.9"]
     head = json.loads((tmp_path / "headline.json").read_text())
     assert head["ladder"] == summary["ladder"] and head["compliance"] == {

@@ -5,6 +5,7 @@ whose cap changes mid-run (curves, resume across the change, the off case)."""
 import contextlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from pgolf.train import loop
 from pgolf.train.config import SeqStage
 from pgolf.train.loader import PackingLoader
 from pgolf.train.seq_schedule import active_seq_len, rewarm_factor, warmup_pairs
-from pgolf.train.stage import resolve_model, run_train
+from stages.train import resolve_model, train
 
 FRONTIER = [SeqStage(seq_len=1024, until=0.1), SeqStage(seq_len=2048, until=0.7), SeqStage(seq_len=3072, until=1.0)]
 
@@ -132,7 +133,7 @@ def _curve(out: Path, name: str) -> dict[int, float]:
 def test_schedule_changes_mid_run_and_a_resume_across_the_change_keeps_the_ramp(data, tmp_path, monkeypatch, capsys):  # noqa: F811
     cfg = _cfg(seq_schedule=STAGES, seq_warmup_steps=3, checkpoint_seconds=1e-9)  # a checkpoint after every step
     served = _spy_loader(monkeypatch)
-    summary = run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "straight"))
+    summary = train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "straight"))
     assert summary["steps"] == 6 and summary["tokens"] == 6 * 256  # tokens per step unchanged
     assert "train: seq_len 32 -> 64 at step 2 (progress 0.333)" in capsys.readouterr().out
     assert [cap for cap, _ in served] == [32, 32, 64, 64, 64, 64]
@@ -146,7 +147,7 @@ def test_schedule_changes_mid_run_and_a_resume_across_the_change_keeps_the_ramp(
     run_killed_at(3, cfg, data, tmp_path / "killed", monkeypatch)  # inside the ramp
     progress = tensorio.load_tensors(tmp_path / "killed" / "resume" / "state.safetensors")[1]["progress"]
     assert (progress["step"], progress["seq_len"], progress["seq_len_changed_at"]) == (3, 64, 2)
-    summary = run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "killed"))
+    summary = train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "killed"))
     assert summary["resumed"] and summary["steps"] == 6
     assert _curve(tmp_path / "killed", "lr_mul") == lr
     for name in ("raw", "ema"):
@@ -157,7 +158,7 @@ def test_schedule_changes_mid_run_and_a_resume_across_the_change_keeps_the_ramp(
 def test_off_keeps_seq_len_and_the_plain_lr_and_logs_no_seq_len(data, tmp_path, monkeypatch, capsys):  # noqa: F811
     cfg = _cfg(iterations=4, seq_warmup_steps=2)  # a ramp length without a schedule does nothing
     served = _spy_loader(monkeypatch)
-    run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path))
+    train(tiny_model(), cfg, SCORE, paths(data, tmp_path))
     assert [cap for cap, _ in served] == [64] * 4 and "seq_len" not in capsys.readouterr().out
     lr = _curve(tmp_path, "lr_mul")
     assert lr == {step + 1: lr_multiplier(step / 4, cfg.warmdown_frac, cfg.min_lr) for step in range(4)}
@@ -194,10 +195,8 @@ def test_compiled_warmup_covers_every_stage_pair_and_the_bound_follows_the_stage
     assert loop._seq_stage(run, 0.0) == 1.0 and _bounds(run.model) == {16}
     assert loop._seq_stage(run, 0.5) == 1.0  # no ramp: seq_warmup_steps 0
     assert run.loader.seq_len == 32 and _bounds(run.model) == {32} and run.state.seq_len_changed_at == 0
-    monkeypatch.setattr(loop, "score_model", lambda model, *args, **kwargs: _bounds(model))
-    monkeypatch.setattr(loop, "rung", lambda result: result)
-    v = loop.Validation(None, [], None)
-    assert loop.validate(run, v, looped=False) == {64}  # validation runs under train.seq_len ...
+    ladder = SimpleNamespace(rung=lambda model, *args, **kwargs: _bounds(model))
+    assert loop.validate(run, ladder, looped=False) == {64}  # validation runs under train.seq_len ...
     assert run.loader.seq_len == 32 and _bounds(run.model) == {32}  # ... and the stage's bound comes back
 
 

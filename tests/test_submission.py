@@ -14,14 +14,18 @@ import yaml
 from conftest import model_cfg
 
 from pgolf import tensorio
-from pgolf.compress import bundle, container, submission
+from pgolf.compress import container, submission
 from pgolf.compress.bundle import BUNDLE_FILE, BundleConfig, build, bundle_files
-from pgolf.compress.stage import CompressConfig, check_identical, load_quantized, run_compress
+from pgolf.compress.pergroup import CompressConfig
+from pgolf.compress.submission import check_identical
 from pgolf.config import parse_section, read_params
 from pgolf.model.gpt import GPT
 from pgolf.quant import formats
+from pgolf.quant.formats import load_quantized
 from pgolf.quant.policy import QuantizeConfig, decide
 from pgolf.quant.quantize import quantize_state
+from stages import bundle as bundle_stage
+from stages import compress as compress_stage
 
 for _package in ("constriction", "zstandard", "python_minifier"):  # the ans and zstd codecs, minify
     pytest.importorskip(_package)
@@ -35,9 +39,11 @@ def _cfg(**overrides) -> CompressConfig:
 
 def write_submission(quant: Path, out: Path, **overrides) -> dict:
     """compress then bundle, as DVC runs them: model.bin and the code file in ``out``; the compress metrics."""
-    metrics = run_compress(_cfg(**overrides), quant, out)
+    metrics = compress_stage.compress(
+        _cfg(**overrides), compress_stage.Paths(quant=quant, out=out, metrics=out.parent / "compress.json")
+    )
     bundle_cfg = parse_section(read_params(ROOT / "params.yaml")["bundle"], "bundle", BundleConfig)
-    bundle.write(ROOT, bundle_cfg, out / BUNDLE_FILE)
+    bundle_stage.bundle(bundle_cfg, bundle_stage.Paths(out=out / BUNDLE_FILE), ROOT)
     return metrics
 
 
@@ -263,15 +269,22 @@ def test_evaluate_stage_scores_the_counted_artifact_with_passing_audits(built, t
     assert (tmp_path / "phases.csv").read_text().startswith("mode,segment,documents,val_bpb")
 
 
+def _eval_paths(tmp_path: Path, shards: Path, tokenizer: Path, docs: Path):
+    from stages.evaluate import Paths
+
+    return Paths(submission=tmp_path / "submission", shards=shards, tokenizer=tokenizer, docs=docs,
+                 metrics=tmp_path / "eval.json", phases=tmp_path / "phases.csv")  # fmt: skip
+
+
 def test_model_bin_rung_equals_the_dequantized_rung_and_skipped_audits_are_unaudited(built, tmp_path):
     """The evaluate stage's plain score of model.bin is the quantize stage's dequantized score to the last bit (same
     weights, same scorer, same documents); with the score-first audit off and no val text, nothing is compliant."""
-    from pgolf.eval.bpb import load_val
-    from pgolf.eval.common import EvalContext
-    from pgolf.eval.config import EvalConfig
-    from pgolf.eval.score import ScoreConfig, score_model, scored_documents
-    from pgolf.eval.stage import run_evaluate
+    from pgolf.eval.modes import EvalConfig
     from pgolf.quant.quantize import dequantized_model
+    from pgolf.score.bpb import load_val
+    from pgolf.score.scorer import ScoreConfig, score_model, scored_documents
+    from pgolf.score.scores import EvalContext
+    from stages.evaluate import evaluate
 
     _, tokenizer, shards = built
     meta = json.loads((tokenizer / "meta.json").read_text())
@@ -284,7 +297,7 @@ def test_model_bin_rung_equals_the_dequantized_rung_and_skipped_audits_are_unaud
     params.update(progress=False, audit={"score_first": False, "docs": 2})
     params["lora_ttt"].update(chunk_size=32, context=64, batch_docs=2, phases=[2], rank=4)
     cfg = parse_section(params, "eval", EvalConfig)
-    metrics = run_evaluate(score, cfg, tmp_path / "submission", shards, tokenizer, tmp_path / "no-docs")
+    metrics = evaluate(score, cfg, _eval_paths(tmp_path, shards, tokenizer, tmp_path / "no-docs"))
     entries, manifest = load_quantized(quant)
     model = dequantized_model(entries, manifest["model_config"])
     val = load_val(shards, tokenizer)

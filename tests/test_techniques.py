@@ -241,7 +241,7 @@ def test_model_builds_and_runs_at_vocab_12288_with_every_table_quantized_as_embe
 
 @pytest.mark.parametrize("slope", [0.5, 0.3])
 def test_leaky_slope_reaches_the_mlp_forward_and_backward(slope):
-    """frontier.md §3.12: phi(u) = u^2 (u > 0), (slope u)^2 else; derivative 2 slope^2 u on the negative side."""
+    """#1948 / #2140: phi(u) = u^2 (u > 0), (slope u)^2 else; derivative 2 slope^2 u on the negative side."""
     cfg = model_cfg(mlp_leaky_slope=slope)
     mlp = MLP(cfg).double()
     with torch.no_grad():

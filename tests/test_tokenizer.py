@@ -1,10 +1,10 @@
 """Tokenizer: trains on training documents only; lossless options; byte lookup tables."""
 
 import pytest
-from conftest import tokenizer_cfg, write_corpus
+from conftest import build_tokenizer, tokenizer_cfg, write_corpus
 
-from pgolf import tokenizer as tok
 from pgolf.data import caseops
+from pgolf.data import tokenizer as tok
 from pgolf.data.docs import Doc
 
 MARKER = "zyzzogetonical"
@@ -22,7 +22,7 @@ def test_validation_text_never_reaches_training(tmp_path, speeches, marker_in):
     if marker_in == "train":
         train, val = train + val, [Doc("v/x", "plain")]
     corpus = write_corpus(tmp_path / "docs", train, val)
-    tok.build(corpus, tokenizer_cfg(vocab_size=600), tmp_path / "tok", num_threads=2)
+    build_tokenizer(tokenizer_cfg(vocab_size=600), tmp_path / "tok", corpus, 2)
     pieces = _pieces(tmp_path / "tok", MARKER)
     assert (len(pieces) > 3) if marker_in == "val" else (len(pieces) == 1)
 
@@ -37,7 +37,7 @@ def test_build_reads_only_train_documents(tmp_path, speeches, monkeypatch):
     monkeypatch.setattr(tok, "train", spy)
     corpus = write_corpus(tmp_path / "docs", [Doc("t/0", "train text")], [Doc("v/0", "val text")])
     with pytest.raises(RuntimeError, match="stop"):
-        tok.build(corpus, tokenizer_cfg(), tmp_path / "tok", num_threads=1)
+        build_tokenizer(tokenizer_cfg(), tmp_path / "tok", corpus, 1)
     assert seen == ["train text"]
 
 

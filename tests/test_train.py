@@ -10,18 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import data_cfg, model_cfg, tokenizer_cfg
+from conftest import build_tokenizer, data_cfg, model_cfg, tokenize, tokenizer_cfg
 
 from pgolf import tensorio
-from pgolf import tokenizer as tok
 from pgolf.config import parse_section, read_params
-from pgolf.data import encode
-from pgolf.eval.score import ScoreConfig
-from pgolf.export import ExportConfig, export
 from pgolf.model.config import ModelParams
+from pgolf.score.scorer import ScoreConfig
 from pgolf.train import loop
 from pgolf.train.config import TrainConfig
-from pgolf.train.stage import TrainPaths, run_train
+from pgolf.train.export import ExportConfig
+from stages.export import Paths as ExportPaths
+from stages.export import export
+from stages.train import Paths as TrainPaths
+from stages.train import resolve_model, train
 
 pytest.importorskip("dvclive")  # the train stage's metrics
 
@@ -43,13 +44,14 @@ def train_cfg(**overrides) -> TrainConfig:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, corpus):
     root = tmp_path_factory.mktemp("train_data")
-    tok.build(corpus, tokenizer_cfg(vocab_size=512), root / "tok", num_threads=2)
-    encode.tokenize(corpus, root / "tok", data_cfg(shard_tokens=50_000), root / "shards")
+    build_tokenizer(tokenizer_cfg(vocab_size=512), root / "tok", corpus, 2)
+    tokenize(corpus, root / "tok", data_cfg(shard_tokens=50_000), root / "shards")
     return root
 
 
 def paths(data, out: Path) -> TrainPaths:
-    return TrainPaths(data / "shards", data / "tok", out / "train", out / "resume", out / "live")
+    return TrainPaths(shards=data / "shards", tokenizer=data / "tok", out=out / "train", resume=out / "resume",
+                      live=out / "live", metrics=out / "train.json")  # fmt: skip
 
 
 def tiny_model() -> ModelParams:
@@ -62,7 +64,7 @@ def _weights(directory: Path, name: str = "raw") -> dict:
 
 
 def test_tiny_run_writes_weights_meta_and_curves(data, tmp_path):
-    summary = run_train(tiny_model(), train_cfg(), SCORE, paths(data, tmp_path))
+    summary = train(tiny_model(), train_cfg(), SCORE, paths(data, tmp_path))
     out = tmp_path / "train"
     meta = json.loads((out / "meta.json").read_text())
     assert summary["steps"] == meta["steps"] == 8 and meta["tokens"] == 8 * 512
@@ -81,14 +83,14 @@ def test_compiled_training_builds_every_graph_in_the_warmup(data, tmp_path, monk
     switch at step 3 and the rest of training build none, and the run follows the eager one."""
     from pgolf import compiler as tc
 
-    eager = run_train(tiny_model(), train_cfg(warmup_steps=1, val_every=0), SCORE, paths(data, tmp_path / "eager"))
+    eager = train(tiny_model(), train_cfg(warmup_steps=1, val_every=0), SCORE, paths(data, tmp_path / "eager"))
     monkeypatch.setattr(tc, "enabled", lambda flag, device: flag)
     monkeypatch.setattr(tc, "BACKEND", "aot_eager")
     monkeypatch.setattr(tc, "BUCKET_LENGTHS", (64,))  # these rows have fewer than 64 segments
     torch._dynamo.reset()
     try:
         cfg = train_cfg(warmup_steps=1, val_every=0)
-        summary = run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "compiled"))
+        summary = train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "compiled"))
     finally:
         torch._dynamo.reset()
     assert summary["compiled"] and summary["looping_from_step"] == 3
@@ -111,16 +113,16 @@ def run_killed_at(step: int, cfg: TrainConfig, data, out: Path, monkeypatch) -> 
 
     monkeypatch.setattr(loop, "_step", dies)
     with pytest.raises(KeyboardInterrupt):
-        run_train(tiny_model(), cfg, SCORE, paths(data, out))
+        train(tiny_model(), cfg, SCORE, paths(data, out))
     monkeypatch.setattr(loop, "_step", original)
 
 
 def test_kill_and_resume_gives_the_same_weights_and_curves(data, tmp_path, monkeypatch):
     cfg = train_cfg(checkpoint_seconds=1e-9)  # a checkpoint after every step
-    run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "straight"))
+    train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "straight"))
     run_killed_at(5, cfg, data, tmp_path / "killed", monkeypatch)
     shutil.rmtree(tmp_path / "killed" / "live")  # DVC deletes the stage's outputs before it re-runs it
-    summary = run_train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "killed"))
+    summary = train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "killed"))
     assert summary["resumed"] and summary["steps"] == 8
     for curve in ("train/loss", "val/bpb"):  # the curves keep their pre-kill part, and end with a val point
         steps = [_curve_steps(tmp_path / run / "live" / "plots" / "metrics" / f"{curve}.tsv") for run in ("straight",
@@ -133,8 +135,8 @@ def test_kill_and_resume_gives_the_same_weights_and_curves(data, tmp_path, monke
 
 
 def test_warmup_steps_change_nothing(data, tmp_path):
-    run_train(tiny_model(), train_cfg(iterations=3), SCORE, paths(data, tmp_path / "cold"))
-    run_train(tiny_model(), train_cfg(iterations=3, warmup_steps=2), SCORE, paths(data, tmp_path / "warm"))
+    train(tiny_model(), train_cfg(iterations=3), SCORE, paths(data, tmp_path / "cold"))
+    train(tiny_model(), train_cfg(iterations=3, warmup_steps=2), SCORE, paths(data, tmp_path / "warm"))
     a, b = _weights(tmp_path / "cold" / "train"), _weights(tmp_path / "warm" / "train")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -145,7 +147,7 @@ def test_nan_loss_aborts_naming_the_step(data, tmp_path, monkeypatch):
         loop, "_step", lambda run, looped: float("nan") if run.state.step == 2 else original(run, looped)
     )
     with pytest.raises(Exception, match="loss is nan at step 2"):
-        run_train(tiny_model(), train_cfg(), SCORE, paths(data, tmp_path))
+        train(tiny_model(), train_cfg(), SCORE, paths(data, tmp_path))
     assert not (tmp_path / "train").exists()
 
 
@@ -167,7 +169,6 @@ def test_divergence_reaches_the_user_as_one_line(capsys):
 
 
 def test_model_is_resolved_against_the_tokenizer(data):
-    from pgolf.train.stage import resolve_model
 
     cfg = resolve_model(tiny_model(), data / "tok")
     assert (cfg.vocab_size, cfg.bos_id) == (512, 1)
@@ -207,11 +208,16 @@ def test_torchrun_two_ranks_equal_one_rank_with_accumulation(data, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
+def _export_paths(data: Path, run: Path, out: Path) -> ExportPaths:
+    return ExportPaths(train=run / "train", shards=data / "shards", tokenizer=data / "tok", out=out,
+                       metrics=out / "export.json")  # fmt: skip
+
+
 def test_export_scores_raw_and_ema_on_the_training_validation_documents_and_casts(data, tmp_path):
-    summary = run_train(tiny_model(), train_cfg(), SCORE, paths(data, tmp_path))
+    summary = train(tiny_model(), train_cfg(), SCORE, paths(data, tmp_path))
     raw = read_params(ROOT / "params.yaml")["export"]
     cfg = parse_section({**raw, "embedding_dtype": "bfloat16"}, "export", ExportConfig)
-    metrics = export(cfg, SCORE, tmp_path / "train", data / "shards", data / "tok", tmp_path / "export")
+    metrics = export(cfg, SCORE, _export_paths(data, tmp_path, tmp_path / "export"))
     assert metrics["byte_count"] == "sidecar" and metrics["looped"] is True
     for key in ("prequant_ema", "prequant_raw", "unigram_baseline"):
         assert 0 < metrics[key]["val_bpb"] < 20 and metrics[key]["tokens"] == metrics["prequant_ema"]["tokens"]
@@ -223,13 +229,13 @@ def test_export_scores_raw_and_ema_on_the_training_validation_documents_and_cast
     tensors, meta = tensorio.load_tensors(tmp_path / "export" / "model.safetensors")
     assert tensors["tok_emb.weight"].dtype == torch.bfloat16 and meta["weights"] == "ema"
     with pytest.raises(Exception, match="export.weights=swa but training kept ema"):
-        export(parse_section({**raw, "weights": "swa"}, "export", ExportConfig), SCORE, tmp_path / "train",
-               data / "shards", data / "tok", tmp_path / "x")  # fmt: skip
+        export(parse_section({**raw, "weights": "swa"}, "export", ExportConfig), SCORE,
+               _export_paths(data, tmp_path, tmp_path / "x"))  # fmt: skip
 
 
 def test_unigram_baseline_is_add_one_counts(tmp_path):
     from pgolf.data import shards
-    from pgolf.export import unigram_log_probs
+    from pgolf.score.unigram import unigram_log_probs
 
     shards.write_shard(tmp_path / "train_000000.bin", [1, 2, 2, 3])
     shards.write_shard(tmp_path / "train_000001.bin", [1, 2])
@@ -251,7 +257,7 @@ def test_gptq_beats_rtn_on_the_layers_of_a_trained_model(data, tmp_path):
     from pgolf.quant.policy import QuantizeConfig, decide
     from pgolf.quant.quantize import quantize_state
 
-    run_train(tiny_model(), train_cfg(iterations=20, val_every=0), SCORE, paths(data, tmp_path))
+    train(tiny_model(), train_cfg(iterations=20, val_every=0), SCORE, paths(data, tmp_path))
     state, meta = tensorio.load_tensors(tmp_path / "train" / "ema.safetensors")
     model = GPT(ModelConfig.model_validate(json.loads((tmp_path / "train" / "meta.json").read_text())["model_config"]))
     model.load_state_dict(state)

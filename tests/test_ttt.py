@@ -22,10 +22,10 @@ from test_eval_modes import (
     tiny_model,
 )
 
-from pgolf.eval.common import Scores, TokenRecorder, score_windows
-from pgolf.eval.compile import EvalForward
-from pgolf.eval.documents import chunk_window, num_chunks, split_documents
-from pgolf.eval.ttt_lora import doc_queue, phase_ends
+from pgolf.eval.lora_ttt import doc_queue, phase_ends
+from pgolf.score.compile import EvalForward
+from pgolf.score.documents import chunk_window, num_chunks, split_documents
+from pgolf.score.scores import Scores, TokenRecorder, score_windows
 
 __all__ = ["one_thread"]  # the autouse fixture of test_eval_modes applies here too
 

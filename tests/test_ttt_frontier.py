@@ -1,4 +1,4 @@
-"""The post-#1855 LoRA TTT knobs (spec frontier.md §3.2-3.5, §3.8-3.10): AsymLogit (exact at the fixed cap, a
+"""The post-#1855 LoRA TTT knobs (#1923, #1953, #2014, #2135): AsymLogit (exact at the fixed cap, a
 float64 formula, caps that learn in global SGD only, score-first), a 3072-token context, the short-document chunk
 schedule, the per-document lr multiplier, adapter site masks, one global phase, and the unclipped validation tail."""
 
@@ -13,13 +13,13 @@ from conftest import model_cfg
 from test_eval_modes import BOS, CHARS, VOCAB, eval_cfg, one_thread, random_texts, run, text_val, tiny_model
 
 from pgolf.config import ConfigError
-from pgolf.eval import ttt_lora
+from pgolf.eval import lora_ttt as ttt_lora
 from pgolf.eval.audit import bytes_audit, score_first_audit, text_bytes
-from pgolf.eval.common import EvalContext, Scores, TokenRecorder
-from pgolf.eval.compile import EvalForward
-from pgolf.eval.documents import split_documents
-from pgolf.eval.ttt_lora import AsymSoftcap, LoraTtt, asym_softcap, batch_chunk_size, chunk_widths, doc_queue
+from pgolf.eval.lora_ttt import AsymSoftcap, LoraTtt, asym_softcap, batch_chunk_size, chunk_widths, doc_queue
 from pgolf.model.gpt import GPT
+from pgolf.score.compile import EvalForward
+from pgolf.score.documents import split_documents
+from pgolf.score.scores import EvalContext, Scores, TokenRecorder
 
 __all__ = ["one_thread"]  # the autouse fixture of test_eval_modes applies here too
 
@@ -182,7 +182,7 @@ def test_context_3072_reaches_back_3072_tokens_on_a_long_document():
             np.testing.assert_allclose(recorder.nats[positions], scored, rtol=0, atol=1e-5)
     assert end - begin == context  # the last chunks saw the full 3072 tokens
     forward = EvalForward(model, True, "aot_eager", max_width=context)  # compiled shapes (nothing is compiled)
-    ttt = LoraTtt(forward, val, cfg.lora_ttt, Scores(torch.device("cpu")))
+    ttt = LoraTtt(forward, val, cfg.lora_ttt, Scores(torch.device("cpu")), EvalContext(True))
     shapes = ttt.warmup_shapes(doc_queue(split_documents(val.tokens, BOS), cfg.lora_ttt.batch_docs))
     assert max(w for _, w in shapes) == context
 

@@ -9,7 +9,7 @@ base85 text, the #1492/#2143 style; or brotli, the record's) around a small prog
 Optional minification (python-minifier) drops docstrings and comments but keeps names and annotations (pydantic
 reads annotations at run time, so removing them would change behaviour).
 
-Unlike the record, whose wrapper length was computed but never written (spec record-quant-compress.md §9), this
+Unlike the record, whose wrapper length was computed but never written, this
 file is real: the size stage counts the bytes of the file on disk, and a test runs it in an empty directory.
 """
 
@@ -121,12 +121,3 @@ def build(root: Path, cfg: BundleConfig, files: list[str] | None = None) -> str:
         brotli.compress(program, quality=11))  # fmt: skip
     head, tail = _WRAPPERS[cfg.codec]
     return head + base64.b85encode(packed).decode("ascii") + tail
-
-
-def write(root: Path, cfg: BundleConfig, out: Path) -> tuple[int, int]:
-    """Build the bundle of ``root``'s sources into the file ``out``; returns (source files, bytes)."""
-    files = bundle_files(root)
-    code = build(root, cfg, files)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(code, encoding="ascii")
-    return len(files), len(code)

@@ -7,7 +7,7 @@
               The library is imported on first use (:func:`optional_module`).
 * ``lrzip``   the Debian ``lrzip`` CLI (the record's per-group coder: ``-z`` ZPAQ context mixing, ``-L 9``). Its output
               depends on the thread count, which defaults to the number of CPUs, so we always pass ``-p`` (the
-              record does not; dvc-notes §1.6 measured different bytes at -p1 and -p16) and set ``LRZIP=NOCONFIG``
+              record does not; -p1 and -p16 give different bytes) and set ``LRZIP=NOCONFIG``
               so that no ``/etc/lrzip.conf`` can change the settings.
 * ``ans``     :mod:`pgolf.compress.entropy`: an explicit range-ANS coder for the integer groups (not a byte codec;
               built by :func:`make_codec` only for integer streams).
@@ -35,8 +35,6 @@ from pydantic import Field
 from pgolf.config import Section
 from pgolf.dist import subprocess_env
 from pgolf.errors import PgolfError
-
-CodecName = Literal["raw", "brotli", "lzma", "zstd", "lrzip"]
 
 
 class CodecError(PgolfError):
@@ -86,6 +84,7 @@ class Codec(Protocol):
 
 @dataclass(frozen=True)
 class Raw:
+    cfg: None = None
     name: str = "raw"
 
     def compress(self, data: bytes) -> bytes:
@@ -203,6 +202,11 @@ def unshuffle(data: bytes, stride: int) -> bytes:
     return planes.T.tobytes() + bytes(data[n:])
 
 
+CODECS: dict[str, type] = {"raw": Raw, "brotli": Brotli, "lzma": Lzma, "zstd": Zstd, "lrzip": Lrzip}
+"""Every byte codec by name: the one list (a codec with settings takes its ``compress.<name>`` section)."""
+CodecName = Literal[tuple(CODECS)]  # type: ignore[valid-type]
+
+
 class CodecsConfig(Section):
     """The settings of every byte codec (only the chosen ones are used)."""
 
@@ -212,17 +216,8 @@ class CodecsConfig(Section):
     lrzip: LrzipConfig
 
 
-def make_codec(name: CodecName, cfg: CodecsConfig) -> Codec:
-    """The byte codec called ``name`` with its settings from ``cfg``."""
-    match name:
-        case "raw":
-            return Raw()
-        case "brotli":
-            return Brotli(cfg.brotli)
-        case "lzma":
-            return Lzma(cfg.lzma)
-        case "zstd":
-            return Zstd(cfg.zstd)
-        case "lrzip":
-            return Lrzip(cfg.lrzip)
-    raise CodecError(f"unknown codec {name!r}; known: raw, brotli, lzma, zstd, lrzip")
+def make_codec(name: str, cfg: CodecsConfig) -> Codec:
+    """The byte codec called ``name`` with its settings from ``cfg`` (its section of the same name)."""
+    if name not in CODECS:
+        raise CodecError(f"unknown codec {name!r}; known: {', '.join(CODECS)}")
+    return CODECS[name](getattr(cfg, name, None))

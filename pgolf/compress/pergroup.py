@@ -19,7 +19,7 @@ and every codec is deterministic, so the bytes of model.bin do not depend on the
 The layout (a JSON-able dict stored in the container's manifest) names every stream and tensor, so decoding does
 not assume a layer count or a tensor order (the record's decoder assumed exactly L tensors per group).
 
-Reference: the record's ``_serialize_pergroup`` / ``_deserialize_pergroup`` (PR #1855; spec §8.2-8.4).
+Reference: the record's ``_serialize_pergroup`` / ``_deserialize_pergroup`` (PR #1855).
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ LAYER_PREFIX = re.compile(r"^blocks\.\d+\.")
 NUMPY_DTYPES = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "<u2", torch.int8: "i1"}
 
 
-class SerializeConfig(CodecsConfig):
-    """How the quantized model becomes streams (params.yaml ``compress`` without ``bundle``)."""
+class CompressConfig(CodecsConfig):
+    """params.yaml ``compress``: how the quantized model becomes streams."""
 
-    codec: Literal["ans", "raw", "brotli", "lzma", "zstd", "lrzip"] = Field(description="integer groups' coder")
+    codec: Literal["ans", CodecName] = Field(description="integer groups' coder: ans or a byte codec")
     rest_codec: CodecName = Field(description="scales, LQER factors, gates, passthrough tensors, permutations")
     grouping: Literal["role", "single"]
     simsort: list[str] = Field(description="group keys whose rows are reordered (role grouping only)")
@@ -104,7 +104,7 @@ def _timed(name: str, codec: str, raw: int, bits: float | None, fn) -> Stream:
     return Stream(name, codec, data, raw, bits, time.perf_counter() - start)
 
 
-def _encode_group(name: str, mats: list[formats.QuantizedMatrix], sort: bool, cfg: SerializeConfig
+def _encode_group(name: str, mats: list[formats.QuantizedMatrix], sort: bool, cfg: CompressConfig
                   ) -> tuple[Stream, list[np.ndarray]]:  # fmt: skip
     """One integer group's stream, its rows first put in similarity order when ``sort``, and those orders."""
     arrays, perms = [], []
@@ -124,14 +124,14 @@ def _encode_group(name: str, mats: list[formats.QuantizedMatrix], sort: bool, cf
     return _timed(name, cfg.codec, raw, bits, lambda: codec.compress(blob)), perms
 
 
-def _encode_rest(rest: dict[str, torch.Tensor], cfg: SerializeConfig) -> tuple[Stream, list[np.ndarray]]:
+def _encode_rest(rest: dict[str, torch.Tensor], cfg: CompressConfig) -> tuple[Stream, list[np.ndarray]]:
     """The rest stream (no permutations: the same return shape as :func:`_encode_group`, for one pool)."""
     blob = b"".join(_tensor_bytes(t) for t in rest.values())
     codec = make_codec(cfg.rest_codec, cfg)
     return _timed("rest", cfg.rest_codec, len(blob), None, lambda: codec.compress(shuffle(blob, cfg.rest_shuffle))), []
 
 
-def serialize(entries: list[formats.Entry], cfg: SerializeConfig, workers: int | None = None
+def serialize(entries: list[formats.Entry], cfg: CompressConfig, workers: int | None = None
               ) -> tuple[list[Stream], dict[str, Any]]:  # fmt: skip
     """The compressed streams of the quantized entries and the layout that decodes them.
 

@@ -3,10 +3,10 @@
 Start at row 0; repeatedly append the unused row with the smallest L1 distance to the last appended row (ties to
 the lowest row index). Similar rows become neighbours, which a context-mixing or LZ coder (lrzip ZPAQ, brotli) can
 exploit once the matrix is stored column by column. The cost is O(rows^2 * cols) (the record's tok_emb, 8192 x 512,
-takes seconds here, 33 s in numpy per the spec). An order-0 entropy coder gains nothing from any row order, so the
+takes seconds here, 33 s in the record's numpy). An order-0 entropy coder gains nothing from any row order, so the
 permutation (about log2(rows!) bits, nearly incompressible) is pure overhead there.
 
-Reference: the record's ``_similarity_sort_l1`` (PR #1855; spec record-quant-compress.md §8.2).
+Reference: the record's ``_similarity_sort_l1`` (PR #1855).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Model bytes are model.bin's, code bytes every other file's (the code bundle); nothing is estimated. The metrics
 file is written before the check fails, so an over-budget ablation with ``artifact.enforce: false`` keeps its
-experiment row (a failed DVC stage records none; dvc-notes §3).
+experiment row (a failed DVC stage records none).
 """
 
 from __future__ import annotations

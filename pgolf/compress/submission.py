@@ -11,15 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pgolf.artifacts import build_model
-from pgolf.compress import container, pergroup
+from pgolf.compress import container, parallel, pergroup
+from pgolf.errors import PgolfError
 from pgolf.model.gpt import GPT
 from pgolf.quant import formats
 
 FORMAT = "pgolf.model"
 
 
-def pack_model(entries: list[formats.Entry], quant_meta: dict[str, Any], cfg: pergroup.SerializeConfig,
+def pack_model(entries: list[formats.Entry], quant_meta: dict[str, Any], cfg: pergroup.CompressConfig,
                workers: int | None = None) -> tuple[bytes, list[pergroup.Stream]]:  # fmt: skip
     """The container bytes of the quantized ``entries``; ``quant_meta`` is artifacts/quant/manifest.json.
 
@@ -51,3 +54,50 @@ def load_model(path: Path, workers: int | None = None) -> tuple[GPT, bool]:
     entries, manifest = unpack_model(Path(path).read_bytes(), str(path), workers)
     model = build_model(manifest["model_config"], formats.dequantized_state(entries))
     return model.eval(), bool(manifest["looped"])
+
+
+def check_identical(expected: list[formats.Entry], got: list[formats.Entry]) -> None:
+    """Raise unless both entry lists hold the same tensors bit for bit (and the same manifest): the compress stage
+    reads model.bin back through this, so a codec bug can never reach the evaluate stage."""
+    t1, m1 = formats.to_tensors(expected)
+    t2, m2 = formats.to_tensors(got)
+    if m1 != m2 or t1.keys() != t2.keys():
+        raise PgolfError("model.bin round trip changed the quantized manifest")
+    for key, t in t1.items():
+        if t.dtype != t2[key].dtype or not torch.equal(
+            t.reshape(-1).view(torch.uint8), t2[key].reshape(-1).view(torch.uint8)
+        ):
+            raise PgolfError(f"model.bin round trip changed tensor {key}")
+
+
+def pool_size(streams: list[pergroup.Stream], workers: int | None) -> int:
+    """The threads that coded ``streams``: one per stream but the permutations (coded after the sorts), at most
+    ``workers`` (None: one per CPU)."""
+    jobs = sum(s.name != "perms" for s in streams)
+    return parallel.default_workers(jobs) if workers is None else max(1, min(workers, jobs))
+
+
+def stream_metrics(blob: bytes, streams: list[pergroup.Stream]) -> dict:
+    """What metrics/compress.json says of a model.bin: its bytes, the container's overhead, and per stream and per
+    codec the bytes against each integer group's zeroth-order entropy bound."""
+    groups = []
+    for s in streams:
+        bound = None if s.entropy_bits is None else s.entropy_bits / 8
+        groups.append({"stream": s.name, "codec": s.codec, "raw_bytes": s.raw_bytes, "bytes": len(s.data),
+                       "entropy_bound_bytes": None if bound is None else round(bound, 1),
+                       "ratio_to_bound": None if not bound else round(len(s.data) / bound, 5),
+                       "seconds": round(s.seconds, 3)})  # fmt: skip
+    by_codec: dict[str, int] = {}
+    for g in groups:
+        by_codec[g["codec"]] = by_codec.get(g["codec"], 0) + g["bytes"]
+    ints = [g for g in groups if g["entropy_bound_bytes"] is not None]
+    bound = sum(g["entropy_bound_bytes"] for g in ints)
+    return {
+        "model_bytes": len(blob),
+        "container_overhead_bytes": len(blob) - sum(g["bytes"] for g in groups),
+        "integer_bytes": sum(g["bytes"] for g in ints),
+        "integer_entropy_bound_bytes": round(bound, 1),
+        "integer_ratio_to_bound": round(sum(g["bytes"] for g in ints) / bound, 5) if bound else None,
+        "bytes_by_codec": by_codec,
+        "groups": groups,
+    }

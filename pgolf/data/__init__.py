@@ -1,1 +1,2 @@
-"""Data: corpus sources, the CaseOps transform, the shard format and document encoding."""
+"""Data: corpus sources, the CaseOps transform, the tokenizer, the shard format, document encoding and the
+provenance hashes that keep validation documents out of training."""

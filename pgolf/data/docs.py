@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.errors import PgolfError
+from pgolf.files import write_json
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
@@ -64,8 +65,8 @@ def write_docs(directory: Path, split: str, docs: Iterable[Doc]) -> dict:
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:
-    text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    (directory / MANIFEST).write_text(text, encoding="utf-8")
+    """A data folder's ``manifest.json`` (documents or shards): sorted keys, UTF-8 text."""
+    write_json(directory / MANIFEST, manifest, sort_keys=True, ensure_ascii=False)
 
 
 def read_manifest(directory: Path | str) -> dict:

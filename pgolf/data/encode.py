@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
-import os
-import shutil
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,9 +30,9 @@ import numpy as np
 import sentencepiece as spm
 from tqdm import tqdm
 
-from pgolf import tokenizer as tok
-from pgolf.data import caseops, docs, provenance, shards
-from pgolf.data.sources import CACHED_SHARD_DIR, DataConfig, link_or_copy
+from pgolf.data import caseops, docs, shards
+from pgolf.data import tokenizer as tok
+from pgolf.data.sources import CACHED_SHARD_DIR, link_or_copy
 
 BATCH_DOCS = 256
 
@@ -168,39 +166,3 @@ def adopt_cached(docs_dir: Path, meta: dict, out: Path) -> dict:
         _, counts = shards.load_val_with_bytes(out, vocab_size=meta["vocab_size"])
         summary["val"]["sidecar_bytes"] = int(counts.sum(dtype=np.int64))
     return summary
-
-
-def tokenize(docs_dir: Path | str, tokenizer_dir: Path | str, cfg: DataConfig, out: Path | str) -> dict:
-    """Write train/val shards, the val byte sidecar and the val document hashes into ``out``; write its manifest."""
-    docs_dir, tokenizer_dir, out = Path(docs_dir), Path(tokenizer_dir), Path(out)
-    meta = tok.read_meta(tokenizer_dir)
-    source = docs.read_manifest(docs_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    if source["source"] == "fineweb_cached":
-        splits = adopt_cached(docs_dir, meta, out)
-    else:
-        workers = max(1, os.cpu_count() or 1)
-        splits = {s: encode_split(s, docs_dir, tokenizer_dir, out, cfg.shard_tokens, workers) for s in ("val", "train")}
-        expected = source["splits"]["val"]["text_bytes"]
-        if splits["val"]["sidecar_bytes"] != expected:
-            raise AssertionError(f"val sidecar sums to {splits['val']['sidecar_bytes']} bytes, docs hold {expected}")
-        if splits["val"].get("roundtrip_failures"):
-            raise AssertionError(f"{splits['val']['roundtrip_failures']} val documents do not decode to themselves")
-    val_hashes = provenance.write_val_hashes(out, meta["bos_id"])
-    if "docs" in splits["val"] and val_hashes["documents"] != splits["val"]["docs"]:
-        raise AssertionError(f"{val_hashes['documents']} val documents hashed, {splits['val']['docs']} encoded")
-    manifest = {
-        "source": source["source"],
-        "vocab_size": meta["vocab_size"],
-        "bos_id": meta["bos_id"],
-        "caseops": meta["caseops"],
-        "byte_count": "sidecar" if "sidecar_bytes" in splits["val"] else "tokenizer_luts",
-        "tokenizer_sha256": meta["model_sha256"],
-        "splits": splits,
-        "val_hashes": val_hashes,
-        "sha256": {path.name: docs.sha256_file(path) for path in sorted(out.glob("*.bin"))},
-    }
-    docs.write_manifest(out, manifest)
-    return manifest

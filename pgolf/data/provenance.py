@@ -1,6 +1,6 @@
 """Data provenance: no training document may also be a validation document.
 
-Several record runs trained on shards that held 80% of the validation documents (frontier.md §1.4, Issue #2127),
+Several record runs trained on shards that held 80% of the validation documents (Issue #2127),
 and nothing in their logs showed it. Here the tokenize stage records a content hash of every validation document
 (``val_hashes.txt`` next to the shards, summarised in the shards manifest under ``val_hashes``), and the stages
 that read training shards call :func:`check_training_documents`, which fails on the first training document whose
@@ -158,7 +158,7 @@ def _overlap_error(doc: _Document, val_index: int, what: str) -> ProvenanceError
     where += ", continuing into the next shard)" if doc.spans else ")"
     return ProvenanceError(
         f"{what}: {where} equals validation document {val_index} (line {val_index + 1} of {VAL_HASHES_FILE}, "
-        f"same {ALGORITHM}). The training data must not contain validation documents (frontier.md §1.4: "
+        f"same {ALGORITHM}). The training data must not contain validation documents (Issue #2127: "
         "shards holding validation documents made record scores invalid); rebuild the shards from disjoint "
         "train/val splits (`dvc repro tokenize`)"
     )

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from pgolf.config import Section
 from pgolf.data import shards
-from pgolf.data.docs import Doc, sha256_file, split_of, write_docs, write_manifest
+from pgolf.data.docs import Doc, sha256_file, split_of, write_docs
 from pgolf.data.hub import Hub, HubConfig
 from pgolf.errors import PgolfError
 
@@ -229,14 +229,5 @@ def prepare_fineweb_cached(cfg: DataConfig, out: Path) -> dict:
 
 
 SOURCES = {"sotu": prepare_sotu, "fineweb": prepare_fineweb, "fineweb_cached": prepare_fineweb_cached}
-
-
-def prepare(cfg: DataConfig, out: Path | str) -> dict:
-    """Run the configured source into ``out`` (emptied first); write and return its manifest."""
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    manifest = SOURCES[cfg.source](cfg, out)
-    write_manifest(out, manifest)
-    return manifest
+"""Each ``data.source`` and the function that writes its documents (or shards) into a folder and returns the
+manifest."""

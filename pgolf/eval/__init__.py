@@ -1,1 +1,3 @@
-"""Evaluation: bits-per-byte accounting and the validation passes (plain, sliding, test-time training)."""
+"""The evaluation modes beyond the plain score (sliding window, phased LoRA TTT, chunk SGD TTT, multi-phase TTT),
+their registry and the ``eval`` section (:mod:`pgolf.eval.modes`), the n-gram tilt, and the audits that decide a
+mode's compliance. Every mode scores through :mod:`pgolf.score`."""

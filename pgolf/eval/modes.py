@@ -1,57 +1,93 @@
-"""One entry point for every evaluation mode (:func:`run_mode`), each on its own copy of the model.
+"""The evaluation modes, one registry (:data:`MODES`), one signature, and the ``eval`` section that selects them.
 
-The modes score the same documents (the ``score`` section's, :func:`pgolf.eval.score.scored_documents`), so their
-figures compare with each other and with every rung of the ladder. ``plain`` is :func:`pgolf.eval.score.score_model`
-itself, always run (it is the ``model.bin`` rung); the others run when enabled. Test-time training adapts a deep
-copy per mode, never the caller's model, so nothing leaks between modes. With ``eval.compile`` on CUDA each mode
-compiles its scoring/TTT forward and warms it up on random tokens, never validation data (B9.9), before its timer
-starts (:mod:`pgolf.eval.compile`).
+Every mode is a function ``(model, val, docs, cfg, ctx) -> ModeResult``: the model to score (adapted in place by a
+TTT mode: :func:`run_mode` hands it a deep copy), the validation data, the documents (the ``score`` section's, so
+the figures compare with each other and with every rung of the ladder), the mode's own config section, and the
+:class:`~pgolf.score.scores.EvalContext` (schedule, rank, recorder, progress, compile backend). ``plain`` is
+:func:`pgolf.score.scorer.score_model` itself, configured by the ``score`` section and always run (it is the
+``model.bin`` rung); the others run when enabled. With ``eval.compile`` on CUDA each mode compiles its scoring/TTT
+forward and warms it up on random tokens, never validation data, before its timer starts
+(:mod:`pgolf.score.compile`).
+
+A new mode: its function and its config section in a module of this package, one line in :data:`MODES`, one field
+in :class:`EvalConfig` (and its keys in params.yaml and the presets).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+from pydantic import Field
 from torch import nn
 
-from pgolf.dist import group_rank_world
-from pgolf.eval.bpb import ValData
-from pgolf.eval.common import EvalContext, ModeResult, TokenRecorder, model_device
-from pgolf.eval.compile import backend_for
-from pgolf.eval.config import EvalConfig
-from pgolf.eval.documents import Document
-from pgolf.eval.score import ScoreConfig, score_model
-from pgolf.eval.sliding import evaluate_sliding
-from pgolf.eval.ttt_chunk import evaluate_chunk_sgd
-from pgolf.eval.ttt_global import evaluate_multi_phase
-from pgolf.eval.ttt_lora import evaluate_lora_ttt
+from pgolf.config import Section
+from pgolf.eval.chunk_sgd import ChunkSgdConfig, evaluate_chunk_sgd
+from pgolf.eval.lora_ttt import LoraTttConfig, evaluate_lora_ttt
+from pgolf.eval.multi_phase import MultiPhaseConfig, evaluate_multi_phase
+from pgolf.eval.sliding import SlidingConfig, evaluate_sliding
+from pgolf.score.bpb import ValData
+from pgolf.score.compile import backend_for
+from pgolf.score.documents import Document
+from pgolf.score.scorer import ScoreConfig, score_model
+from pgolf.score.scores import EvalContext, ModeResult, TokenRecorder, eval_context, model_device
 
-MODES = ("plain", "sliding", "lora_ttt", "chunk_sgd", "multi_phase")
-TTT_MODES = ("lora_ttt", "chunk_sgd", "multi_phase")
-Runner = Callable[[nn.Module, ValData, list[Document], ScoreConfig, EvalConfig, EvalContext], ModeResult]
 
-RUNNERS: dict[str, Runner] = {
-    "plain": lambda model, val, docs, score, cfg, ctx: score_model(model, val, docs, score, ctx),
-    "sliding": lambda model, val, docs, score, cfg, ctx: evaluate_sliding(model, val, docs, cfg.sliding, ctx),
-    "lora_ttt": lambda model, val, docs, score, cfg, ctx: evaluate_lora_ttt(model, val, docs, cfg.lora_ttt, ctx=ctx),
-    "chunk_sgd": lambda model, val, docs, score, cfg, ctx: evaluate_chunk_sgd(model, val, docs, cfg.chunk_sgd, ctx=ctx),
-    "multi_phase": lambda model, val, docs, score, cfg, ctx: evaluate_multi_phase(
-        model, val, docs, cfg.multi_phase, ctx=ctx
-    ),  # fmt: skip
+@dataclass(frozen=True)
+class Mode:
+    """An evaluation mode: the function that runs it, and whether it adapts the model while scoring (test-time
+    training: it gets the score-first audit)."""
+
+    run: Callable[[nn.Module, ValData, list[Document], Any, EvalContext], ModeResult]
+    ttt: bool
+
+
+MODES: dict[str, Mode] = {
+    "plain": Mode(score_model, ttt=False),
+    "sliding": Mode(evaluate_sliding, ttt=False),
+    "lora_ttt": Mode(evaluate_lora_ttt, ttt=True),
+    "chunk_sgd": Mode(evaluate_chunk_sgd, ttt=True),
+    "multi_phase": Mode(evaluate_multi_phase, ttt=True),
 }
+"""Every mode by name, in the order the evaluate stage runs them."""
+
+
+class AuditConfig(Section):
+    """The stage's own audits (the bytes audit always runs when the val text is available)."""
+
+    score_first: bool  # perturbation audit of every TTT mode
+    docs: int = Field(ge=1)  # documents of the audit runs (the first ones)
+
+
+class EvalConfig(Section):
+    """params.yaml ``eval``: the modes beyond the plain score (which is the ``score`` section's), all on the
+    ``score`` section's documents, and the stage's audits."""
+
+    progress: bool  # tqdm bars on rank 0
+    compile: bool  # record: true. torch.compile the scoring/TTT forward, warmed up before the timer (CUDA only)
+    sliding: SlidingConfig
+    lora_ttt: LoraTttConfig
+    chunk_sgd: ChunkSgdConfig
+    multi_phase: MultiPhaseConfig
+    audit: AuditConfig
+
+
+def mode_config(name: str, score: ScoreConfig, cfg: EvalConfig) -> Section:
+    """The config section of mode ``name``: ``score`` for plain, else ``eval.<name>``."""
+    return score if name == "plain" else getattr(cfg, name)
 
 
 def enabled_modes(cfg: EvalConfig) -> list[str]:
     """``plain`` and every enabled mode, in the order of :data:`MODES`."""
-    return ["plain"] + [name for name in MODES[1:] if getattr(cfg, name).enabled]
+    return [name for name in MODES if name == "plain" or getattr(cfg, name).enabled]
 
 
 def context(model: nn.Module, cfg: EvalConfig, looped: bool, recorder: TokenRecorder | None = None) -> EvalContext:
     """The context of an evaluation of ``model`` in this process: rank, compile backend, progress."""
-    rank, world_size = group_rank_world()
     backend = backend_for(cfg.compile, model_device(model))
-    return EvalContext(looped, rank, world_size, recorder, cfg.progress, backend)
+    return eval_context(looped, progress=cfg.progress, compile_backend=backend, recorder=recorder)
 
 
 def run_mode(
@@ -59,6 +95,6 @@ def run_mode(
     ctx: EvalContext,
 ) -> ModeResult:  # fmt: skip
     """Run one mode on a deep copy of ``model`` (the caller's model is never changed)."""
-    if name not in RUNNERS:
+    if name not in MODES:
         raise ValueError(f"unknown evaluation mode {name!r}; expected one of {', '.join(MODES)}")
-    return RUNNERS[name](copy.deepcopy(model), val, docs, score, cfg, ctx)
+    return MODES[name].run(copy.deepcopy(model), val, docs, mode_config(name, score, cfg), ctx)

@@ -1,4 +1,4 @@
-"""The causal token-only n-gram "tilt" of the frontier's official row #2135 (spec frontier.md §3.11).
+"""The causal token-only n-gram "tilt" of the frontier's official row #2135.
 
 What it computes. Every scored target gets a *hint* from online count tables keyed by its context, the previous
 ``order - 1`` tokens: the context's most frequent next token so far, h, with confidence r = top count / total.
@@ -25,59 +25,60 @@ sentinel hashes differently from all tokens. As in the frontier, colliding keys 
 
 Scoring order, not stream order. The frontier runs its hint pass once over the whole stream, left to right. TTT
 scores documents in a length-sorted order, so there a hint may count pairs of documents that come earlier in the
-stream but are scored later (the caveat of §3.11), which our score-first audit (:mod:`pgolf.eval.audit`) would
-flag. Here the tables follow the *scoring* order: the hint of a target scored at step s uses only the pairs of
-targets scored at steps < s (any document, the same document's earlier chunks included); after a step's lookups,
-its own pairs are added in stream-position order (which fixes the tie rule). :func:`precompute_hints` computes all
-hints at once from the known step list (sorting, exact same result as the online :class:`TokenNgram` loop of
-:func:`online_hints`); it reads validation tokens, so it must run inside the eval timer (§1.6).
+stream but are scored later (a caveat the frontier row notes itself), which our score-first audit
+(:mod:`pgolf.eval.audit`) would flag. Here the tables follow the *scoring* order: the hint of a target scored at
+step s uses only the pairs of targets scored at steps < s (any document, the same document's earlier chunks
+included); after a step's lookups, its own pairs are added in stream-position order (which fixes the tie rule).
+:func:`precompute_hints` computes all hints at once from the known step list (sorting; exactly the result of the
+online dict tables the tests hold as the reference); it reads validation tokens, so it runs inside the eval timer.
 
 Legality kept, and the audits that check it:
 
 * C1 (a position's distribution depends only on what precedes it) and C3 (score before update):
-  :func:`causality_audit` changes one scored token and recomputes all hints; the hints of every target scored at
-  the same or an earlier step, and of the document's own targets up to that token, must not change (except the
-  document's targets after it, whose context holds the changed token: C1 allows that).
-* C2 (full normalized distribution) and the C1 side of the tilt itself: :func:`normalization_audit` scores every
-  candidate target through the mode's scorer and checks that the implied distribution sums to 1, equals the
-  target-free tilt, and does not move when the other positions' targets change.
+  :func:`pgolf.eval.audit.causality_audit` changes one scored token and recomputes all hints; the hints of every
+  target scored at the same or an earlier step, and of the document's own targets up to that token, must not
+  change (except the document's targets after it, whose context holds the changed token: C1 allows that).
+* C2 (full normalized distribution) and the C1 side of the tilt itself:
+  :func:`pgolf.eval.audit.normalization_audit` scores every candidate target through the mode's scorer and checks
+  that the implied distribution sums to 1, equals the target-free tilt, and does not move when the other
+  positions' targets change.
 * C4 (each token scored once): :func:`precompute_hints` refuses a position that two steps score.
 
 What does not exist here: the frontier code's within-word and word-start experts and its agreement bonus. They
 are gated by properties of the realized target (``boundary_lut[y]``, ``starts_new_word_lut[y]``), which breaks C1
-(§3.11, "Channels that are illegal"). Only the token expert exists and no parameter can turn the others on.
+(the #1967 review). Only the token expert exists and no parameter can turn the others on.
 
-References: spec frontier.md §1.3 (C1-C4), §1.6 (eval timer), §3.11 (the tilt; lineage PRs #1145, #1420, #1514,
-#1967, #2130, #2135); Issue #1017 (the conditions).
+References: Issue #1017 (the conditions C1-C4); the tilt's lineage: PRs #1145, #1420, #1514, #1967, #2130, #2135.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pgolf.config import ConfigError
-from pgolf.eval.audit import AuditResult
+from pgolf.config import ConfigError, Section
+from pgolf.dist import to_device
+from pgolf.score.bpb import BpbTotals, ValData
+from pgolf.score.documents import Rows
+from pgolf.score.scores import Scores
 
 Steps = list[tuple[np.ndarray, np.ndarray]]  # scoring order: (target stream positions, their documents' BOS positions)
-HintFn = Callable[[np.ndarray, Steps, int], tuple[np.ndarray, np.ndarray]]
-Scorer = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (log_probs, hint, beta, targets) -> nats
 
 
-@dataclass(frozen=True)
-class NgramTiltParams:
-    """The tilt's plain values (the ``eval.lora_ttt.ngram_tilt`` section); defaults are #2135's."""
+class NgramTiltConfig(Section):
+    """params.yaml ``eval.lora_ttt.ngram_tilt``: the tilt of LoRA TTT's scores. Only the token expert exists; no
+    key turns on the frontier code's target-gated channels (within-word, word-start, agreement), which break C1."""
 
-    order: int = 16  # TOKEN_ORDER: the context is the previous order - 1 tokens
-    threshold: float = 0.8  # TOKEN_THRESHOLD: tilt only where the hint's confidence r >= threshold
-    boost: float = 2.625  # TOKEN_BOOST: beta
+    enabled: bool  # record: false ; #2135: true (NGRAM_TILT_ENABLED)
+    order: int  # #2135: TOKEN_ORDER = 16 (the context is the previous order - 1 tokens of the document)
+    threshold: float  # #2135: TOKEN_THRESHOLD = 0.8 (tilt where the hint's confidence >= this)
+    boost: float  # #2135: TOKEN_BOOST = 2.625 (beta)
 
-    def __post_init__(self) -> None:
+    def model_post_init(self, _context: object) -> None:
         problems = []
         if self.order < 1:
             problems.append(f"eval.lora_ttt.ngram_tilt.order must be >= 1 (got {self.order})")
@@ -147,43 +148,6 @@ def context_keys(tokens: np.ndarray, positions: np.ndarray, doc_starts: np.ndarr
     return keys
 
 
-class TokenNgram:
-    """The online tables (dicts; the reference semantics). ``lookup`` never changes them, ``update`` adds pairs."""
-
-    def __init__(self, order: int) -> None:
-        self.order = order
-        self._contexts: dict[int, list[int]] = {}  # key -> [total, top token, top count]
-        self._pairs: dict[tuple[int, int], int] = {}
-
-    def __len__(self) -> int:
-        return len(self._contexts)
-
-    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(hint int64, -1 where the key is unseen; confidence float64 = top count / total, 0 where unseen)."""
-        hints, confidences = [], []
-        get = self._contexts.get
-        for key in np.asarray(keys, dtype=np.uint64).tolist():
-            state = get(key)
-            hints.append(-1 if state is None else state[1])
-            confidences.append(0.0 if state is None else state[2] / state[0])
-        return np.array(hints, dtype=np.int64), np.array(confidences, dtype=np.float64)
-
-    def update(self, keys: np.ndarray, targets: np.ndarray) -> None:
-        """Add the pairs (key, target) one by one, in the given order (the order decides ties)."""
-        contexts, pairs = self._contexts, self._pairs
-        keys = np.asarray(keys, dtype=np.uint64).tolist()
-        for key, target in zip(keys, np.asarray(targets, dtype=np.int64).tolist(), strict=True):
-            count = pairs.get((key, target), 0) + 1
-            pairs[(key, target)] = count
-            state = contexts.get(key)
-            if state is None:
-                contexts[key] = [1, target, count]
-                continue
-            state[0] += 1
-            if count > state[2]:
-                state[1], state[2] = target, count
-
-
 def scoring_order(tokens: np.ndarray, steps: Steps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(positions, doc_starts, step index) of all scored targets in update order: steps in order, stream order
     inside a step. Checks that every position is a target scored once (C4) and every doc start is a BOS."""
@@ -219,20 +183,6 @@ def _full_arrays(
     hint, confidence = np.full(num_positions, -1, dtype=np.int64), np.zeros(num_positions, dtype=np.float64)
     hint[positions], confidence[positions] = hints, confidences
     return hint, confidence
-
-
-def online_hints(tokens: np.ndarray, steps: Steps, order: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`precompute_hints` by the online loop: per step, look up all its targets, then add their pairs."""
-    positions, doc_starts, step_ids = scoring_order(tokens, steps)
-    keys = context_keys(tokens, positions, doc_starts, order)
-    targets = tokens[positions].astype(np.int64)
-    hints, confidences = np.full(positions.size, -1, dtype=np.int64), np.zeros(positions.size)
-    table = TokenNgram(order)
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(step_ids, minlength=len(steps)))]).astype(np.int64)
-    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        hints[lo:hi], confidences[lo:hi] = table.lookup(keys[lo:hi])
-        table.update(keys[lo:hi], targets[lo:hi])
-    return _full_arrays(len(tokens), positions, hints, confidences)
 
 
 def _segment_starts(new_segment: np.ndarray) -> np.ndarray:
@@ -326,9 +276,9 @@ def precompute_hints(tokens: np.ndarray, steps: Steps, order: int) -> tuple[np.n
     return _full_arrays(len(tokens), positions, hints, confidences)
 
 
-def tilt_boost(hint: np.ndarray, confidence: np.ndarray, params: NgramTiltParams) -> np.ndarray:
-    """beta per position: ``params.boost`` where there is a hint with confidence >= threshold, else 0.0."""
-    return np.where((np.asarray(hint) >= 0) & (np.asarray(confidence) >= params.threshold), params.boost, 0.0)
+def tilt_boost(hint: np.ndarray, confidence: np.ndarray, threshold: float, boost: float) -> np.ndarray:
+    """beta per position: ``boost`` where there is a hint with confidence >= ``threshold``, else 0.0."""
+    return np.where((np.asarray(hint) >= 0) & (np.asarray(confidence) >= threshold), boost, 0.0)
 
 
 def _log_z(log_p_hint: Tensor, beta: Tensor) -> Tensor:
@@ -369,81 +319,36 @@ def tilt_scorer(
     return scores(nats, log_p_hint, targets, hint, beta)
 
 
-def _perturbed(tokens: np.ndarray, position: int, bos: int, rng: np.random.Generator) -> np.ndarray:
-    """A copy with the token at ``position`` replaced by another id that is not BOS."""
-    choices = np.setdiff1d(np.arange(int(tokens.max()) + 2), [int(tokens[position]), bos])
-    out = np.array(tokens, copy=True)
-    out[position] = rng.choice(choices)
-    return out
+class NgramTilt:
+    """One pass's n-gram tilt: every target's hint and confidence (precomputed from the scoring order, inside the
+    timer), beta per position, the untilted running scores beside the tilted ones, and how many were tilted."""
 
+    def __init__(self, val: ValData, steps: Steps, cfg: NgramTiltConfig, device: torch.device,
+                 scorer: Callable[..., Tensor] = tilted_scores) -> None:  # fmt: skip
+        """``scorer``: what the tilted nats come from; the stage's normalization audit scores every candidate target
+        through the same default (:func:`pgolf.eval.audit.ngram_audits`)."""
+        self.cfg, self.scorer = cfg, scorer
+        self.hint, self.confidence = precompute_hints(val.tokens, steps, cfg.order)
+        self.beta = tilt_boost(self.hint, self.confidence, cfg.threshold, cfg.boost)
+        self.untilted = Scores(device)
+        self.tilted = self.hits = 0  # targets with beta > 0, and those whose target was the hint
 
-def causality_audit(
-    tokens: np.ndarray, steps: Steps, order: int, *, seed: int = 0, trials: int = 3, hints: HintFn = precompute_hints
-) -> AuditResult:
-    """Change the token at ``trials`` random scored positions t (one at a time, never a BOS) and recompute the
-    hints with ``hints``: those of every target scored at a step <= step(t), and of t's own document's targets at
-    positions <= t, must stay the same (hint equal, confidence bit-equal). Exempt are t's own document's targets
-    after t: t is in their context (C1 allows it), so their keys change."""
-    positions, doc_starts, step_ids = scoring_order(tokens, steps)
-    step_of, doc_of = np.full(len(tokens), -1), np.full(len(tokens), -1)
-    step_of[positions], doc_of[positions] = step_ids, doc_starts
-    candidates = positions[tokens[positions] != tokens[doc_starts]]
-    if candidates.size == 0:
-        raise ValueError("no scored non-BOS token to perturb")
-    rng = np.random.default_rng(seed)
-    base_hint, base_conf = hints(tokens, steps, order)
-    checked = violations = 0
-    worst, first_bad = 0.0, None
-    for t in rng.choice(candidates, size=min(trials, candidates.size), replace=False).tolist():
-        hint, conf = hints(_perturbed(tokens, t, int(tokens[doc_of[t]]), rng), steps, order)
-        own, after = doc_of == doc_of[t], np.arange(len(tokens)) > t
-        earlier = (step_of >= 0) & (step_of <= step_of[t])
-        protected = np.flatnonzero((earlier & ~(own & after)) | (own & ~after))
-        diff = np.abs(conf[protected] - base_conf[protected])
-        bad = protected[(hint[protected] != base_hint[protected]) | (diff > 0)]
-        checked, violations, worst = checked + protected.size, violations + bad.size, max(worst, float(diff.max()))
-        if bad.size and first_bad is None:
-            first_bad = (t, int(bad[0]))
-    message = "ok"
-    if first_bad is not None:
-        message = f"{violations} hints changed; changing the token at {first_bad[0]} moved the hint at {first_bad[1]}"
-    return AuditResult("ngram_causality", violations == 0, checked, violations, worst, message)
+    def hints_for(self, rows: Rows, device: torch.device) -> Tensor:
+        return to_device(np.where(rows.mask, self.hint[rows.positions], -1), device)
 
+    def score(self, nats: Tensor, log_p_hint: Tensor, rows: Rows, targets: Tensor, hints: Tensor) -> Tensor:
+        """The tilted nats of a scored batch (the untilted ones go to :attr:`untilted`)."""
+        beta = np.where(rows.mask, self.beta[rows.positions], 0.0)
+        mask = to_device(rows.mask, nats.device)
+        self.untilted.add(nats, rows, mask)
+        self.tilted += int((beta > 0).sum())
+        self.hits += int(((beta > 0) & (rows.targets == self.hint[rows.positions])).sum())
+        return self.scorer(nats.detach(), log_p_hint.detach(), targets, hints, to_device(beta, nats.device))
 
-def _candidate_nats(scorer: Scorer, log_probs: Tensor, hint: Tensor, beta: Tensor, offsets: Tensor) -> Tensor:
-    """[N, V] nats of every candidate, row i scoring candidate (a + offsets[i]) mod V in the a-th call."""
-    num_rows, vocab = log_probs.shape
-    rows = torch.arange(num_rows, device=log_probs.device)
-    nats = torch.empty(num_rows, vocab, dtype=torch.float64, device=log_probs.device)
-    for a in range(vocab):
-        targets = (a + offsets) % vocab
-        nats[rows, targets] = scorer(log_probs, hint, beta, targets).to(torch.float64)
-    return nats
-
-
-def normalization_audit(
-    log_probs: Tensor, hint: Tensor, beta: Tensor, scorer: Scorer = tilt_scorer, *, atol: float = 1e-6, seed: int = 0
-) -> AuditResult:
-    """Score every candidate target of N positions ([N, V] log-probs, [N] hints and betas) through ``scorer``, the
-    mode's own scoring function, and check per position: sum_a exp(-nats(a)) = 1 (C2); the implied distribution
-    is the target-free tilt :func:`tilted_distribution`, and it is the same when the other positions' targets
-    change (C1: the score must not depend on which target is realized, here or elsewhere). Tolerance ``atol``."""
-    hint, beta = hint.to(log_probs.device), beta.to(log_probs.device)
-    num_rows, vocab = log_probs.shape
-    same = _candidate_nats(scorer, log_probs, hint, beta, torch.zeros_like(hint, dtype=torch.long))
-    generator = torch.Generator().manual_seed(seed)
-    offsets = torch.randint(0, vocab, (num_rows,), generator=generator).to(log_probs.device)
-    mixed = _candidate_nats(scorer, log_probs, hint, beta, offsets)
-    probs = torch.exp(-same)
-    mass_err = (probs.sum(-1) - 1).abs()
-    tilt_err = (probs - tilted_distribution(log_probs, hint, beta).exp()).abs().amax(-1)
-    mixed_err = (same - mixed).abs().amax(-1)
-    failures = {  # written as ~(err <= atol) so that NaN fails
-        "mass != 1 (C2)": ~(mass_err <= atol),
-        "not the target-free tilt (C1)": ~(tilt_err <= atol),
-        "depends on other targets (C1)": ~(mixed_err <= atol),
-    }
-    bad = torch.stack(list(failures.values())).any(0)
-    worst = float(torch.stack([mass_err, tilt_err, mixed_err]).nan_to_num(nan=math.inf).max())
-    found = [f"{name} at {int(rows.sum())} positions" for name, rows in failures.items() if rows.any()]
-    return AuditResult("ngram_normalization", not found, num_rows, int(bad.sum()), worst, "; ".join(found) or "ok")
+    def summary(self, totals: BpbTotals, seconds: float) -> dict:
+        """What metrics/eval.json says of the tilt (collective: the untilted totals are all-reduced)."""
+        untilted = self.untilted.totals()
+        return {"order": self.cfg.order, "threshold": self.cfg.threshold, "boost": self.cfg.boost,
+                "untilted_val_bpb": untilted.val_bpb, "gain_bpb": totals.val_bpb - untilted.val_bpb,
+                "tilted_targets": self.tilted, "tilted_fraction": self.tilted / max(untilted.tokens, 1),
+                "hint_hits": self.hits, "hints_seconds": round(seconds, 3)}  # fmt: skip

@@ -8,14 +8,14 @@ over ranks; each rank runs its sequences as rows of a batch (each row its own co
 the sum of per-token nats divided by the chunk's target count on *all* ranks, and gradients are all-reduced by
 sum: the step is the same for any world size (up to float summation order). Then ``clip_grad_norm_`` and ``SGD.step``.
 
-``logit_cap`` (LoRA TTT's AsymLogit, :class:`pgolf.eval.ttt_lora.AsymSoftcap`): the loss goes through that cap
+``logit_cap`` (LoRA TTT's AsymLogit, :class:`pgolf.eval.lora_ttt.AsymSoftcap`): the loss goes through that cap
 instead of the model's fixed one, and its parameters join the model's in the optimizer, the all-reduce and the
 clip, so the cap learns with the weights; it is trainable only inside :func:`train_stream`.
 
 Deliberate differences from the reference: we use every target of a chunk (it uses only ``floor(len/2048)`` full
-sequences); parameters stay fp32 (the record's bf16 ``tok_emb`` rounds small updates away, B9 pitfall 15).
+sequences); parameters stay fp32 (the record's bf16 ``tok_emb`` rounds small updates away).
 
-References: record ``train_val_ttt_global_sgd_distributed`` (A6.8), #1492 ``eval_val_sliding_ttt`` (§2.2).
+References: record ``train_val_ttt_global_sgd_distributed``, #1492 ``eval_val_sliding_ttt``.
 """
 
 from __future__ import annotations
@@ -27,12 +27,32 @@ import torch
 from torch import nn
 
 from pgolf import dist as pdist
+from pgolf.config import Section, non_negative, positive, raise_problems
 from pgolf.dist import autocast, to_device
-from pgolf.eval.common import set_trainable
-from pgolf.eval.documents import PAD_ID
+from pgolf.score.documents import PAD_ID
+from pgolf.score.scores import EvalContext, set_trainable
 from pgolf.segments import window_cu_seqlens
 
 Span = tuple[int, int]  # [lo, hi) target indices of a stream
+
+
+class GlobalSgdConfig(Section):
+    """Full-parameter SGD over a token stream, in chunks, with a cosine lr across chunks (``eval.lora_ttt.global_sgd``;
+    #1802's multi-phase passes use the same schedule with their own values)."""
+
+    lr: float  # record: GLOBAL_TTT_LR = 1e-3
+    momentum: float  # record: 0.9
+    epochs: int  # record: GLOBAL_TTT_EPOCHS = 1
+    chunk_tokens: int  # record: GLOBAL_TTT_CHUNK_TOKENS = 32768
+    seq_len: int  # record: 2048 (training sequences; attention also stops at documents)
+    grad_clip: float  # record: GLOBAL_TTT_GRAD_CLIP = 1.0 (0 = off)
+
+    def model_post_init(self, _context: object) -> None:
+        prefix = "eval.lora_ttt.global_sgd"
+        problems = positive(prefix, chunk_tokens=self.chunk_tokens, seq_len=self.seq_len)
+        problems += non_negative(prefix, lr=self.lr, momentum=self.momentum, epochs=self.epochs,
+                                 grad_clip=self.grad_clip)  # fmt: skip
+        raise_problems(problems)
 
 
 def chunk_spans(num_targets: int, chunk_tokens: int) -> list[Span]:
@@ -64,15 +84,13 @@ def sgd_step(
     lr: float,
     seq_len: int,
     grad_clip: float,
-    looped: bool,
-    bos_id: int,
-    rank: int = 0,
-    world_size: int = 1,
+    ctx: EvalContext,
     logit_cap: nn.Module | None = None,
 ) -> float:
-    """One SGD step on the targets ``span`` of ``stream`` (all ranks together); returns this rank's loss share."""
+    """One SGD step on the targets ``span`` of ``stream`` (all ranks of ``ctx`` together, with its layer schedule);
+    returns this rank's loss share."""
     lo, hi = span
-    pieces = [(a, min(a + seq_len, hi)) for a in range(lo, hi, seq_len)][rank::world_size]
+    pieces = [(a, min(a + seq_len, hi)) for a in range(lo, hi, seq_len)][ctx.rank :: ctx.world_size]
     params = [p for p in _trained(model, logit_cap) if p.requires_grad]
     extra = {} if logit_cap is None else {"logit_cap": logit_cap}
     opt.zero_grad(set_to_none=True)
@@ -80,10 +98,10 @@ def sgd_step(
     if pieces:
         device = params[0].device
         inputs, targets, valid = _piece_rows(stream, pieces, seq_len)
-        cu = to_device(window_cu_seqlens(inputs, bos_id), device)
+        cu = to_device(window_cu_seqlens(inputs, model.cfg.bos_id), device)
         inputs, targets, valid = (to_device(a, device) for a in (inputs, targets, valid))
         with autocast(device):
-            nats = model(inputs, targets, cu_seqlens=cu, looped=looped, reduction="none", **extra)
+            nats = model(inputs, targets, cu_seqlens=cu, looped=ctx.looped, reduction="none", **extra)
         loss = torch.where(valid, nats.float(), 0.0).sum() / (hi - lo)
         loss.backward()
         loss_value = float(loss.detach())
@@ -104,41 +122,32 @@ def sgd_step(
 def train_stream(
     model: nn.Module,
     stream: np.ndarray,
+    cfg: GlobalSgdConfig,
+    ctx: EvalContext,
     *,
-    lr: float,
-    momentum: float,
-    epochs: int,
-    chunk_tokens: int,
-    seq_len: int,
-    grad_clip: float,
     skip_last_chunk: bool,
-    looped: bool,
-    bos_id: int,
-    rank: int = 0,
-    world_size: int = 1,
     logit_cap: nn.Module | None = None,
 ) -> int:
-    """``epochs`` passes of SGD (fresh optimizer, momentum, cosine lr across chunks) over ``stream``; one step per
-    chunk and pass. ``skip_last_chunk``: the record never trains on the stream's last chunk. ``logit_cap``: the
+    """``cfg.epochs`` passes of SGD (fresh optimizer, momentum, cosine lr across chunks) over ``stream``; one step
+    per chunk and pass. ``skip_last_chunk``: the record never trains on the stream's last chunk. ``logit_cap``: the
     loss's cap, trained too (module docstring). Returns the steps."""
-    spans = chunk_spans(len(stream) - 1, chunk_tokens)
+    spans = chunk_spans(len(stream) - 1, cfg.chunk_tokens)
     trained = spans[:-1] if skip_last_chunk else spans
-    if not trained or epochs == 0:
+    if not trained or cfg.epochs == 0:
         return 0
     modules = [model] if logit_cap is None else [model, logit_cap]
     for module in modules:
         set_trainable(module, True)
     model.train()
-    opt = torch.optim.SGD(_trained(model, logit_cap), lr=lr, momentum=momentum)
-    for _ in range(epochs):
+    opt = torch.optim.SGD(_trained(model, logit_cap), lr=cfg.lr, momentum=cfg.momentum)
+    for _ in range(cfg.epochs):
         for c, span in enumerate(trained):
-            sgd_step(model, opt, stream, span, lr=cosine_lr(lr, c, len(spans)), seq_len=seq_len,
-                     grad_clip=grad_clip, looped=looped, bos_id=bos_id, rank=rank, world_size=world_size,
-                     logit_cap=logit_cap)  # fmt: skip
+            sgd_step(model, opt, stream, span, lr=cosine_lr(cfg.lr, c, len(spans)), seq_len=cfg.seq_len,
+                     grad_clip=cfg.grad_clip, ctx=ctx, logit_cap=logit_cap)  # fmt: skip
     for module in modules:
         set_trainable(module, False)
     model.eval()
-    return epochs * len(trained)
+    return cfg.epochs * len(trained)
 
 
 def _trained(model: nn.Module, logit_cap: nn.Module | None) -> list[nn.Parameter]:

@@ -1,11 +1,11 @@
-"""Sliding-window evaluation of a fixed model, confined to documents.
+"""Sliding-window evaluation of a fixed model, confined to documents (``eval.sliding``).
 
 #1492 / #1802 ``eval_val_sliding``: windows of ``seq_len`` start every ``stride`` tokens; the first window scores
 all its targets, each later one only its last ``stride`` targets, so every target is scored once with up to
 ``seq_len - 1`` tokens of context. Deliberate difference: the reference slides over the flat val stream and lets
 context cross documents; our contract is that attention never crosses a document, so we slide inside each document
 (context = own-document tokens only, a document's first targets have short context). With ``stride = seq_len``
-this is the plain score (:func:`pgolf.eval.score.score_model`).
+this is the plain score (:func:`pgolf.score.scorer.score_model`).
 
 Windows are sorted by length and batched; batches go round-robin to ranks; sums are all-reduced once.
 """
@@ -14,15 +14,31 @@ from __future__ import annotations
 
 from torch import nn
 
-from pgolf.eval.bpb import ValData
-from pgolf.eval.common import EvalContext, ModeResult
-from pgolf.eval.config import SlidingConfig
-from pgolf.eval.documents import Document
-from pgolf.eval.score import document_windows, score_fixed
+from pgolf.config import Section, positive, raise_problems
+from pgolf.score.bpb import ValData
+from pgolf.score.documents import Document
+from pgolf.score.scorer import document_windows, score_fixed
+from pgolf.score.scores import EvalContext, ModeResult
 
 
-def evaluate_sliding(model: nn.Module, val: ValData, docs: list[Document], cfg: SlidingConfig,
-                     ctx: EvalContext) -> ModeResult:  # fmt: skip
+class SlidingConfig(Section):
+    """#1492 sliding window, confined to each document: windows of ``seq_len`` advancing by ``stride``."""
+
+    enabled: bool
+    seq_len: int  # #1492: 2048
+    stride: int  # #1492: 64 (every scored token but the first window's has >= seq_len - stride of context)
+    batch_windows: int  # #1492: 32
+
+    def model_post_init(self, _context: object) -> None:
+        problems = positive("eval.sliding", seq_len=self.seq_len, stride=self.stride, batch_windows=self.batch_windows)
+        if self.stride > self.seq_len:
+            problems.append(f"eval.sliding.stride ({self.stride}) must not exceed eval.sliding.seq_len")
+        raise_problems(problems)
+
+
+def evaluate_sliding(
+    model: nn.Module, val: ValData, docs: list[Document], cfg: SlidingConfig, ctx: EvalContext
+) -> ModeResult:
     """Score every target of ``docs`` once in per-document sliding windows; ``model`` is left in ``eval()`` mode
     and frozen."""
     windows = document_windows(docs, cfg.seq_len, cfg.stride)

@@ -1,4 +1,4 @@
-"""Fused MLP up-projection ``h = leaky_relu(x W^T, slope)²`` (record §4.1, written for any CUDA GPU).
+"""Fused MLP up-projection ``h = leaky_relu(x W^T, slope)²`` (the record's kernel as math, written for any CUDA GPU).
 
 Forward: one tiled Triton matmul whose epilogue stores both ``pre = x W^T`` (rounded to x's dtype) and
 ``h = leaky(pre)²`` computed from the rounded pre. ``pre`` is saved for backward with x and W.

@@ -1,4 +1,4 @@
-"""Fused softcapped cross-entropy, per token (record §4.2, reduction none: the caller reduces).
+"""Fused softcapped cross-entropy, per token (the record's, reduction none: the caller reduces).
 
 Forward: one Triton program per row streams the vocab in blocks, keeping an online max and sum-exp of the
 softcapped logits (as ``2c sigmoid(2x/c) = c tanh(x/c) + c``; the constant cancels), and writes the row's loss and

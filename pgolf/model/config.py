@@ -37,7 +37,7 @@ class ModelParams(Section):
     """(LeakyReLU(slope))^2 as in the record, or ReLU^2."""
     mlp_leaky_slope: float
     """Negative slope of leaky_relu2: phi(u) = u^2 for u > 0, (slope u)^2 otherwise; the record 0.5, #1948/#2140 0.3
-    (frontier.md §3.12). It reaches the eager path and the fused Triton kernel, forward and backward."""
+    (#1948, #2140). It reaches the eager path and the fused Triton kernel, forward and backward."""
     tied_embed_init_std: float
     logit_softcap: float
     """logits = c * tanh(z / c); 0 disables."""

@@ -1,6 +1,4 @@
-"""Quantization math: typed quantized formats, Hadamard rotation, SDClip + GPTQ, AWQ-lite group promotion, and LQER
-low-rank correction.
-
-The stages that route tensors, collect Hessians and write the artifact live elsewhere; this package holds only
-pure functions of tensors and the dataclasses they produce.
-"""
+"""Quantization: the bit-width range, typed quantized formats with one dequantizer, Hadamard rotation, SDClip +
+GPTQ/RTN, AWQ-lite group promotion, LQER low-rank correction, the role -> format policy, Hessian collection for
+calibration, and ``quantize_state`` (every tensor of a model into its format). The stages ``calibrate`` and
+``quantize`` do the file work."""

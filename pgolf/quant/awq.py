@@ -1,4 +1,4 @@
-"""AWQ-lite (frontier §3.1, #1908): which column groups of the GPTQ matrices are rounded on a finer grid.
+"""AWQ-lite (#1908): which column groups of the GPTQ matrices are rounded on a finer grid.
 
 Statistic. act_rms[c] = sqrt(mean of x_c^2 over the calibration rows that reached the matrix). The calibrate stage
 stores H = sum of x x^T over every such row (all ranks, batches and tokens, and every pass of a looped layer) and

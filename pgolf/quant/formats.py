@@ -16,18 +16,22 @@ no ``awq`` manifest field at all, so its manifest is the one written before AWQ-
 
 References:
     parameter-golf record PR #1855 (`gptq_mixed_quantize`, `dequantize_mixed`), PR #2143 (Hadamard rotation),
-    PR #1908 (AWQ-lite group promotion; frontier §3.1).
+    PR #1908 (AWQ-lite group promotion).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
+from pgolf import tensorio
+from pgolf.files import read_json, write_json
+from pgolf.quant.bits import check_bits
 from pgolf.quant.hadamard import unrotate_weight
 from pgolf.tensorio import torch_dtype
 
@@ -73,7 +77,7 @@ class ProtectedGroups:
         _require(list(self.starts) == sorted(set(self.starts)), f"ProtectedGroups: starts {self.starts} not sorted")
         gaps = [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)]
         _require(self.starts[0] >= 0 and all(g >= self.size for g in gaps), "ProtectedGroups: groups overlap")
-        _require(2 <= self.bits <= 8, f"ProtectedGroups: bits must be in [2, 8], got {self.bits}")
+        check_bits(self.bits, "ProtectedGroups")
         _require(self.scale.dtype == torch.float16 and self.scale.ndim == 1, "ProtectedGroups: scale not fp16 rows")
 
     def columns(self, cols: int) -> Tensor:
@@ -304,3 +308,17 @@ def from_tensors(tensors: dict[str, Tensor], manifest: dict[str, Any]) -> list[E
             raise ValueError(f"{name}: tensor or manifest field {err} missing from the quantized state") from err
         entries.append(Entry(name=name, shape=tuple(r["shape"]), dtype=r["dtype"], fmt=fmt, lqer=lqer))
     return entries
+
+
+def save_quantized(directory: Path, entries: list[Entry], meta: dict[str, Any]) -> None:
+    """The quantize stage's output: the flat tensors and ``manifest.json`` = ``{"formats": ..., **meta}``."""
+    tensors, manifest = to_tensors(entries)
+    tensorio.save_tensors(Path(directory) / QUANT_FILE, tensors, {})
+    write_json(Path(directory) / MANIFEST_FILE, {"formats": manifest, **meta})
+
+
+def load_quantized(directory: Path) -> tuple[list[Entry], dict[str, Any]]:
+    """The entries written by :func:`save_quantized`, and its whole manifest."""
+    tensors, _ = tensorio.load_tensors(Path(directory) / QUANT_FILE)
+    meta = read_json(Path(directory) / MANIFEST_FILE, "quantize")
+    return from_tensors(tensors, meta["formats"]), meta

@@ -6,10 +6,10 @@ spreads each column's rounding error over the not-yet-quantized columns through 
 loop (SDClip: s = k·std(row)/c rounded to fp16, c = 2^(bits-1)-1), so the grid is {-c, ..., c}·s.
 
 U comes from one of two equal computations (``inverse``): "cholesky", chol(H) -> H^-1 -> chol(H^-1) (the record), or
-"reverse_cholesky", one factorization of H flipped on both axes (frontier §3.13, #2054; see
+"reverse_cholesky", one factorization of H flipped on both axes (#2054; see
 :func:`_reverse_inverse_upper_factor` for why it is the same U).
 
-AWQ-lite (frontier §3.1, #1908): the columns of a few protected groups (:class:`~pgolf.quant.formats.ProtectedGroups`,
+AWQ-lite (#1908): the columns of a few protected groups (:class:`~pgolf.quant.formats.ProtectedGroups`,
 chosen by :mod:`pgolf.quant.awq`) are rounded on a finer grid, the same SDClip clip with c_hi = 2^(awq_bits-1)-1
 levels and step s_hi = fp16(k·std(row)/c_hi); they feed their (smaller) rounding error forward like every other
 column.
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from pgolf.errors import PgolfError
+from pgolf.quant.bits import check_bits
 from pgolf.quant.formats import GateInt8Row, ProtectedGroups, to_fp16_scale
 
 InverseMethod = Literal["cholesky", "reverse_cholesky"]
@@ -35,9 +36,7 @@ InverseMethod = Literal["cholesky", "reverse_cholesky"]
 
 def clip_range(bits: int) -> int:
     """c = 2^(bits-1) - 1: int6 → 31, int7 → 63, int8 → 127."""
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits must be in [2, 8] (stored in int8), got {bits}")
-    return 2 ** (bits - 1) - 1
+    return 2 ** (check_bits(bits, "GPTQ") - 1) - 1
 
 
 def sdclip_scales(w: Tensor, clip_sigmas: float, bits: int) -> Tensor:

@@ -16,7 +16,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pgolf.quant.formats import LowRankCorrection, QuantizedMatrix, lowrank_dense, matrix_dense, to_fp16_scale
+from pgolf.quant.bits import check_bits
+from pgolf.quant.formats import (
+    LowRankCorrection,
+    QuantizedMatrix,
+    lowrank_dense,
+    matrix_dense,
+    to_fp16_scale,
+)
 
 
 def quantization_residual(target: Tensor, fmt: QuantizedMatrix, correction: LowRankCorrection | None = None) -> Tensor:
@@ -56,9 +63,7 @@ def pack_asym(a: Tensor, b: Tensor, group: int) -> LowRankCorrection:
 
 def pack_sym(a: Tensor, b: Tensor, bits: int) -> LowRankCorrection:
     """A and B each with one fp16 scale per row, values in ±(2^(bits-1)-1)."""
-    if not 2 <= bits <= 8:
-        raise ValueError(f"LQER sym pack: bits must be in [2, 8], got {bits}")
-    rho = 2 ** (bits - 1) - 1
+    rho = 2 ** (check_bits(bits, "LQER sym pack") - 1) - 1
     a, b = a.float(), b.float()
     a_scale = to_fp16_scale(a.abs().amax(dim=1) / rho)
     b_scale = to_fp16_scale(b.abs().amax(dim=1) / rho)

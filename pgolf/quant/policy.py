@@ -11,35 +11,22 @@ control            fp16 passthrough                                             
 =================  ===========================================================  ==========================
 
 Mixed precision (#2143: int5 q/o/down, int6 k/v/up) is a matter of the per-kind ``bits``. No decision looks at a
-parameter's name. ``quantize.awq`` (AWQ-lite, frontier §3.1) then promotes a few column groups of the GPTQ matrices
-to a finer grid (:mod:`pgolf.quant.awq`); ``quantize.inverse`` picks how GPTQ computes its H^-1 factor (§3.13).
+parameter's name. ``quantize.awq`` (AWQ-lite, #1908) then promotes a few column groups of the GPTQ matrices
+to a finer grid (:mod:`pgolf.quant.awq`); ``quantize.inverse`` picks how GPTQ computes its H^-1 factor (#2054).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
-
-from pydantic import AfterValidator
-from pydantic_core import PydanticCustomError
+from typing import Literal
 
 from pgolf.config import ConfigError, Section
 from pgolf.model.gpt import GPT
 from pgolf.model.layers import Linear
+from pgolf.quant.bits import BitWidth
 from pgolf.quant.gptq import InverseMethod
 
 MatrixKind = Literal["embedding", "q", "k", "v", "o", "up", "down"]
-MIN_BITS, MAX_BITS = 2, 8  # every quantized value is stored in int8 (formats.QuantizedMatrix, lqer.pack_sym)
-
-
-def _check_bits(bits: int) -> int:
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise PydanticCustomError("bit_width", f"must be between {MIN_BITS} and {MAX_BITS}")
-    return bits
-
-
-BitWidth = Annotated[int, AfterValidator(_check_bits)]
-"""A bit width, checked when params.yaml is loaded rather than deep in GPTQ."""
 
 
 class TensorSpec(Section):
@@ -64,7 +51,7 @@ class LqerConfig(Section):
 
 
 class AwqConfig(Section):
-    """AWQ-lite (frontier §3.1, #1908): the most activation-salient column groups of the GPTQ matrices are rounded
+    """AWQ-lite (#1908): the most activation-salient column groups of the GPTQ matrices are rounded
     on a finer grid (same SDClip clip, 2^(bits-1)-1 levels) and stored with a second per-row scale."""
 
     enabled: bool
@@ -98,7 +85,7 @@ class QuantizeConfig(Section):
     act_order: bool
     inverse: InverseMethod
     """GPTQ's upper factor of H^-1: cholesky (the record: chol, inverse, chol) or reverse_cholesky (one
-    factorization of H flipped, frontier §3.13); the same factor up to rounding."""
+    factorization of H flipped, #2054); the same factor up to rounding."""
     gate_int8: bool
     embedding: TensorSpec
     q: TensorSpec

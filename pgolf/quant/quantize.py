@@ -1,8 +1,8 @@
-"""The quantize stage: every tensor of the exported model into its typed format (GPTQ/RTN matrices with SDClip
+"""Every tensor of the exported model into its typed format (GPTQ/RTN matrices with SDClip
 scales, optional Hadamard rotation, int8 gates, fp16 passthrough), LQER on the top-k errors, per-tensor errors,
 and the val_bpb of the dequantized model (the round-trip check).
 
-With ``quantize.awq`` on (AWQ-lite, frontier §3.1, #1908), the column groups with the largest activation-weighted
+With ``quantize.awq`` on (AWQ-lite, #1908), the column groups with the largest activation-weighted
 weight magnitude (:mod:`pgolf.quant.awq`: act_rms[c] = sqrt(diag(H)[c] / rows), score = sum over the group of
 act_rms[c] * mean_rows |W[:, c]|) are chosen first, over the whole model or per matrix, among the GPTQ matrices with
 more than ``awq.min_elements`` elements and fewer bits than ``awq.bits``; GPTQ then rounds those columns on the finer
@@ -12,25 +12,16 @@ groups are reported per tensor (column ``awq``) and in quantize.json (``awq_grou
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from torch import Tensor
 
-from pgolf import artifacts, tensorio
+from pgolf import tensorio
 from pgolf.artifacts import build_model
-from pgolf.dist import dist_info
 from pgolf.errors import PgolfError
-from pgolf.eval.bpb import load_val
-from pgolf.eval.common import EvalContext
-from pgolf.eval.score import ScoreConfig, document_set, rung, score_model, scored_documents
-from pgolf.model.config import ModelConfig
 from pgolf.model.gpt import GPT
 from pgolf.quant import awq, formats, gptq, hadamard, lqer
-from pgolf.quant.hessian import hessian_rows
-from pgolf.quant.policy import Decision, QuantizeConfig, decide
+from pgolf.quant.policy import Decision, QuantizeConfig
 
 
 @dataclass
@@ -183,45 +174,3 @@ def quantize_state(
 def dequantized_model(entries: list[formats.Entry], model_config: dict) -> GPT:
     """The GPT holding the dequantized weights, exactly as the evaluate stage rebuilds it from model.bin."""
     return build_model(model_config, formats.dequantized_state(entries))
-
-
-def run_quantize(cfg: QuantizeConfig, score: ScoreConfig, paths: dict[str, Path]) -> dict:
-    """Quantize artifacts/export with artifacts/calibrate's Hessians into artifacts/quant; returns the metrics,
-    with the ladder's ``dequantized`` rung (the one scorer on the ``score`` section's documents)."""
-    start = time.perf_counter()
-    state, meta = tensorio.load_tensors(paths["export"] / artifacts.MODEL_FILE)
-    hessians, calib = tensorio.load_tensors(paths["calibrate"] / artifacts.HESSIANS_FILE)
-    template = GPT(ModelConfig.model_validate(meta["model_config"]))
-    decisions = decide(template, cfg)
-    rows = hessian_rows(template, calib["looped"], calib["tokens"]) if cfg.awq.enabled else None
-    entries, reports, chosen = quantize_state(state, hessians, decisions, cfg, rows)
-    seconds = time.perf_counter() - start
-    tensors, manifest = formats.to_tensors(entries)
-    out = paths["out"]
-    out.mkdir(parents=True, exist_ok=True)
-    tensorio.save_tensors(out / formats.QUANT_FILE, tensors, {})
-    full = {"formats": manifest, "model_config": meta["model_config"], "train": {k: meta[k] for k in
-            ("steps", "looping_from_step", "averaging")}, "quantize": cfg.model_dump()}  # fmt: skip
-    (out / formats.MANIFEST_FILE).write_text(json.dumps(full, indent=2) + "\n")
-    val = load_val(paths["shards"], paths["tokenizer"])
-    info = dist_info()
-    model = dequantized_model(entries, meta["model_config"]).to(info.device)
-    docs = scored_documents(val, score, model.cfg.bos_id)
-    ctx = EvalContext(meta["looping_from_step"] is not None, progress=info.is_main)
-    dequantized = rung(score_model(model, val, docs, score, ctx, name="dequantized"))
-    awq_groups = {r["name"]: [int(x) for x in r["awq"].split()] for r in reports if r["awq"]}
-    return {"documents": document_set(val, docs), "dequantized": dequantized, "lqer_tensors": chosen,
-            "awq_groups": awq_groups, "quantize_seconds": round(seconds, 2), "tensors": reports}  # fmt: skip
-
-
-def write_metrics(metrics: dict, summary_path: Path, tensors_path: Path) -> None:
-    """Summary JSON (dvc metrics) and one CSV row per matrix (dvc plots: error by layer and kind)."""
-    rows = metrics["tensors"]
-    summary = {k: v for k, v in metrics.items() if k != "tensors"}
-    summary["mean_rel_error"] = sum(r["rel_error"] for r in rows) / max(len(rows), 1)
-    summary["total_h_error"] = sum(r["h_error"] for r in rows)
-    summary_path.parent.mkdir(parents=True, exist_ok=True)
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    columns = ["name", "layer", "kind", "bits", "numel", "rel_error", "h_error", "lqer", "awq"]
-    lines = [",".join(columns)] + [",".join(str(r[c]) for c in columns) for r in rows]
-    tensors_path.write_text("\n".join(lines) + "\n")

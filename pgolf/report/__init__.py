@@ -1,8 +1,8 @@
-"""Experiment tooling outside the pipeline: seed significance, challenge records folders, offline plot rendering.
-
-Each module is a command (``python -m pgolf.report.<name> --help``); none of them is a DVC stage, and none is
-imported by a stage, so they are not part of the code bundle. Their packages (scipy, vl-convert-python, dvc) are
-imported where they are used, so the modules import without them.
+"""Reports: the run at a glance (``summary``, which the summary stage writes) and the experiment tooling around the
+pipeline, each a command (``python -m pgolf.report.<name> --help``): the experiment table, seed significance,
+challenge records folders, offline plot rendering. Only ``summary`` is imported by a stage, and the summary stage
+is not part of the counted code. The commands' packages (scipy, vl-convert-python, dvc) are imported where they are
+used, so the modules import without them.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ and ``dvc exp show`` print) and ``metrics/ladder.csv`` (one row per rung: the ``
 
 * **ladder**: ``prequant_raw`` and ``prequant_<weights>`` (export), ``dequantized`` (quantize), ``model_bin``
   (evaluate's plain score of the decoded ``model.bin``), then each evaluation mode. Every rung comes from the one
-  scorer (:mod:`pgolf.eval.score`) on the same documents: the stage fails, naming the file, when two metrics
+  scorer (:mod:`pgolf.score.scorer`) on the same documents: the stage fails, naming the file, when two metrics
   files name different document sets. ``model_bin_equals_dequantized`` says whether the decoded rung equals the
   dequantized one to the last bit (it must: same weights, same scorer, same documents; a multi-rank evaluation
   sums in another order and may differ in the last digits).
@@ -21,11 +21,11 @@ and ``dvc exp show`` print) and ``metrics/ladder.csv`` (one row per rung: the ``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pgolf.config import Section
 from pgolf.errors import PgolfError
+from pgolf.files import read_json
 
 REPORTED_MODE = "lora_ttt"
 
@@ -36,12 +36,6 @@ class ComplianceConfig(Section):
     hardware: str  # the hardware the budgets hold for (the challenge: 8xH100)
     train_budget_seconds: float  # training + Hessian collection (the challenge: 600)
     eval_budget_seconds: float  # decompress + warm-up + scoring + TTT (the challenge: 600)
-
-
-def read_json(path: Path, stage: str) -> dict:
-    if not path.is_file():
-        raise PgolfError(f"{path}: not found; run `dvc repro {stage}` first")
-    return json.loads(path.read_text())
 
 
 def _same_documents(sets: dict[str, dict]) -> dict:
@@ -96,6 +90,14 @@ def compliance(cfg: ComplianceConfig, train: dict, calibrate: dict, size: dict, 
     return out
 
 
+LADDER_COLUMNS = ["rung", "val_bpb"]
+
+
+def ladder_rows(summary: dict) -> list[dict]:
+    """metrics/ladder.csv's rows: one per rung, in ladder order (the ``score_ladder`` plot)."""
+    return [{"rung": name, "val_bpb": bpb} for name, bpb in summary["ladder"].items()]
+
+
 def build(cfg: ComplianceConfig, metrics: Path) -> dict:
     """metrics/summary.json's content from the stages' metrics files in ``metrics``."""
     export = read_json(metrics / "export.json", "export")
@@ -131,11 +133,3 @@ def headline(summary: dict) -> dict:
             "bytes": {"total": summary["bytes"]["total"], "fits": summary["bytes"]["fits"]},
             "compliance": {"compliant": c["compliant"], "train_seconds": c["train"]["total_seconds"],
                            "eval_seconds": reported["total_seconds"], "audit": reported["audit"]}}  # fmt: skip
-
-
-def write(summary: dict, path: Path, ladder_csv: Path, headline_path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    headline_path.write_text(json.dumps(headline(summary), indent=2) + "\n")
-    rows = ["rung,val_bpb"] + [f"{name},{bpb}" for name, bpb in summary["ladder"].items()]
-    ladder_csv.write_text("\n".join(rows) + "\n")

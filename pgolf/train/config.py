@@ -6,6 +6,7 @@ from typing import Literal
 
 from pgolf.config import ConfigError, Section
 from pgolf.optim.muon import MuonConfig
+from pgolf.quant.bits import BitWidth
 
 
 class AdamConfig(Section):
@@ -36,7 +37,7 @@ class QatConfig(Section):
     enabled: bool
     start_below_lr: float
     """Switch on at the first step whose LR multiplier is below this (it stays on)."""
-    bits: int
+    bits: BitWidth
     """Grid: per-row s = max(rowmax/c, 1/c), integers in [-(c+1), c] with c = 2^(bits-1) - 1."""
 
 
@@ -92,7 +93,7 @@ class TrainConfig(Section):
     log_every: int
     val_every: int
     """Steps between validation scores during training (0 = none but the last), on the ``score`` section's
-    documents with the one scorer (:mod:`pgolf.eval.score`)."""
+    documents with the one scorer (:mod:`pgolf.score.scorer`)."""
     checkpoint_seconds: float
     """Wall-clock seconds between resumable checkpoints (0 = none)."""
     compile: bool

@@ -26,8 +26,7 @@ Differences from the reference, on purpose: one prefetched shard instead of batc
 too small for one window is an error naming the knob (the reference loops over such shards, forever when all are
 too small), except the last shard, which is short by construction and is skipped like any dropped tail.
 
-References: the record's ``DocumentPackingLoader`` and ``_build_cu_seqlens`` (train_gpt.py L592–698); spec
-record-model-training.md §2.2.
+References: the record's ``DocumentPackingLoader`` and ``_build_cu_seqlens`` (train_gpt.py L592–698).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The training loop of the train stage: wall-clock budget, schedule, recurrence switch, averaging, logging,
-resumable checkpoints, NaN abort, and the weights it leaves (raw + averaged, safetensors, with meta.json).
+resume from a checkpoint (:mod:`pgolf.train.checkpoint`) and NaN abort. The stage writes what it leaves.
 
 Time: ``progress`` = training seconds / budget, where training seconds exclude the compile warm-up, validation
 and checkpoint writes, and survive a resume. The step that crosses the budget is the last one. The same progress
@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
-import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,18 +21,14 @@ import torch
 from tqdm import tqdm
 
 from pgolf import compiler as tc
-from pgolf import dist, tensorio
-from pgolf.artifacts import META_FILE, RAW_FILE, averaged_file
-from pgolf.eval.bpb import ValData
-from pgolf.eval.common import EvalContext
-from pgolf.eval.documents import Document
-from pgolf.eval.score import ScoreConfig, rung, score_model
+from pgolf import dist
 from pgolf.model.attention import set_max_seqlen
 from pgolf.model.config import ModelConfig
 from pgolf.model.gpt import GPT
 from pgolf.optim.averaging import EMA, TightSWA
 from pgolf.optim.schedule import looping_active, lr_multiplier, momentum_at, progress
-from pgolf.train import checkpoint as ckpt
+from pgolf.score.scorer import Ladder
+from pgolf.train.checkpoint import save_checkpoint, try_resume
 from pgolf.train.config import TrainConfig
 from pgolf.train.loader import PackingLoader
 from pgolf.train.qat import FakeQuant, install_fake_quant
@@ -172,76 +166,6 @@ def _check_recompiles(run: Run, graphs_before: int) -> None:
         run.graphs_in_training = built
 
 
-# ------------------------------------------------------------------------------------------- checkpoints
-
-
-LIVE_COPY = "live"  # the curves as of the checkpoint, inside the resume directory
-
-
-def _copy_dir(src: Path, dst: Path) -> None:
-    """Replace ``dst`` by a copy of ``src``, copied beside it first so that a kill mid-copy leaves ``dst`` whole."""
-    tmp = dst.with_name(f"{dst.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    tmp.rename(dst)
-
-
-def save_checkpoint(run: Run, directory: Path, live_dir: Path | None = None) -> None:
-    """Rank 0 writes weights, averager, progress and a copy of the curves so far (``live_dir``); every rank writes
-    its own optimizer state (Muon's momentum lives on the parameter's owner rank).
-
-    The curves travel with the checkpoint so that the train stage's outputs need not persist across DVC's re-run
-    (a stage with a ``persist`` output never uses DVC's run cache: a fresh clone or a queued experiment would
-    retrain instead of checking the weights out); a resumed run gets exactly the points logged up to its step."""
-    tensors, info = {}, {}
-    for name, opt in zip(("muon", "embed", "scalar"), run.opts.all(), strict=True):
-        t, meta = ckpt.optimizer_tensors(opt, name)
-        tensors.update(t)
-        info[name] = meta
-    tensorio.save_tensors(directory / f"optim_rank{run.info.rank}.safetensors", tensors, info)
-    if run.info.is_main:
-        state = {f"model.{k}": v for k, v in run.model.state_dict().items()}
-        averaged = run.averager.resume_state()
-        state.update({f"avg.{k}": v for k, v in averaged.items() if isinstance(v, torch.Tensor)})
-        extra = {k: v for k, v in averaged.items() if not isinstance(v, torch.Tensor)}
-        meta = {"fingerprint": run.fingerprint, "progress": asdict(run.state), "loader": run.loader.state_dict(),
-                "averager_extra": extra}  # fmt: skip
-        tensorio.save_tensors(directory / "state.safetensors", state, meta)
-        if live_dir is not None and live_dir.is_dir():
-            _copy_dir(live_dir, directory / LIVE_COPY)
-    dist.barrier()
-
-
-def try_resume(run: Run, directory: Path, live_dir: Path | None = None) -> bool:
-    """Restore the run from ``directory`` when a checkpoint of the same fingerprint is there, and on rank 0 the
-    curves as of that checkpoint into ``live_dir`` (points logged after it are logged again by the resumed run)."""
-    path = directory / "state.safetensors"
-    optim_path = directory / f"optim_rank{run.info.rank}.safetensors"
-    if not path.is_file() or not optim_path.is_file():
-        return False
-    tensors, meta = tensorio.load_tensors(path)
-    if meta.get("fingerprint") != run.fingerprint:
-        dist.print0(f"train: ignoring {directory}: it belongs to another configuration")
-        return False
-    run.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    averaged = {k[4:]: v for k, v in tensors.items() if k.startswith("avg.")}
-    run.averager.load_state_dict({**averaged, **meta["averager_extra"]})
-    opt_tensors, opt_info = tensorio.load_tensors(optim_path)
-    for name, opt in zip(("muon", "embed", "scalar"), run.opts.all(), strict=True):
-        ckpt.load_optimizer(opt, name, opt_tensors, opt_info[name])
-    run.loader.load_state_dict(meta["loader"])
-    run.state = Progress(**meta["progress"])
-    saved = directory / LIVE_COPY
-    if live_dir is not None and run.info.is_main and saved.is_dir():
-        _copy_dir(saved, live_dir)
-    dist.print0(f"train: resumed from {directory} at step {run.state.step}")
-    return True
-
-
-# ------------------------------------------------------------------------------------------- the loop
-
-
 class Logger:
     """dvclive metrics (rank 0; ``dvcyaml=False`` so dvc.yaml is never rewritten) and a progress bar."""
 
@@ -275,24 +199,13 @@ class Logger:
             self.live.end()
 
 
-@dataclass(frozen=True)
-class Validation:
-    """What training validation scores: the ``score`` section's documents, with the one scorer
-    (:func:`pgolf.eval.score.score_model`), so the last point is the ladder's ``prequant_raw`` rung."""
-
-    val: ValData
-    docs: list[Document]
-    score: ScoreConfig
-
-
-def validate(run: Run, v: Validation, looped: bool) -> dict:
-    """The score (val_bpb, val_loss, tokens, bytes) of the live weights under the attention bound
-    ``train.seq_len`` whatever the stage; the model is left as it was."""
-    ctx = EvalContext(looped, run.info.rank, run.info.world_size)
+def validate(run: Run, ladder: Ladder, looped: bool) -> dict:
+    """The ladder's score (val_bpb, val_loss, tokens, bytes) of the live weights under the attention bound
+    ``train.seq_len`` whatever the stage; the model is left as it was. The last one is export's ``prequant_raw``."""
     stage = run.loader.seq_len
     _set_seq_len(run, run.cfg.seq_len)
     try:
-        return rung(score_model(run.model, v.val, v.docs, v.score, ctx, name="val"))
+        return ladder.rung(run.model, looped, name="val")
     finally:
         _set_seq_len(run, stage)
 
@@ -312,7 +225,7 @@ def _seq_stage(run: Run, frac: float) -> float:
     return rewarm_factor(s.step, s.seq_len_changed_at, cfg.seq_warmup_steps)
 
 
-def _one_step(run: Run, logger: Logger, val: Validation | None) -> bool:
+def _one_step(run: Run, logger: Logger, val: Ladder | None) -> bool:
     """Run one optimizer step unless the budget is spent; return whether training goes on."""
     s, cfg, device = run.state, run.cfg, run.info.device
     frac = dist.all_max(progress(s.train_seconds, s.step, cfg.max_wallclock_seconds, cfg.iterations), device)
@@ -356,13 +269,13 @@ def _one_step(run: Run, logger: Logger, val: Validation | None) -> bool:
     return True
 
 
-def _log_val(run: Run, logger: Logger, val: Validation, looped: bool) -> dict:
+def _log_val(run: Run, logger: Logger, val: Ladder, looped: bool) -> dict:
     score = validate(run, val, looped)
     logger.log(run.state.step, {"val/loss": score["val_loss"], "val/bpb": score["val_bpb"]})
     return score
 
 
-def train(run: Run, *, val: Validation | None, resume_dir: Path, live_dir: Path) -> dict:
+def train(run: Run, *, val: Ladder | None, resume_dir: Path, live_dir: Path) -> dict:
     """Warm up, resume if possible, train until the budget is spent; returns the summary for meta.json."""
     warm_seconds = warmup(run)
     resumed = try_resume(run, resume_dir, live_dir)
@@ -389,40 +302,4 @@ def train(run: Run, *, val: Validation | None, resume_dir: Path, live_dir: Path)
             "final_train_loss": s.last_loss, "resumed": resumed, "world_size": run.info.world_size,
             "grad_accum": run.grad_accum, "averaging": run.cfg.averaging.kind, "compiled": run.compiling,
             "graphs_at_warmup": run.graphs_at_warmup, "graphs_in_training": run.graphs_in_training,
-            "final_val": final, "commit": code_version()}  # fmt: skip
-
-
-def code_version() -> str:
-    """The git commit of the code (``unknown`` outside a checkout)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip()
-
-
-REPRODUCIBLE = (
-    "steps",
-    "tokens",
-    "looping_from_step",
-    "final_train_loss",
-    "resumed",
-    "world_size",
-    "grad_accum",
-    "averaging",
-    "compiled",
-)
-"""The summary fields kept with the weights: what the run did, never how long it took, where or at which commit, so
-the same seed gives the same bytes in ``artifacts/train/`` and DVC skips every later stage (the rest:
-``metrics/train.json``)."""
-
-
-def write_outputs(run: Run, out_dir: Path, summary: dict) -> None:
-    """raw.safetensors, <averaging>.safetensors and meta.json (the resolved model config and :data:`REPRODUCIBLE`)."""
-    if not run.info.is_main:
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"model_config": run.model.cfg.model_dump(), **{k: summary[k] for k in REPRODUCIBLE if k in summary}}
-    tensorio.save_tensors(out_dir / RAW_FILE, run.model.state_dict(), meta)
-    tensorio.save_tensors(out_dir / averaged_file(run.cfg.averaging.kind), run.averager.state_dict(), meta)
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            "final_val": final}  # fmt: skip

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from pgolf.model.gpt import GPT
 from pgolf.model.layers import Linear
+from pgolf.quant.bits import check_bits
 
 
 def fake_quantize(w: Tensor, bits: int) -> Tensor:
@@ -40,9 +41,7 @@ class FakeQuant(nn.Module):
 
     def __init__(self, bits: int) -> None:
         super().__init__()
-        if not 2 <= bits <= 8:
-            raise ValueError(f"train.qat.bits must be in [2, 8], got {bits}")
-        self.bits = bits
+        self.bits = check_bits(bits, "train.qat")
         self.register_buffer("on", torch.zeros(()), persistent=False)
 
     @property

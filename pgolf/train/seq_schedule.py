@@ -9,7 +9,7 @@ attention segments; a step reads the same number of tokens whatever the stage.
 
 References:
     * openai/parameter-golf PR #2014 ``train_gpt.py`` (``current_train_seq_len``, the re-warm-up in the training
-      loop and the per-stage compile shape warm-up); spec frontier.md §3.7.
+      loop and the per-stage compile shape warm-up); #2014.
 """
 
 from __future__ import annotations

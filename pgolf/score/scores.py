@@ -1,5 +1,5 @@
 """What the evaluation modes share: score accumulation, a per-token recorder for audits, the result type and the
-scoring of a list of windows with a fixed model (through an :class:`~pgolf.eval.compile.EvalForward`, eager or
+scoring of a list of windows with a fixed model (through an :class:`~pgolf.score.compile.EvalForward`, eager or
 compiled).
 
 Sums are float64 on the model's device (no host sync per batch) and all-reduced once at the end of a mode
@@ -15,9 +15,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from pgolf.eval.bpb import BpbTotals, ValData
-from pgolf.eval.compile import Backend, EvalForward
-from pgolf.eval.documents import Rows, Window, length_batches, rank_share
+from pgolf.dist import group_rank_world
+from pgolf.score.bpb import BpbTotals, ValData
+from pgolf.score.compile import Backend, EvalForward
+from pgolf.score.documents import Rows, Window, length_batches, rank_share
 
 
 @dataclass
@@ -69,6 +70,15 @@ class EvalContext:
     recorder: TokenRecorder | None = None
     progress: bool = False
     compile_backend: Backend = None
+
+
+def eval_context(
+    looped: bool, *, progress: bool = False, compile_backend: Backend = None, recorder: TokenRecorder | None = None
+) -> EvalContext:
+    """The context of a scoring or evaluation call in this process: its rank and world size (of the initialized
+    process group; 0 and 1 without one), the layer schedule, and the rest as given. The one way to build it."""
+    rank, world_size = group_rank_world()
+    return EvalContext(looped, rank, world_size, recorder, progress, compile_backend)
 
 
 class Scores:

@@ -14,16 +14,16 @@ hold no window: causal attention and position-local ops keep every real position
 the scored mask, so no scored number changes (tests/test_eval_compile.py).
 
 The warm-up runs each shape a mode will call (computed from its windows, never from their tokens) on random
-token ids (spec record-eval-data.md B9.9: validation tokens must not reach the warm-up), forward only for fixed
+token ids (validation tokens must not reach the warm-up), forward only for fixed
 models and forward + backward through a throw-away LoRA for LoRA TTT, so that no compilation falls in the timed
-part. The LoRA adapters (and LoRA TTT's AsymLogit caps, :class:`pgolf.eval.ttt_lora.AsymSoftcap`) are inputs of
+part. The LoRA adapters (and LoRA TTT's AsymLogit caps, :class:`pgolf.eval.lora_ttt.AsymSoftcap`) are inputs of
 the graph, not constants: one graph serves every document batch of a shape, and global SGD's updates of the caps
 reach it (they require grad only inside global SGD, as in the warm-up they do not). The graphs are guarded on
 the model's state (``eval()``, which parameters require grad, grad mode), not on its identity, so the modes'
 model copies share them and a shape another mode built compiles nothing; the TTT weight updates (LoRA's AdamW,
 global and chunk SGD, all eager) change values in place and keep them valid.
 
-References: spec record-eval-data.md A1 step 7 (the record's compiled ``forward_ttt`` and its random-token
+References: the record's compiled ``forward_ttt`` and its random-token
 warm-up, outside the timer), :mod:`pgolf.compiler`.
 """
 
@@ -40,9 +40,9 @@ from torch import Tensor, nn
 
 from pgolf import compiler as tc
 from pgolf.dist import autocast, to_device
-from pgolf.eval.bpb import ValData
-from pgolf.eval.documents import EMPTY_WINDOW, Rows, Window, gather
 from pgolf.model.layers import Adapters
+from pgolf.score.bpb import ValData
+from pgolf.score.documents import EMPTY_WINDOW, Rows, Window, gather
 
 Backend = str | Callable | None
 SMALLEST_WIDTH = 64
@@ -151,7 +151,7 @@ class CompileStats:
 
 
 def _random_rows(shape: tuple[int, int], vocab_size: int, device: torch.device, seed: int) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)  # never the global RNG, never validation tokens (B9.9)
+    g = torch.Generator().manual_seed(seed)  # never the global RNG, never validation tokens
     ids = torch.randint(0, vocab_size, (2, *shape), generator=g)  # contiguous, like gathered rows (strides are guarded)
     return to_device(ids[0], device), to_device(ids[1], device)
 

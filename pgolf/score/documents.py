@@ -5,16 +5,16 @@ A document starts at a BOS and its slice ends with the *next* document's BOS (th
 the stream positions ``s_i + 1 .. s_(i+1)``. Over all documents the targets partition ``1 .. len - 1``. The last
 document of the stream has no trailing BOS. Unlike the record we never truncate the stream to a multiple of a
 sequence length: every mode scores whole documents, the first ``max_docs`` of them, so all modes score the same set.
-So #2014's ``EVAL_INCLUDE_TAIL=1`` (spec frontier.md §3.10) is always on, with no key: the last document's targets
+So #2014's ``EVAL_INCLUDE_TAIL=1`` (#2014) is always on, with no key: the last document's targets
 up to the stream's last token are scored like any other (tests/test_ttt_frontier.py checks it for LoRA TTT).
 
 A *window* is one row of model input: ``(start, length, lo, hi)`` = input tokens ``tokens[start : start + length]``
 (``start`` is a stream position), of which the targets at row offsets ``lo .. hi - 1`` are scored. Windows never
 cross a document. :func:`gather` turns a list of windows into padded ``[B, T]`` batches (pad id 0 after the valid
 prefix, which causal attention never looks at), with the scored mask, the stream position of every target and the
-bytes charged to it (indexed by target position, B9 pitfall 3).
+bytes charged to it (indexed by target position, never by input position).
 
-References: spec record-eval-data.md A6.4 (documents), A6.6 (chunk windows), B9 pitfalls 3-5.
+References: the record's ``_find_docs`` (documents) and its TTT chunk windows.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 from pgolf.dist import to_device
 from pgolf.errors import PgolfError
-from pgolf.eval.bpb import ValData
+from pgolf.score.bpb import ValData
 
 PAD_ID = 0
 Window = tuple[int, int, int, int]  # (stream start, input length, first scored offset, end of scored offsets)
@@ -76,7 +76,7 @@ def sliding_windows(doc: Document, seq_len: int, stride: int) -> list[Window]:
 
 
 def chunk_window(doc: Document, chunk: int, chunk_size: int, context: int) -> Window:
-    """The record's window for chunk ``chunk`` of a document (A6.6): its targets ``chunk*C+1 .. chunk_end`` with
+    """The record's window for chunk ``chunk`` of a document: its targets ``chunk*C+1 .. chunk_end`` with
     up to ``context`` own-document tokens ending at the chunk end. Empty once the document has no such chunk."""
     lo = chunk * chunk_size
     if lo >= doc.num_targets:

@@ -29,7 +29,8 @@ import sentencepiece as spm
 from safetensors.numpy import load_file, save_file
 
 from pgolf.config import ConfigError, Section
-from pgolf.data import caseops, docs
+from pgolf.data import caseops
+from pgolf.files import write_json
 
 MODEL_FILE = "tokenizer.model"
 META_FILE = "meta.json"
@@ -188,7 +189,7 @@ def save(directory: Path | str, model: bytes, meta: dict) -> None:
         "unk_id": sp.unk_id(),
         "model_sha256": hashlib.sha256(model).hexdigest(),
     }
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_json(directory / META_FILE, meta, sort_keys=True)
     save_file(byte_luts(sp), str(directory / LUTS_FILE))
 
 
@@ -196,23 +197,8 @@ def load_luts(directory: Path | str) -> dict[str, np.ndarray]:
     return load_file(str(Path(directory) / LUTS_FILE))
 
 
-def build(docs_dir: Path | str, cfg: TokenizerConfig, out: Path | str, num_threads: int) -> dict:
-    """The tokenizer stage: train on ``docs_dir/train.jsonl`` only, or adopt a published model; return meta."""
-    docs_dir = Path(docs_dir)
-    source = docs.read_manifest(docs_dir)
-    if source["source"] == "fineweb_cached":
-        model = (docs_dir / source["tokenizer"]["file"]).read_bytes()
-        _check_adopted(model, source, cfg)
-        meta = {"origin": f"adopted: {source['repo']} {source['variant']}", "caseops": source["caseops"]}
-    else:
-        texts = (doc.text for doc in docs.read_docs(docs_dir, "train"))
-        model = train(texts, cfg, num_threads)
-        meta = {"origin": "trained on train.jsonl", "caseops": cfg.caseops, "options": cfg.model_dump()}
-    save(out, model, meta)
-    return read_meta(out)
-
-
-def _check_adopted(model: bytes, source: dict, cfg: TokenizerConfig) -> None:
+def check_adopted(model: bytes, source: dict, cfg: TokenizerConfig) -> None:
+    """ConfigError unless a published tokenizer agrees with the ``tokenizer`` section (vocabulary, CaseOps)."""
     vocab = spm.SentencePieceProcessor(model_proto=model).get_piece_size()
     if vocab != cfg.vocab_size:
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""Bits per byte: the challenge's metric, the validation data it is counted on, and the plain evaluation pass.
+"""Bits per byte: the challenge's metric, its three sums, and the validation data it is counted on.
 
 A model's score is how many bits it needs, per byte of original text, to encode the validation set::
 
@@ -18,11 +18,12 @@ Where the bytes come from (:func:`load_val`):
   the target plus one for a leading "▁" unless the previous token is a boundary. These overcount CaseOps operators
   (3 bytes each instead of 0, ~9% of the denominator), so a CaseOps tokenizer without a sidecar is an error.
 
-The scorer that sums these (one for every rung of the ladder) is :func:`pgolf.eval.score.score_model`.
+The scorer that sums these (one for every rung of the ladder) is :func:`pgolf.score.scorer.score_model`.
 
 References: the record's ``ValidationData``, ``build_sentencepiece_luts``, ``_loss_bpb`` and ``eval_val``
-(train_gpt.py l. 450–535, 2726–2795); nanochat ``loss_eval.evaluate_bpb``; spec record-eval-data.md A2–A5 and
-B9 (pitfalls: glob collision, LUT on CaseOps, target indexing, double counting, doc boundaries, truncation).
+(train_gpt.py l. 450–535, 2726–2795); nanochat ``loss_eval.evaluate_bpb``. The pitfalls this avoids: a shard glob that
+catches the sidecar, LUT bytes on CaseOps, input-indexed bytes, double counting, context across documents,
+truncating the stream.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pgolf import tokenizer as tok
 from pgolf.data import shards
+from pgolf.data import tokenizer as tok
 from pgolf.data.docs import sha256_file
 from pgolf.errors import PgolfError
 
@@ -60,12 +61,6 @@ class BpbTotals:
     nats: float = 0.0
     tokens: int = 0
     bytes: int = 0
-
-    def add(self, nats: float, tokens: int, bytes_: int) -> None:
-        """Accumulate the sums of one batch."""
-        self.nats += float(nats)
-        self.tokens += int(tokens)
-        self.bytes += int(bytes_)
 
     @property
     def val_loss(self) -> float:
@@ -158,7 +153,7 @@ def load_val(shard_dir: Path | str, tokenizer_dir: Path | str) -> ValData:
         raise PgolfError(
             f"{shard_dir}: the tokenizer uses CaseOps but there is no val_bytes_*.bin sidecar; the lookup-table "
             "byte count would charge 3 bytes per case operator (0 original bytes) and inflate the denominator by "
-            "~9% (record-eval-data.md B9 pitfall 2); re-run the tokenize stage, which writes the sidecar"
+            "~9%; re-run the tokenize stage, which writes the sidecar"
         )
     tokens = shards.load_shards(shard_dir, "val", vocab_size=vocab)
     target_bytes = np.concatenate([[0], tok.lut_bytes(tokens, tok.load_luts(tokenizer_dir))]).astype(np.int64)

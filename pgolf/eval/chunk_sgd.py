@@ -22,8 +22,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pgolf.eval.bpb import ValData
-from pgolf.eval.common import (
+from pgolf.config import Section, non_negative, positive, raise_problems
+from pgolf.eval.sgd import chunk_spans, cosine_lr, sgd_step
+from pgolf.score.bpb import ValData
+from pgolf.score.documents import Document, Window
+from pgolf.score.scorer import document_windows, fixed_model_forward
+from pgolf.score.scores import (
     EvalContext,
     ModeResult,
     Scores,
@@ -32,10 +36,30 @@ from pgolf.eval.common import (
     set_trainable,
     window_batches,
 )
-from pgolf.eval.config import ChunkSgdConfig
-from pgolf.eval.documents import Document, Window
-from pgolf.eval.score import document_windows, fixed_model_forward
-from pgolf.eval.sgd import chunk_spans, cosine_lr, sgd_step
+
+
+class ChunkSgdConfig(Section):
+    """#1492 score-first TTT: score a chunk (sliding windows), then SGD on all parameters over it."""
+
+    enabled: bool
+    chunk_tokens: int  # #1492: 32768
+    seq_len: int  # #1492: 2048 (scoring windows and training sequences)
+    stride: int  # #1492: 64
+    batch_windows: int  # #1492: 32
+    epochs: int  # #1492: 3
+    lr: float  # #1492: 0.005
+    momentum: float  # #1492: 0.9
+    cosine: bool  # #1492: true (lr * (1 + cos(pi c / (n - 1))) / 2 across chunks)
+    grad_clip: float  # #1492: 1.0 (0 = off)
+
+    def model_post_init(self, _context: object) -> None:
+        problems = positive("eval.chunk_sgd", chunk_tokens=self.chunk_tokens, seq_len=self.seq_len,
+                            stride=self.stride, batch_windows=self.batch_windows)  # fmt: skip
+        problems += non_negative("eval.chunk_sgd", epochs=self.epochs, lr=self.lr, momentum=self.momentum,
+                                 grad_clip=self.grad_clip)  # fmt: skip
+        if self.stride > self.seq_len:
+            problems.append("eval.chunk_sgd.stride must not exceed eval.chunk_sgd.seq_len")
+        raise_problems(problems)
 
 
 def stream_of(val: ValData, docs: list[Document]) -> tuple[int, np.ndarray]:
@@ -56,35 +80,28 @@ def windows_by_chunk(windows: list[Window], offset: int, chunk_tokens: int) -> d
 
 
 def evaluate_chunk_sgd(
-    model: nn.Module,
-    val: ValData,
-    docs: list[Document],
-    cfg: ChunkSgdConfig,
-    *,
-    ctx: EvalContext,
+    model: nn.Module, val: ValData, docs: list[Document], cfg: ChunkSgdConfig, ctx: EvalContext
 ) -> ModeResult:
     """#1492 chunk score-first SGD TTT over ``docs``; ``model`` is adapted in place (pass a copy). The scoring
-    forward is compiled with ``compile_backend`` (None: eager), the SGD steps run eagerly."""
-    looped, rank, world_size = ctx.looped, ctx.rank, ctx.world_size
-    recorder, progress, compile_backend = ctx.recorder, ctx.progress, ctx.compile_backend
-    scores = Scores(model_device(model), recorder)
+    forward is compiled with ``ctx.compile_backend`` (None: eager), the SGD steps run eagerly."""
+    scores = Scores(model_device(model), ctx.recorder)
     offset, stream = stream_of(val, docs)
     spans = chunk_spans(len(stream) - 1, cfg.chunk_tokens)
     chunks = windows_by_chunk(document_windows(docs, cfg.seq_len, cfg.stride), offset, cfg.chunk_tokens)
-    batches = [b for k in range(len(spans)) for b in window_batches(chunks.get(k, []), cfg.batch_windows, rank,
-                                                                    world_size)]  # fmt: skip
+    batches = [b for k in range(len(spans))
+               for b in window_batches(chunks.get(k, []), cfg.batch_windows, ctx.rank, ctx.world_size)]  # fmt: skip
     forward, stats = fixed_model_forward(model, batches, seq_len=cfg.seq_len, batch_windows=cfg.batch_windows,
-                                         looped=looped, compile_backend=compile_backend)  # fmt: skip
+                                         looped=ctx.looped, compile_backend=ctx.compile_backend)  # fmt: skip
     start = time.perf_counter()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     seconds = {"score": 0.0, "sgd": 0.0}
-    bar = tqdm(spans, desc="chunk_sgd", unit="chunk", disable=not (progress and rank == 0), leave=False)
+    bar = tqdm(spans, desc="chunk_sgd", unit="chunk", disable=not (ctx.progress and ctx.rank == 0), leave=False)
     for k, span in enumerate(bar):
         t0 = time.perf_counter()
         set_trainable(model, False)
         model.eval()
-        score_windows(forward, val, chunks.get(k, []), scores, batch_windows=cfg.batch_windows, rank=rank,
-                      world_size=world_size)  # fmt: skip
+        score_windows(forward, val, chunks.get(k, []), scores, batch_windows=cfg.batch_windows, rank=ctx.rank,
+                      world_size=ctx.world_size)  # fmt: skip
         t1 = time.perf_counter()
         seconds["score"] += t1 - t0
         if k == len(spans) - 1:
@@ -93,8 +110,7 @@ def evaluate_chunk_sgd(
         model.train()
         lr = cosine_lr(cfg.lr, k, len(spans)) if cfg.cosine else cfg.lr
         for _ in range(cfg.epochs):
-            sgd_step(model, opt, stream, span, lr=lr, seq_len=cfg.seq_len, grad_clip=cfg.grad_clip, looped=looped,
-                     bos_id=model.cfg.bos_id, rank=rank, world_size=world_size)  # fmt: skip
+            sgd_step(model, opt, stream, span, lr=lr, seq_len=cfg.seq_len, grad_clip=cfg.grad_clip, ctx=ctx)
         seconds["sgd"] += time.perf_counter() - t1
     set_trainable(model, False)
     model.eval()

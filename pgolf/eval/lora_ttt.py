@@ -1,4 +1,4 @@
-"""The record's phased score-first LoRA test-time training (PR #1855 ``eval_val_ttt_phased``, spec A6).
+"""The record's phased score-first LoRA test-time training (PR #1855 ``eval_val_ttt_phased``).
 
 Per batch of documents (sorted by length, ``batch_docs`` per batch, longest batches first), each document gets its
 own LoRA adapters on the chosen sites (B = 0 at the start, so its first chunk is scored by the base model; A kept
@@ -10,7 +10,7 @@ last chunk). Phases: once the documents scored so far reach each prefix count of
 global SGD (:mod:`pgolf.eval.sgd`) on the first that many scored documents, and adapters start afresh. One entry
 (``phases: [2500]``) is the frontier's single global phase (#2014, #2135).
 
-Frontier knobs (spec frontier.md; each off at its record value):
+Frontier knobs (the official rows after the record; each off at its record value):
 
 * ``short_chunks`` (#2014's short-document schedule): a batch's chunk size is chosen once from its longest
   document (:meth:`LoraTttConfig.batch_chunk_size`), and everything per batch uses it: its chunk count and windows,
@@ -22,14 +22,14 @@ Frontier knobs (spec frontier.md; each off at its record value):
   otherwise (:class:`AsymSoftcap`, both caps starting at ``model.logit_softcap``) on every forward of this mode,
   chunk scoring and global SGD alike, instead of the fixed symmetric cap (and so eagerly in fp32, never the fused
   CE kernel, which knows only a symmetric cap). **The global-SGD optimizer holds sp and sn**: its loss goes through
-  the cap (the frontier's goes through the fixed-cap training forward, so its sp and sn never move, §3.2). The
+  the cap (the frontier's goes through the fixed-cap training forward, so its sp and sn never move). The
   per-document AdamW does not: it holds only LoRA parameters, so the caps change only at the phase pauses, from
   already-scored documents, identically on every rank (an AdamW copy per rank would drift with the round-robin
   batches and its weight decay would pull the caps toward 0). The caps live at evaluation time only, on this
   mode's state, never in the model or the artifact (0 bytes; the frontier stores them as 8 fp16 bytes); their
   values after each segment are in the mode's ``phases`` rows (``asym_sp``, ``asym_sn``; the last row = final).
 
-Deliberate differences (legality is the same, A6.11; determinism is better):
+Deliberate differences (legality is the same; determinism is better):
 
 * Batches go to ranks round-robin in queue order, not through a flock'ed file counter in /tmp; a phase starts
   after the queue position where the scored-document count crosses its boundary, so the documents scored under
@@ -40,7 +40,7 @@ Deliberate differences (legality is the same, A6.11; determinism is better):
   target), without the record's harmless "BOS BOS" pairs.
 * Every chunk's forward runs with grad enabled, the last one too (one compiled graph per shape, not two).
 
-With ``eval.compile`` the chunk forward is compiled (:mod:`pgolf.eval.compile`): one graph per (batch size, width
+With ``eval.compile`` the chunk forward is compiled (:mod:`pgolf.score.compile`): one graph per (batch size, width
 bucket) this rank meets, warmed up on random tokens through throw-away adapters before the timer starts; the
 adapters are graph inputs. Global SGD runs eagerly, as in the record.
 """
@@ -52,23 +52,91 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from pgolf.config import ConfigError
+from pgolf.config import ConfigError, Section, non_negative, positive, raise_problems
 from pgolf.dist import to_device
 from pgolf.eval import ngram
-from pgolf.eval.bpb import BpbTotals, ValData
-from pgolf.eval.common import EvalContext, ModeResult, Scores, model_device, set_trainable
-from pgolf.eval.compile import EvalForward, warmup
-from pgolf.eval.config import LoraTttConfig, NgramTiltConfig
-from pgolf.eval.documents import Document, Rows, chunk_window, num_chunks
-from pgolf.eval.sgd import train_stream
+from pgolf.eval.ngram import NgramTilt, NgramTiltConfig
+from pgolf.eval.sgd import GlobalSgdConfig, train_stream
+from pgolf.model.layers import Site
 from pgolf.model.lora import BatchedLoRA
+from pgolf.score.bpb import BpbTotals, ValData
+from pgolf.score.compile import EvalForward, warmup
+from pgolf.score.documents import Document, chunk_window, num_chunks
+from pgolf.score.scores import EvalContext, ModeResult, Scores, model_device, set_trainable
+
+
+class ShortChunk(Section):
+    """One step of the short-document chunk schedule: batches whose longest document has at most ``max_len``
+    tokens are scored and adapted in chunks of ``chunk_size`` targets."""
+
+    max_len: int  # a document's length: its BOS through the next document's BOS (num_targets + 1)
+    chunk_size: int
+
+
+class LoraTttConfig(Section):
+    """params.yaml ``eval.lora_ttt``: the record's phased score-first TTT, per-document batched LoRA plus global
+    SGD on scored prefixes, with the frontier's knobs (module docstring)."""
+
+    enabled: bool
+    rank: int  # record: TTT_LORA_RANK = 80
+    alpha: float  # record: TTT_LORA_ALPHA = 144 (scale alpha / rank = 1.8)
+    lr: float  # record: TTT_LORA_LR = 1e-4 (AdamW, constant)
+    local_lr_mult: float  # record: 1.0 ; #1953/#2014: 0.75, #2060: 0.80 (per-document AdamW lr = lr * this)
+    beta1: float  # record: 0.0
+    beta2: float  # record: 0.99
+    eps: float  # record: 1e-10
+    weight_decay: float  # record: 0.5 (decoupled)
+    chunk_size: int  # record: TTT_CHUNK_SIZE = 48 (batches beyond every short_chunks entry)
+    short_chunks: list[ShortChunk]  # record: [] ; #2014: 256 -> 8, 2000 -> 24 (max_len -> chunk_size)
+    context: int  # record: TTT_EVAL_SEQ_LEN = 2048 (own-document tokens a chunk's window reaches back)
+    batch_docs: int  # record: TTT_BATCH_SIZE = 64
+    warm_start_a: bool  # record: TTT_WARM_START_A = 1 (keep A from the slot's previous document)
+    sites: list[Site] = Field(min_length=1)  # record: [q, k, v, o, mlp, head]
+    phases: list[int]  # record: [833, 1666, 2500] (prefix document counts; PHASED_TTT_PREFIX_DOCS=2500, 3 phases)
+    seed: int  # random A of fresh adapters (the record: unseeded)
+    asym_logit: bool  # record: false ; #1923/#1945/#2014/#2135: true (learnable caps sp, sn, trained by global SGD)
+    ngram_tilt: NgramTiltConfig
+    global_sgd: GlobalSgdConfig
+
+    def model_post_init(self, _context: object) -> None:
+        problems = positive("eval.lora_ttt", rank=self.rank, chunk_size=self.chunk_size, context=self.context,
+                            batch_docs=self.batch_docs, eps=self.eps)  # fmt: skip
+        problems += non_negative("eval.lora_ttt", lr=self.lr, local_lr_mult=self.local_lr_mult,
+                                 weight_decay=self.weight_decay)  # fmt: skip
+        problems += self._short_chunk_problems()
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            problems.append("eval.lora_ttt.beta1 and beta2 must lie in [0, 1)")
+        if self.context < self.chunk_size:
+            problems.append("eval.lora_ttt.context must be at least eval.lora_ttt.chunk_size")
+        if any(b <= 0 for b in self.phases) or self.phases != sorted(set(self.phases)):
+            problems.append(f"eval.lora_ttt.phases must be increasing positive document counts (got {self.phases})")
+        if len(set(self.sites)) != len(self.sites):
+            problems.append(f"eval.lora_ttt.sites has duplicates: {self.sites}")
+        raise_problems(problems)
+
+    def _short_chunk_problems(self) -> list[str]:
+        limits = [s.max_len for s in self.short_chunks]
+        problems = []
+        if any(m <= 0 for m in limits) or any(a >= b for a, b in zip(limits, limits[1:], strict=False)):
+            problems.append(f"eval.lora_ttt.short_chunks: max_len must be positive and increasing (got {limits})")
+        for i, step in enumerate(self.short_chunks):
+            if not 0 < step.chunk_size <= self.context:
+                problems.append(f"eval.lora_ttt.short_chunks[{i}].chunk_size must lie in 1..eval.lora_ttt.context "
+                                f"({self.context}) (got {step.chunk_size})")  # fmt: skip
+        return problems
+
+    def batch_chunk_size(self, longest: int) -> int:
+        """The chunk size of a batch whose longest document has ``longest`` tokens (BOS through the next BOS):
+        the first ``short_chunks`` entry with ``max_len >= longest``, else ``chunk_size``."""
+        return next((s.chunk_size for s in self.short_chunks if s.max_len >= longest), self.chunk_size)
 
 
 def doc_queue(docs: list[Document], batch_docs: int) -> list[list[Document]]:
-    """Documents sorted by length (ascending, stable) in batches, queued longest batch first (A6.5)."""
+    """Documents sorted by length (ascending, stable) in batches, queued longest batch first, as the record."""
     by_length = sorted(docs, key=lambda d: d.num_targets)
     batches = [by_length[i : i + batch_docs] for i in range(0, len(by_length), batch_docs)]
     return sorted(batches, key=lambda b: -b[-1].num_targets)
@@ -148,48 +216,6 @@ def scoring_steps(queue: list[list[Document]], cfg: LoraTttConfig) -> ngram.Step
     return steps
 
 
-tilted_scores = ngram.tilted_scores
-"""The mode's scorer of the tilt (a module global, looked up at each call: what the mode scores with is what the
-stage's normalization audit scores every candidate target with, :func:`tilt_audit_scorer`)."""
-
-
-def tilt_audit_scorer(log_probs: Tensor, hint: Tensor, beta: Tensor, targets: Tensor) -> Tensor:
-    """:data:`tilted_scores` as the audit's scorer (full log-probs [N, V] in, the nats of ``targets`` out)."""
-    return ngram.tilt_scorer(log_probs, hint, beta, targets, scores=tilted_scores)
-
-
-class NgramTilt:
-    """One pass's n-gram tilt: every target's hint and confidence (precomputed from the scoring order, inside the
-    timer), beta per position, the untilted running scores beside the tilted ones, and how many were tilted."""
-
-    def __init__(self, val: ValData, steps: ngram.Steps, cfg: NgramTiltConfig, device: torch.device) -> None:
-        self.params = cfg.params()
-        self.hint, self.confidence = ngram.precompute_hints(val.tokens, steps, cfg.order)
-        self.beta = ngram.tilt_boost(self.hint, self.confidence, self.params)
-        self.untilted = Scores(device)
-        self.tilted = self.hits = 0  # targets with beta > 0, and those whose target was the hint
-
-    def hints_for(self, rows: Rows, device: torch.device) -> Tensor:
-        return to_device(np.where(rows.mask, self.hint[rows.positions], -1), device)
-
-    def score(self, nats: Tensor, log_p_hint: Tensor, rows: Rows, targets: Tensor, hints: Tensor) -> Tensor:
-        """The tilted nats of a scored batch (the untilted ones go to :attr:`untilted`)."""
-        beta = np.where(rows.mask, self.beta[rows.positions], 0.0)
-        mask = to_device(rows.mask, nats.device)
-        self.untilted.add(nats, rows, mask)
-        self.tilted += int((beta > 0).sum())
-        self.hits += int(((beta > 0) & (rows.targets == self.hint[rows.positions])).sum())
-        return tilted_scores(nats.detach(), log_p_hint.detach(), targets, hints, to_device(beta, nats.device))
-
-    def summary(self, totals: BpbTotals, seconds: float) -> dict:
-        """What metrics/eval.json says of the tilt (collective: the untilted totals are all-reduced)."""
-        untilted = self.untilted.totals()
-        return {"order": self.params.order, "threshold": self.params.threshold, "boost": self.params.boost,
-                "untilted_val_bpb": untilted.val_bpb, "gain_bpb": totals.val_bpb - untilted.val_bpb,
-                "tilted_targets": self.tilted, "tilted_fraction": self.tilted / max(untilted.tokens, 1),
-                "hint_hits": self.hits, "hints_seconds": round(seconds, 3)}  # fmt: skip
-
-
 def _fresh_lora(model: nn.Module, cfg: LoraTttConfig, batch: int, looped: bool, seed: int) -> BatchedLoRA:
     schedule = model.schedule(looped)
     num_slots = len(schedule.encoder) + len(schedule.decoder)
@@ -203,8 +229,9 @@ def _fresh_lora(model: nn.Module, cfg: LoraTttConfig, batch: int, looped: bool, 
 class LoraTtt:
     """The per-rank state of the phased TTT: the reusable adapters (warm A) and the running scores."""
 
-    def __init__(self, forward: EvalForward, val: ValData, cfg: LoraTttConfig, scores: Scores) -> None:
-        self.forward, self.val, self.cfg, self.scores = forward, val, cfg, scores
+    def __init__(self, forward: EvalForward, val: ValData, cfg: LoraTttConfig, scores: Scores,
+                 ctx: EvalContext) -> None:  # fmt: skip
+        self.forward, self.val, self.cfg, self.scores, self.ctx = forward, val, cfg, scores, ctx
         self.model, self.looped, self.logit_cap = forward.model, forward.looped, forward.logit_cap
         self.lora: BatchedLoRA | None = None
         self.on_scored: Callable[[int], object] | None = None  # called with each chunk step's scored targets
@@ -219,7 +246,7 @@ class LoraTtt:
         return _fresh_lora(self.model, self.cfg, batch, self.looped, seed=0)
 
     def adapters_for(self, batch: int, position: int) -> BatchedLoRA:
-        """The reusable adapters reset for a full batch (B = 0; A kept or redrawn), else fresh ones (A6.7.5)."""
+        """The reusable adapters reset for a full batch (B = 0; A kept or redrawn), else fresh ones, as the record."""
         seed = self.cfg.seed * 1_000_003 + position
         if batch != self.cfg.batch_docs:
             return _fresh_lora(self.model, self.cfg, batch, self.looped, seed)
@@ -264,15 +291,11 @@ class LoraTtt:
                 (nats.float() * weights).sum().backward()
                 opt.step()
 
-    def global_sgd(self, scored: list[Document], rank: int, world_size: int) -> None:
+    def global_sgd(self, scored: list[Document]) -> None:
         """Full-parameter SGD on the scored documents' tokens; adapters start afresh afterwards."""
-        g = self.cfg.global_sgd
         tokens = self.val.tokens
         stream = np.concatenate([tokens[d.start : d.end - 1] for d in scored] + [tokens[scored[-1].end - 1 :][:1]])
-        train_stream(self.model, stream, lr=g.lr, momentum=g.momentum, epochs=g.epochs, chunk_tokens=g.chunk_tokens,
-                     seq_len=g.seq_len, grad_clip=g.grad_clip, skip_last_chunk=True, looped=self.looped,
-                     bos_id=self.model.cfg.bos_id, rank=rank, world_size=world_size,
-                     logit_cap=self.logit_cap)  # fmt: skip
+        train_stream(self.model, stream, self.cfg.global_sgd, self.ctx, skip_last_chunk=True, logit_cap=self.logit_cap)
         self.lora = None
 
     def cap_values(self) -> dict[str, float]:
@@ -282,41 +305,34 @@ class LoraTtt:
 
 
 def evaluate_lora_ttt(
-    model: nn.Module,
-    val: ValData,
-    docs: list[Document],
-    cfg: LoraTttConfig,
-    *,
-    ctx: EvalContext,
+    model: nn.Module, val: ValData, docs: list[Document], cfg: LoraTttConfig, ctx: EvalContext
 ) -> ModeResult:
-    """Phased score-first LoRA TTT over ``docs``; ``model`` is adapted in place (pass a copy). ``compile_backend``:
-    compile the chunk forward with it (None: eager); the warm-up is not timed."""
-    looped, rank, world_size = ctx.looped, ctx.rank, ctx.world_size
-    recorder, progress, compile_backend = ctx.recorder, ctx.progress, ctx.compile_backend
+    """Phased score-first LoRA TTT over ``docs``; ``model`` is adapted in place (pass a copy). The chunk forward
+    is compiled with ``ctx.compile_backend`` (None: eager); the warm-up is not timed."""
     model.eval()
     set_trainable(model, False)
-    scores = Scores(model_device(model), recorder)
-    forward = EvalForward(model, looped, compile_backend, max_width=cfg.context, logit_cap=logit_cap_for(model, cfg),
-                          hints=cfg.ngram_tilt.enabled)  # fmt: skip
-    ttt = LoraTtt(forward, val, cfg, scores)
+    scores = Scores(model_device(model), ctx.recorder)
+    forward = EvalForward(model, ctx.looped, ctx.compile_backend, max_width=cfg.context,
+                          logit_cap=logit_cap_for(model, cfg), hints=cfg.ngram_tilt.enabled)  # fmt: skip
+    ttt = LoraTtt(forward, val, cfg, scores, ctx)
     queue = doc_queue(docs, cfg.batch_docs)
     ends = phase_ends(queue, cfg.phases)
     cuts = [0] + [q + 1 for q, _ in ends] + [len(queue)]  # phase k runs after queue[:cuts[k + 1]]
     segments = list(zip(cuts[:-1], cuts[1:], strict=True))
-    mine = [queue[p] for p in rank_positions(segments, rank, world_size)]
+    mine = [queue[p] for p in rank_positions(segments, ctx.rank, ctx.world_size)]
     stats = warmup(ttt.forward, ttt.warmup_shapes(mine), adapters=ttt.throwaway_lora)
     start = time.perf_counter()
     seconds, phases = {"sgd": 0.0}, []
-    if cfg.ngram_tilt.enabled:  # reads validation tokens: inside the timer (frontier.md §1.6)
+    if cfg.ngram_tilt.enabled:  # reads validation tokens: inside the timer
         ttt.tilt = NgramTilt(val, scoring_steps(queue, cfg), cfg.ngram_tilt, model_device(model))
         seconds["ngram_hints"] = time.perf_counter() - start
     bar = tqdm(total=sum(d.num_targets for b in mine for d in b), desc="lora_ttt (scored targets)", unit="tok",
-               unit_scale=True, disable=not (progress and rank == 0), leave=False, mininterval=1)  # fmt: skip
+               unit_scale=True, disable=not (ctx.progress and ctx.rank == 0), leave=False, mininterval=1)  # fmt: skip
     ttt.on_scored = bar.update
     before = BpbTotals()
     with bar:
         for k, (lo, hi) in enumerate(segments):
-            for position in rank_positions([(lo, hi)], rank, world_size):
+            for position in rank_positions([(lo, hi)], ctx.rank, ctx.world_size):
                 ttt.run_batch(queue[position], position)
             so_far = scores.totals()  # a collective: every rank reaches each segment end
             segment = BpbTotals(so_far.nats - before.nats, so_far.tokens - before.tokens, so_far.bytes - before.bytes)
@@ -327,7 +343,7 @@ def evaluate_lora_ttt(
                 boundary = ends[k][1]
                 scored = [d for batch in queue[:hi] for d in batch][:boundary]
                 t0 = time.perf_counter()
-                ttt.global_sgd(scored, rank, world_size)
+                ttt.global_sgd(scored)
                 seconds["sgd"] += time.perf_counter() - t0
                 row["sgd_docs"] = boundary
             phases.append(row | ttt.cap_values())

@@ -8,7 +8,7 @@ metrics file (count, targets, bytes and a sha256 of the scored tokens and byte c
 
 The score: non-overlapping windows of ``score.seq_len`` aligned to each document's start (the record's
 ``eval_val`` diagnostic, confined to documents; a document longer than a window restarts its context at each
-window), every target scored once, sums in float64 (:mod:`pgolf.eval.bpb`). It always scores fp32 parameters (a
+window), every target scored once, sums in float64 (:mod:`pgolf.score.bpb`). It always scores fp32 parameters (a
 model holding bf16 or fp16 tensors is scored through an fp32 copy of its values) under the device's autocast
 (bf16 on CUDA, none on CPU), so no rung mixes in a change of compute precision: the export stage's bf16 embedding
 changes the *values* scored (rounded to bf16), never the arithmetic.
@@ -19,24 +19,27 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from pgolf.config import ConfigError, Section
-from pgolf.eval.bpb import BpbTotals, ValData
-from pgolf.eval.common import (
+from pgolf.score.bpb import BpbTotals, ValData, load_val
+from pgolf.score.compile import Backend, CompileStats, EvalForward, batch_shapes, warmup
+from pgolf.score.documents import Document, Window, sliding_windows, split_documents
+from pgolf.score.scores import (
     EvalContext,
     ModeResult,
     Scores,
+    eval_context,
     model_device,
     score_windows,
     set_trainable,
     window_batches,
 )
-from pgolf.eval.compile import Backend, CompileStats, EvalForward, batch_shapes, warmup
-from pgolf.eval.documents import Document, Window, gather, sliding_windows, split_documents
 
 
 class ScoreConfig(Section):
@@ -130,33 +133,6 @@ def score_model(
             p.requires_grad_(flag)
 
 
-class TokenModelForward:
-    """A scoring forward for a model of the target token alone (``log_probs[target]``: the unigram baseline),
-    through the same windows and sums as :func:`score_model`."""
-
-    compiled = False
-
-    def __init__(self, log_probs: torch.Tensor) -> None:
-        self.log_probs = log_probs
-        self.device = log_probs.device
-
-    def gather(self, val: ValData, windows: list[Window], rows: int = 0):  # noqa: ANN201 - documents.Rows
-        return gather(val, windows)
-
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, adapters: object = None) -> torch.Tensor:
-        return -self.log_probs[targets]
-
-
-def score_token_model(log_probs: torch.Tensor, val: ValData, docs: list[Document], cfg: ScoreConfig,
-                      ctx: EvalContext) -> BpbTotals:  # fmt: skip
-    """The totals of a token-only model on ``docs`` in :func:`score_model`'s windows."""
-    scores = Scores(log_probs.device)
-    windows = document_windows(docs, cfg.seq_len, cfg.seq_len)
-    score_windows(TokenModelForward(log_probs), val, windows, scores, batch_windows=cfg.batch_windows, rank=ctx.rank,
-                  world_size=ctx.world_size)  # fmt: skip
-    return scores.totals()
-
-
 def rung(result: ModeResult | BpbTotals) -> dict:
     """A ladder rung for a metrics file: val_bpb, val_loss, scored tokens and bytes (and seconds of a mode)."""
     t = result.totals if isinstance(result, ModeResult) else result
@@ -164,3 +140,29 @@ def rung(result: ModeResult | BpbTotals) -> dict:
     if isinstance(result, ModeResult):
         out["seconds"] = round(sum(result.seconds.values()), 3)
     return out
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """The documents every rung of the ladder is scored on (the ``score`` section's), and the one way a stage scores
+    a rung: training validation, export's pre-quantization rungs, quantize's dequantized rung."""
+
+    val: ValData
+    docs: list[Document]
+    cfg: ScoreConfig
+
+    @classmethod
+    def load(cls, cfg: ScoreConfig, shards: Path, tokenizer: Path, bos_id: int) -> Ladder:
+        """The validation data of ``shards`` (integrity-checked, :func:`pgolf.score.bpb.load_val`) and its first
+        ``score.docs`` documents."""
+        val = load_val(shards, tokenizer)
+        return cls(val, scored_documents(val, cfg, bos_id), cfg)
+
+    @property
+    def documents(self) -> dict:
+        """What names the document set in a metrics file (:func:`document_set`)."""
+        return document_set(self.val, self.docs)
+
+    def rung(self, model: nn.Module, looped: bool, name: str, progress: bool = False) -> dict:
+        """The rung of ``model`` (val_bpb, val_loss, tokens, bytes) by :func:`score_model`."""
+        return rung(score_model(model, self.val, self.docs, self.cfg, eval_context(looped, progress=progress), name))
