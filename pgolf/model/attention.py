@@ -35,6 +35,7 @@ Under ``torch.compile`` the model stays one graph with sdpa_gather, varlen and f
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 from collections.abc import Callable
@@ -163,11 +164,39 @@ def _kv_lists(allowed: Tensor) -> tuple[Tensor, Tensor]:
     return allowed.sum(1, dtype=torch.int32)[None, None], order.to(torch.int32)[None, None]
 
 
+_EAGER: dict[str, Callable] = {}
+"""The ``torch.compiler.disable``'d version of every :func:`eager_only` function (made by :func:`prepare_compile`)."""
+_EAGER_ONLY: list[Callable] = []
+
+
+def eager_only(fn: Callable) -> Callable:
+    """``fn``, run eagerly (a graph break) when a compiled graph calls it. The disabled version is made by
+    :func:`prepare_compile`, which :mod:`pgolf.compiler` calls before it compiles anything: importing
+    ``torch._dynamo`` (about 1 s) is then paid only by a process that compiles."""
+
+    @functools.wraps(fn)
+    def call(*args: object, **kwargs: object) -> object:
+        if torch.compiler.is_compiling():
+            if fn.__qualname__ not in _EAGER:  # compiled without prepare_compile(): one more break, no error
+                _EAGER[fn.__qualname__] = torch.compiler.disable(fn)
+            return _EAGER[fn.__qualname__](*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    _EAGER_ONLY.append(fn)
+    return call
+
+
+def prepare_compile() -> None:
+    """Make the disabled versions of the :func:`eager_only` functions (before compiling a model)."""
+    for fn in _EAGER_ONLY:
+        _EAGER.setdefault(fn.__qualname__, torch.compiler.disable(fn))
+
+
 _MASK_CACHE: list = []
 """[cu_seqlens tensor, (its version, n, block), block mask] of the last call: the layers of a forward reuse it."""
 
 
-@torch.compiler.disable  # the mask depends on the data; the flex kernel itself stays in the graph
+@eager_only  # the mask depends on the data; the flex kernel itself stays in the graph
 def document_block_mask(cu_seqlens: Tensor, n: int, block: int = 128):  # -> BlockMask
     """Causal, same-segment ``BlockMask`` over a flattened stream of ``n`` positions (segment id by position;
     positions outside every segment attend to nothing), built from the block structure of the segments
@@ -238,7 +267,7 @@ def _flattened_segments(
 def _host_bound(fn: AttentionFn) -> AttentionFn:
     """``fn`` as is when a static ``max_seqlen`` is given; without one it reads the longest segment on the host,
     which a compiled graph cannot do, so that call runs eagerly (a graph break)."""
-    eager = torch.compiler.disable(fn)
+    eager = eager_only(fn)
 
     def call(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor | None, max_seqlen: int | None = None) -> Tensor:
         if max_seqlen is None and cu_seqlens is not None:

@@ -39,14 +39,6 @@ def _check_keys(have: dict[str, Tensor], got: dict[str, Tensor], what: str) -> N
         raise AveragingError(f"{what}: keys differ (missing {missing[:5]}, unexpected {extra[:5]})")
 
 
-@torch.no_grad()
-def _copy_into(model: nn.Module, state: dict[str, Tensor], what: str) -> None:
-    live = _float_entries(model)
-    _check_keys(state, live, what)
-    for name, target in live.items():
-        target.copy_(state[name].to(dtype=target.dtype, device=target.device))
-
-
 class EMA:
     """Exponential moving average ``ema <- decay ema + (1 - decay) param`` of every floating state entry, in fp32."""
 
@@ -77,10 +69,6 @@ class EMA:
     def resume_state(self) -> dict[str, Tensor]:
         """What ``load_state_dict`` takes back on resume: the averages."""
         return self.state_dict()
-
-    def copy_to(self, model: nn.Module) -> None:
-        """Overwrite the model's weights with the average, cast to each live tensor's dtype."""
-        _copy_into(model, self._state, "EMA.copy_to")
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -137,10 +125,6 @@ class TightSWA:
                 "start_below_lr, lower every, or lengthen the warmdown (warmdown_frac / min_lr)."
             )
         return {name: s / self._count for name, s in self._sum.items()}
-
-    def copy_to(self, model: nn.Module) -> None:
-        """Overwrite the model's weights with the average, cast to each live tensor's dtype."""
-        _copy_into(model, self.state_dict(), "TightSWA.copy_to")
 
     def resume_state(self) -> dict[str, Tensor | int]:
         """What ``load_state_dict`` takes back: the fp32 running sums by name plus ``COUNT_KEY: count`` (an int)."""

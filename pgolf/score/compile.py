@@ -11,7 +11,7 @@ TTT's one batch of fewer than ``batch_docs`` documents). Compiled, the width is 
 row count (its short batch holds the longest documents, which padding to ``batch_docs`` rows would slow down
 most), so that batch adds one graph per width it reaches. Pads trail the valid prefix of each row and empty rows
 hold no window: causal attention and position-local ops keep every real position's logit, and pads are outside
-the scored mask, so no scored number changes (tests/test_eval_compile.py).
+the scored mask, so no scored number changes (tests/score/test_compile.py).
 
 The warm-up runs each shape a mode will call (computed from its windows, never from their tokens) on random
 token ids (validation tokens must not reach the warm-up), forward only for fixed

@@ -6,7 +6,7 @@ the stream positions ``s_i + 1 .. s_(i+1)``. Over all documents the targets part
 document of the stream has no trailing BOS. Unlike the record we never truncate the stream to a multiple of a
 sequence length: every mode scores whole documents, the first ``max_docs`` of them, so all modes score the same set.
 So #2014's ``EVAL_INCLUDE_TAIL=1`` (#2014) is always on, with no key: the last document's targets
-up to the stream's last token are scored like any other (tests/test_ttt_frontier.py checks it for LoRA TTT).
+up to the stream's last token are scored like any other (tests/eval/test_lora_ttt.py checks it for LoRA TTT).
 
 A *window* is one row of model input: ``(start, length, lo, hi)`` = input tokens ``tokens[start : start + length]``
 (``start`` is a stream position), of which the targets at row offsets ``lo .. hi - 1`` are scored. Windows never

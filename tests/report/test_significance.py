@@ -1,0 +1,123 @@
+"""pgolf.report.significance: Welch's test and the 0.005-nat rule on the records' seeds, the command, values
+read from git revisions."""
+
+import json
+import math
+import subprocess
+
+import pytest
+
+from pgolf.errors import PgolfError
+from pgolf.report import significance
+from pgolf.report.significance import Group, compare, welch
+from tests.helpers.report import git_dvc_repo
+
+stats = pytest.importorskip("scipy.stats")
+pytest.importorskip("vl_convert")
+pytest.importorskip("dvc")
+
+
+# Post-TTT val_bpb / val_loss of record #1855's seeds 42, 0, 1234 (the record's README), and the reported
+# seeds of #1492 (42, 314, 999) and #1802 (42, 314, 999) (their READMEs).
+PR1855_BPB = (1.05989454, 1.06124613, 1.06208695)
+
+
+PR1855_LOSS = (2.31944212, 2.32239991, 2.32423994)
+
+
+PR1492_BPB = (1.08079, 1.08103, 1.08118)
+
+
+PR1802_BPB = (1.07700, 1.07676, 1.07763)
+
+
+CASEOPS_BYTES_PER_TOKEN = 3.157  # FineWeb val, the record's CaseOps SP8192 tokenizer
+
+
+def test_record_three_seed_statistics():
+    bpb, loss = Group("1855", PR1855_BPB), Group("1855", PR1855_LOSS)
+    assert bpb.n == 3
+    assert bpb.mean == pytest.approx(1.06107587, abs=5e-9)
+    assert round(bpb.std, 5) == 0.00111  # sample std; the README's 0.00090 is the population std
+    assert round(statistics_pstdev(PR1855_BPB), 5) == 0.00090
+    # the same bytes per token for every seed: val_loss = val_bpb * ln 2 * bytes/tokens
+    ratios = [lo / (b * math.log(2)) for b, lo in zip(PR1855_BPB, PR1855_LOSS, strict=True)]
+    assert max(ratios) - min(ratios) < 1e-6 and ratios[0] == pytest.approx(CASEOPS_BYTES_PER_TOKEN, abs=1e-3)
+    assert significance.bpb_to_nats(bpb.mean, ratios[0]) == pytest.approx(loss.mean, abs=1e-7)
+
+
+def statistics_pstdev(values):
+    import statistics
+
+    return statistics.pstdev(values)
+
+
+def test_welch_hand_checked_and_against_scipy():
+    # means 2 and 5, variances 1 and 1, n 3 and 3: se = sqrt(2/3), t = 3 / se, df = 4
+    w = welch(Group("c", (1.0, 2.0, 3.0)), Group("b", (4.0, 5.0, 6.0)))
+    assert w.t == pytest.approx(3 / math.sqrt(2 / 3)) and w.df == pytest.approx(4.0)
+    assert w.p_one_sided == pytest.approx(stats.t.sf(3 / math.sqrt(2 / 3), 4))
+    c, b = PR1855_BPB, PR1492_BPB
+    ref = stats.ttest_ind(c, b, equal_var=False, alternative="less")
+    w = welch(Group("c", c), Group("b", b))
+    assert w.t == pytest.approx(-ref.statistic) and w.p_one_sided == pytest.approx(ref.pvalue)
+    assert w.df == pytest.approx(ref.df)
+
+
+def test_rule_1855_beats_1492_and_1802():
+    for baseline in (PR1492_BPB, PR1802_BPB):
+        r = compare(Group("c", PR1855_BPB), Group("b", baseline), CASEOPS_BYTES_PER_TOKEN)
+        assert r["record"] is True and r["rule"]["p_one_sided"] < 0.01
+        assert r["gain_nats"] == pytest.approx(r["gain_bpb"] * math.log(2) * CASEOPS_BYTES_PER_TOKEN)
+    r = compare(Group("c", PR1855_BPB), Group("b", PR1492_BPB), CASEOPS_BYTES_PER_TOKEN)
+    assert r["gain_bpb"] == pytest.approx(1.08100 - 1.06107587, abs=1e-8)
+
+
+def test_rule_fails_below_the_margin_or_without_significance():
+    min_gain_bpb = 0.005 / (math.log(2) * CASEOPS_BYTES_PER_TOKEN)  # 0.00228 bpb
+    # significantly better (tight seeds), but by less than 0.005 nats: not a record
+    tight = (1.0599, 1.0600, 1.0601)
+    close = tuple(v + 0.8 * min_gain_bpb for v in tight)
+    r = compare(Group("c", tight), Group("b", close), CASEOPS_BYTES_PER_TOKEN)
+    assert r["welch"]["p_one_sided"] < 0.01 and r["gain_nats"] < 0.005 and r["record"] is False
+    # just above the margin with the same tight seeds: a record
+    r = compare(Group("c", tight), Group("b", tuple(v + 1.5 * min_gain_bpb for v in tight)), CASEOPS_BYTES_PER_TOKEN)
+    assert r["record"] is True
+    # a large mean gain with too much seed noise: not a record
+    noisy = (1.050, 1.062, 1.074)
+    r = compare(Group("c", noisy), Group("b", PR1492_BPB), CASEOPS_BYTES_PER_TOKEN)
+    assert r["gain_nats"] > 0.005 and r["rule"]["p_one_sided"] >= 0.01 and r["record"] is False
+    # no bytes per token: statistics only
+    assert compare(Group("c", PR1855_BPB), Group("b", PR1492_BPB), None)["record"] is None
+
+
+def test_welch_needs_two_seeds():
+    with pytest.raises(PgolfError, match="at least 2"):
+        welch(Group("c", (1.06,)), Group("b", PR1492_BPB))
+
+
+def test_significance_cli(capsys):
+    argv = ["--candidate", *map(str, PR1855_BPB), "--baseline", *map(str, PR1492_BPB)]
+    significance.main([*argv, "--bytes-per-token", "3.157"])
+    out = capsys.readouterr().out
+    assert "1.06107587" in out and "record: YES" in out
+    significance.main([*argv, "--json"])
+    assert json.loads(capsys.readouterr().out)["rule"] is None
+
+
+def test_significance_reads_revisions(tmp_path):
+    run = git_dvc_repo(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    revs = []
+    for bpb in (1.0, 1.1):
+        mode = {"val_bpb": bpb, "val_loss": 2.0, "tokens": 100, "bytes": 300}
+        (tmp_path / "metrics/eval.json").write_text(json.dumps({"modes": {"lora_ttt": mode}}))
+        run("git", "add", "-A")
+        run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", f"bpb {bpb}")
+        revs.append(subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=tmp_path, text=True).strip())
+    group, bpt = significance.resolve(
+        "c", [revs[0], "HEAD", "1.2"], "modes.lora_ttt.val_bpb", "metrics/eval.json", str(tmp_path)
+    )
+    assert group.values == (1.0, 1.1, 1.2) and bpt == pytest.approx(3.0)
+    with pytest.raises(PgolfError, match="no 'modes.plain.val_bpb'"):
+        significance.resolve("c", ["HEAD"], "modes.plain.val_bpb", "metrics/eval.json", str(tmp_path))
