@@ -31,7 +31,7 @@ from torch import Tensor
 
 from pgolf import tensorio
 from pgolf.files import read_json, write_json
-from pgolf.quant.bits import check_bits
+from pgolf.quant.bits import MAX_BITS, MIN_BITS, check_bits
 from pgolf.quant.hadamard import unrotate_weight
 from pgolf.tensorio import torch_dtype
 
@@ -102,7 +102,8 @@ class QuantizedMatrix:
 
     def __post_init__(self) -> None:
         _check_rows(self.q, self.scale, "QuantizedMatrix")
-        _require(2 <= self.bits <= 8, f"QuantizedMatrix: bits must be in [2, 8], got {self.bits}")
+        _require(MIN_BITS <= self.bits <= MAX_BITS,
+                 f"QuantizedMatrix: bits must be in [{MIN_BITS}, {MAX_BITS}], got {self.bits}")  # fmt: skip
         p = self.protected
         if p is not None:
             _require(tuple(p.scale.shape) == (self.q.shape[0],), "QuantizedMatrix: protected scale is not per row")
