@@ -125,7 +125,7 @@ def encode(arrays: Sequence[np.ndarray], cfg: AnsConfig) -> bytes:
     coder = constriction.stream.queue.RangeEncoder()
     for k in range(classes):
         members = [rows[i] for i in np.flatnonzero(row_class == k)]
-        if counts[k].sum():
+        if counts[k].sum() and alphabet > 1:  # one symbol: known from the header, nothing to code
             model = constriction.stream.model.Categorical(counts[k] / counts[k].sum(), perfect=False)
             coder.encode(np.concatenate(members).astype(np.int32) - lo, model)
     side = row_class.tobytes() if cfg.context == "row_class" else b""
@@ -166,8 +166,11 @@ def decode(data: bytes, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
             continue
         if counts[k].sum() == 0:
             raise CodecError(f"ans stream: row class {k} has rows but no symbol counts")
-        model = constriction.stream.model.Categorical(counts[k] / counts[k].sum(), perfect=False)
-        decoded = np.asarray(coder.decode(model, n), dtype=np.int64) + lo
+        if alphabet == 1:
+            decoded = np.full(n, lo, dtype=np.int64)
+        else:
+            model = constriction.stream.model.Categorical(counts[k] / counts[k].sum(), perfect=False)
+            decoded = np.asarray(coder.decode(model, n), dtype=np.int64) + lo
         positions = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in idx])
         values[positions] = decoded
     if counts.sum() != values.size:

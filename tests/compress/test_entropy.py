@@ -25,6 +25,17 @@ def test_ans_round_trips_any_int8_arrays(shapes, seed, context, classes):
     assert all(np.array_equal(a, b) and b.dtype == np.int8 for a, b in zip(arrays, out, strict=True))
 
 
+@pytest.mark.parametrize("context", ["none", "row_class"])
+def test_ans_codes_a_one_symbol_alphabet_in_no_coder_words(context):
+    """An all-equal group (e.g. a matrix quantized to zeros) has zero entropy: the header says the symbol (the
+    range coder's categorical model refuses a one-entry distribution, found by the property test above)."""
+    arrays = [np.zeros((0, 1), dtype=np.int8), np.full(3, 4, dtype=np.int8), np.full((5, 7), 4, dtype=np.int8)]
+    data = entropy.encode(arrays, entropy.AnsConfig(context=context, classes=3))
+    out = entropy.decode(data, [a.shape for a in arrays])
+    assert all(np.array_equal(a, b) and b.dtype == np.int8 for a, b in zip(arrays, out, strict=True))
+    assert len(data) < 32  # header, counts, row classes: no coder words
+
+
 def test_ans_reaches_the_zeroth_order_bound_and_row_classes_go_below_it():
     rng = np.random.default_rng(0)
     width = rng.choice([0.5, 4.0], size=(600, 1))  # two row populations: a per-row context can tell them apart
