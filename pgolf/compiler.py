@@ -72,14 +72,15 @@ def raise_recompile_limit(limit: int) -> None:
 
 
 class CompiledModel:
-    """``model(...)`` through ``torch.compile(dynamic=False, fullgraph=True)``, falling back once, with a warning,
-    to a compile with graph breaks when the full graph cannot be traced."""
+    """``model(...)`` through ``torch.compile(fullgraph=True)`` (static shapes, or ``dynamic`` ones), falling back
+    once, with a warning, to a compile with graph breaks when the full graph cannot be traced; ``fullgraph`` and
+    ``break_reason`` say which happened (the stages write them into their metrics)."""
 
-    def __init__(self, model: nn.Module, backend: str | Callable | None = None) -> None:
+    def __init__(self, model: nn.Module, backend: str | Callable | None = None, dynamic: bool = False) -> None:
         prepare_compile()
-        self.model, self.backend = model, backend or BACKEND
-        self.fullgraph = True
-        self._fn = torch.compile(model, dynamic=False, fullgraph=True, backend=self.backend)
+        self.model, self.backend, self.dynamic = model, backend or BACKEND, dynamic
+        self.fullgraph, self.break_reason = True, ""
+        self._fn = torch.compile(model, dynamic=dynamic, fullgraph=True, backend=self.backend)
 
     def __call__(self, *args, **kwargs) -> Tensor:
         try:
@@ -102,8 +103,8 @@ class CompiledModel:
             warnings.warn(f"torch.compile: the model is not one graph ({reason}); compiling with graph breaks, "
                           "which costs speed", stacklevel=2)  # fmt: skip
             torch._dynamo.reset()
-            self.fullgraph = False
-            self._fn = torch.compile(self.model, dynamic=False, backend=self.backend)
+            self.fullgraph, self.break_reason = False, reason
+            self._fn = torch.compile(self.model, dynamic=self.dynamic, backend=self.backend)
             return self._fn(*args, **kwargs)
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pgolf.errors import PgolfError
 
@@ -30,22 +30,37 @@ class ConfigError(PgolfError, ValueError):
 
 
 class Section(BaseModel):
-    """Base of every params section: frozen, no unknown keys, no silent coercion."""
+    """Base of every params section: frozen, no unknown keys, no silent coercion, finite floats only (a NaN or an
+    infinity is an error naming the key, never a value that reaches the math)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+# The ranges of numeric keys: every int or float field of a section is one of these (a test walks every numeric
+# key of params.yaml and the presets and checks that it has a declared range and that the loader enforces it).
+Count = Annotated[int, Field(gt=0)]
+"""A count or a size: at least 1."""
+CountOrZero = Annotated[int, Field(ge=0)]
+"""A count where 0 means none, all or off (the field says which)."""
+Seed = Annotated[int, Field(ge=0)]
+"""A random seed."""
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+"""A share, a probability, a point of the training progress or an LR multiplier: in [0, 1]."""
+Positive = Annotated[float, Field(gt=0.0)]
+"""A strictly positive real (a scale, a base, an epsilon, a budget)."""
+NonNegative = Annotated[float, Field(ge=0.0)]
+"""A learning rate, a weight decay, a clip norm, a standard deviation, seconds: >= 0 (0 often means off)."""
+Decay = Annotated[float, Field(ge=0.0, lt=1.0)]
+"""A momentum, an Adam beta or an EMA decay: in [0, 1)."""
+TokenId = Annotated[int, Field(ge=-1)]
+"""A special token id; -1 disables it."""
+OpenFraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+"""A share strictly between 0 and 1 (both sides of the split must exist)."""
+VocabSize = Annotated[int, Field(gt=0, le=65536)]
+"""A vocabulary size: token ids are stored as uint16 in the shards."""
 
 
 S = TypeVar("S", bound=Section)
-
-
-def positive(prefix: str, **values: float) -> list[str]:
-    """The problem lines of the ``values`` (keys under ``prefix``) that are not > 0."""
-    return [f"{prefix}.{key} must be positive (got {value})" for key, value in values.items() if value <= 0]
-
-
-def non_negative(prefix: str, **values: float) -> list[str]:
-    """The problem lines of the ``values`` (keys under ``prefix``) that are < 0."""
-    return [f"{prefix}.{key} must be >= 0 (got {value})" for key, value in values.items() if value < 0]
 
 
 def raise_problems(problems: list[str]) -> None:
@@ -63,6 +78,8 @@ def read_params(path: Path | str = PARAMS_FILE) -> dict[str, Any]:
         params = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if params is None:
+        raise ConfigError(f"{path}: the file is empty; restore it with `git checkout {path}`")
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return params
@@ -98,16 +115,38 @@ def _unknown_section(name: str, sections: tuple[str, ...]) -> tuple[str, str | N
     return f"unknown section '{name}' (remove it; the sections are: {', '.join(sections)})", None
 
 
+_BOUNDS = {"greater_than": ("gt", "> {}"), "greater_than_equal": ("ge", ">= {}"), "less_than": ("lt", "< {}"),
+           "less_than_equal": ("le", "<= {}")}  # fmt: skip
+_TYPES = {"int_type": "an integer", "int_from_float": "an integer", "float_type": "a number",
+          "bool_type": "true or false", "string_type": "a string", "list_type": "a list", "dict_type": "a mapping",
+          "model_type": "a mapping", "finite_number": "a finite number"}  # fmt: skip
+
+
+def _what(problem: dict) -> str:
+    """One problem of a key in words: ``must be > 0 (got -5)``, ``must be a number (got 'x')``, ..."""
+    kind, ctx = problem["type"], problem.get("ctx") or {}
+    got = f" (got {problem.get('input')!r})"
+    if kind == "extra_forbidden":
+        return "unknown key (remove it or check its spelling)"
+    if kind == "missing":
+        return "missing key"
+    if kind in _BOUNDS:
+        bound, text = _BOUNDS[kind]
+        return f"must be {text.format(ctx[bound])}{got}"
+    if kind in _TYPES:
+        return f"must be {_TYPES[kind]}{got}"
+    if kind == "value_error":
+        return str(ctx.get("error", problem["msg"]))
+    return f"{problem['msg']}{got}"
+
+
 def _describe(err: ValidationError, name: str, source: str) -> str:
+    """Every problem of a section, one per line, each naming the file and the full key path."""
     lines = []
     for problem in err.errors():
-        key = ".".join([name, *(str(part) for part in problem["loc"])])
-        kind = problem["type"]
-        if kind == "extra_forbidden":
-            what = "unknown key (remove it or check its spelling)"
-        elif kind == "missing":
-            what = "missing key"
+        key = name + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in problem["loc"])
+        if problem["type"] == "value_error":  # a model's own check: its message names the keys itself
+            lines.append(f"{source}: {_what(problem)}")
         else:
-            what = f"{problem['msg']} (got {problem.get('input')!r})"
-        lines.append(f"{source}: {key}: {what}")
+            lines.append(f"{source}: {key}: {_what(problem)}")
     return "\n".join(lines)

@@ -105,6 +105,12 @@ def _all_reduce_flat(tensors: list[torch.Tensor], average: bool) -> None:
             t.copy_(chunk.view_as(t))
 
 
+def all_reduce_max(tensor: torch.Tensor) -> None:
+    """The elementwise max over ranks, in place (nothing without a process group)."""
+    if active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

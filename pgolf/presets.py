@@ -17,7 +17,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from pgolf.cli import run
+from pgolf.cli import Parser, run
 from pgolf.config import PARAMS_FILE, Section
 from pgolf.params import load_all
 
@@ -40,7 +40,7 @@ def available(root: Path = PRESETS_DIR) -> list[Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the presets in presets/")
     for name in ("check", "apply"):

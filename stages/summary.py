@@ -36,9 +36,11 @@ def main() -> None:
     rungs = " -> ".join(f"{name} {bpb:.4f}" for name, bpb in summary["ladder"].items())
     print(f"summary: {docs['count']} documents ({docs['bytes']:,} bytes): {rungs}")
     reported = c["eval"][c["reported_mode"]]
+    timing = "" if c["timing_applies"] else f" (clocks informative: not {c['train']['budget_hardware']})"
     print(f"summary: {summary['bytes']['total']:,} bytes (fits {summary['bytes']['fits']}); train + Hessians "
           f"{c['train']['total_seconds']:.1f}s on {c['train']['hardware']}; {c['reported_mode']} evaluation "
-          f"{reported['total_seconds']:.1f}s, audit {reported['audit']}; compliant {c['compliant']}")  # fmt: skip
+          f"{reported['practice_seconds']:.1f}s scoring + TTT ({reported['strict_seconds']:.1f}s strict), audit "
+          f"{reported['audit']}; compliant {c['compliant']}{timing}")  # fmt: skip
     if not summary["model_bin_equals_dequantized"]:
         print("summary: WARNING the model.bin rung differs from the dequantized rung (same weights and scorer: a "
               "decode or scoring bug, or a multi-rank sum order)")  # fmt: skip

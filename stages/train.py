@@ -6,7 +6,6 @@ killed run resumes from artifacts/.resume/train (written every ``train.checkpoin
 training document is checked against the validation documents' hashes.
 """
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +65,7 @@ def train(params: ModelParams, cfg: TrainConfig, score: ScoreConfig, paths: Path
                                           what="train", progress=dist.dist_info().is_main)  # fmt: skip
     info = dist.init()
     try:
-        manifest = json.loads((paths.shards / "manifest.json").read_text())
+        manifest = shards.read_manifest(paths.shards)
         run_ = loop.setup(model_cfg, cfg, paths.shards, manifest, info)
         ladder = Ladder.load(score, paths.shards, paths.tokenizer, model_cfg.bos_id)
         summary = loop.train(run_, val=ladder, resume_dir=paths.resume, live_dir=paths.live)

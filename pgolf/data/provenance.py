@@ -120,13 +120,21 @@ def write_val_hashes(shard_dir: Path, bos_id: int) -> dict:
 
 
 def read_val_hashes(shard_dir: Path) -> dict[bytes, int]:
-    """digest -> index of the first validation document with that digest, from ``val_hashes.txt``."""
+    """digest -> index of the first validation document with that digest, from ``val_hashes.txt``, after checking
+    the file against the sha256 the tokenize stage recorded for it in the shards' manifest (fail closed)."""
     path = Path(shard_dir) / VAL_HASHES_FILE
     if not path.is_file():
         raise PgolfError(
             f"{path}: validation document hashes missing (shards written before the provenance check?); "
             "re-run `dvc repro tokenize`"
         )
+    recorded = shards.read_manifest(shard_dir).get("val_hashes", {}).get("sha256")
+    if recorded is None:
+        raise PgolfError(f"{Path(shard_dir) / shards.MANIFEST_FILE}: records no sha256 of {VAL_HASHES_FILE}; "
+                         f"{shards.REBUILD}")  # fmt: skip
+    if sha256_file(path) != recorded:
+        raise PgolfError(f"{path}: its content changed after the tokenize stage wrote it (sha256 differs from "
+                         f"{shards.MANIFEST_FILE}); {shards.REBUILD}")  # fmt: skip
     hashes: dict[bytes, int] = {}
     with open(path, encoding="ascii", errors="replace") as f:
         for index, line in enumerate(f):

@@ -11,16 +11,23 @@ and the file is exactly ``1024 + 2 n`` bytes. Token shards hold token ids (one B
 validation byte sidecars (``val_bytes_*.bin``) hold, for each token of the matching ``val_*.bin``, how many
 original UTF-8 bytes it accounts for. Shards are named ``{kind}_{index:06d}.bin`` and matched by an exact pattern,
 so ``val_bytes_*`` never passes for ``val_*`` (the reference's glob collision).
+
+The tokenize stage writes ``manifest.json`` beside the shards with the sha256 of every file it wrote. Every
+reader that a score depends on checks the files against it (:func:`verify`), and a missing or unreadable manifest
+is an error, never a skipped check: a changed token or byte count would otherwise give a wrong val_bpb with exit
+code 0.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
 import numpy as np
 
+from pgolf.data.docs import sha256_file
 from pgolf.errors import PgolfError
 
 MAGIC = 20240520
@@ -30,6 +37,8 @@ HEADER_BYTES = HEADER_INTS * 4
 MAX_VALUE = 2**16 - 1
 MAX_ENTRIES = 2**31 - 1
 KINDS = ("train", "val", "val_bytes")
+MANIFEST_FILE = "manifest.json"
+REBUILD = "restore it with `dvc checkout data/shards` or re-run `dvc repro tokenize`"
 
 
 class ShardError(PgolfError, ValueError):
@@ -121,6 +130,40 @@ def shard_paths(directory: Path | str, kind: str) -> list[Path]:
     return [p for _, p in found]
 
 
+def read_manifest(directory: Path | str) -> dict:
+    """The tokenize stage's ``manifest.json`` of a shard folder, with the sha256 of every shard it wrote; an error
+    naming the file and the fix when it is missing, unreadable or without those hashes (fail closed)."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise ShardError(f"{path}: missing, so the shards cannot be checked; {REBUILD}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ShardError(f"{path}: unreadable ({err}); {REBUILD}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("sha256"), dict):
+        raise ShardError(f"{path}: holds no sha256 of the shards (written by an older pgolf?); {REBUILD}")
+    return manifest
+
+
+def verify(directory: Path | str, manifest: dict, kinds: tuple[str, ...]) -> None:
+    """Every shard of ``kinds`` that ``manifest`` lists is present with its recorded sha256, and no other shard of
+    those kinds is there: an error naming the first file that differs."""
+    directory, recorded = Path(directory), manifest["sha256"]
+    for kind in kinds:
+        present = {p.name: p for p in shard_paths(directory, kind)}
+        pattern = re.compile(rf"^{re.escape(kind)}_\d{{6}}\.bin$")
+        for name in sorted(n for n in recorded if pattern.match(n)):
+            if name not in present:
+                raise ShardError(f"{directory / name}: listed in {MANIFEST_FILE} but missing; {REBUILD}")
+        for name, path in present.items():
+            if name not in recorded:
+                raise ShardError(f"{path}: not written by the tokenize stage (not in {MANIFEST_FILE}); remove it or "
+                                 "re-run `dvc repro tokenize`")  # fmt: skip
+            if sha256_file(path) != recorded[name]:
+                raise ShardError(f"{path}: its content changed after the tokenize stage wrote it (sha256 differs "
+                                 f"from {MANIFEST_FILE}); {REBUILD}")  # fmt: skip
+
+
 def load_shards(directory: Path | str, kind: str, *, vocab_size: int | None = None) -> np.ndarray:
     """All shards of one kind concatenated (raises when there are none)."""
     paths = shard_paths(directory, kind)
@@ -134,7 +177,8 @@ def load_val_with_bytes(directory: Path | str, *, vocab_size: int | None = None)
     tokens = shard_paths(directory, "val")
     sidecar = shard_paths(directory, "val_bytes")
     if len(tokens) != len(sidecar):
-        raise ShardError(f"{directory}: {len(tokens)} val shards but {len(sidecar)} val_bytes shards")
+        raise ShardError(f"{directory}: {len(tokens)} val shards but {len(sidecar)} val_bytes shards (the byte "
+                         f"sidecar); {REBUILD}")  # fmt: skip
     for tok_path, byte_path in zip(tokens, sidecar, strict=True):
         if read_header(tok_path) != read_header(byte_path):
             raise ShardError(f"{byte_path}: entry count differs from {tok_path.name}; sidecar is misaligned")

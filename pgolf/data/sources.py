@@ -24,7 +24,7 @@ from typing import Literal
 
 from tqdm import tqdm
 
-from pgolf.config import Section
+from pgolf.config import Count, CountOrZero, OpenFraction, Section
 from pgolf.data import shards
 from pgolf.data.docs import Doc, sha256_file, split_of, write_docs
 from pgolf.data.hub import Hub, HubConfig
@@ -39,19 +39,19 @@ class DataConfig(Section):
     """The ``data`` section of params.yaml."""
 
     source: Literal["sotu", "fineweb", "fineweb_cached"]
-    val_fraction: float
+    val_fraction: OpenFraction
     """sotu: share of speeches held out for validation (by hash of the speech id)."""
-    doc_chars: int
+    doc_chars: CountOrZero
     """sotu: cut speeches into runs of paragraphs of about this many characters (0 = one document per speech)."""
-    num_val_docs: int
+    num_val_docs: Count
     """fineweb: the first this many documents of docs_selected.jsonl are validation (50,000 in the challenge)."""
-    max_train_docs: int
+    max_train_docs: CountOrZero
     """fineweb: cap on training documents after the validation ones (0 = all)."""
     variant: str
     """fineweb_cached: shard variant, e.g. sp1024, sp8192, sp8192_lossless_caps_caseops_v1_reserved."""
-    train_shards: int
+    train_shards: Count
     """fineweb_cached: number of training shards to fetch (a prefix of the published order)."""
-    shard_tokens: int
+    shard_tokens: Count
     """tokenize: tokens per written shard."""
     hub: HubConfig
 

@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import sentencepiece as spm
+from pydantic import Field
 from safetensors.numpy import load_file, save_file
 
-from pgolf.config import ConfigError, Section
+from pgolf.config import ConfigError, Count, CountOrZero, Section, TokenId, VocabSize
 from pgolf.data import caseops
-from pgolf.files import write_json
+from pgolf.errors import PgolfError
+from pgolf.files import read_json, write_json
 
 MODEL_FILE = "tokenizer.model"
 META_FILE = "meta.json"
@@ -41,16 +42,16 @@ SPACE = "\u2581"
 class SpecialIds(Section):
     """Reserved ids; -1 disables pad or eos. BOS starts every document in the shards."""
 
-    pad: int
-    bos: int
-    eos: int
-    unk: int
+    pad: TokenId
+    bos: TokenId
+    eos: TokenId
+    unk: TokenId
 
 
 class TokenizerConfig(Section):
     """The ``tokenizer`` section of params.yaml."""
 
-    vocab_size: int
+    vocab_size: VocabSize
     """Number of pieces, specials and byte pieces included (at most 65,536: shards store uint16)."""
     model_type: Literal["bpe", "unigram"]
     byte_fallback: bool
@@ -59,13 +60,13 @@ class TokenizerConfig(Section):
     remove_extra_whitespaces: bool
     """SentencePiece's whitespace collapsing; false keeps every space and newline."""
     split_digits: bool
-    character_coverage: float
+    character_coverage: Annotated[float, Field(gt=0.0, le=1.0)]
     caseops: bool
     """Apply the lossless CaseOps case transform before training and encoding."""
     special_ids: SpecialIds
-    max_train_chars: int
+    max_train_chars: CountOrZero
     """Cap on the characters of training text fed to the trainer (0 = all), taken in document order."""
-    max_sentence_bytes: int
+    max_sentence_bytes: Count
     """Training text is cut, at newlines where possible, into sentences of at most this many UTF-8 bytes."""
 
 
@@ -97,8 +98,6 @@ def _cut(text: str, max_bytes: int) -> Iterator[str]:
 
 def train(docs: Iterable[str], cfg: TokenizerConfig, num_threads: int) -> bytes:
     """Train a SentencePiece model on ``docs`` (training documents only) and return its serialized bytes."""
-    if not 0 < cfg.vocab_size <= 65536:
-        raise ConfigError(f"tokenizer.vocab_size: {cfg.vocab_size} does not fit the uint16 shard format (max 65536)")
     model = io.BytesIO()
     ids = cfg.special_ids
     spm.SentencePieceTrainer.train(
@@ -134,10 +133,12 @@ def load(directory: Path | str) -> spm.SentencePieceProcessor:
 
 
 def read_meta(directory: Path | str) -> dict:
-    path = Path(directory) / META_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: tokenizer meta missing; run `dvc repro tokenizer`")
-    return json.loads(path.read_text(encoding="utf-8"))
+    """The tokenizer stage's meta.json (vocabulary, special ids, CaseOps flag, model sha256)."""
+    meta = read_json(Path(directory) / META_FILE, "tokenizer")
+    if not isinstance(meta, dict) or not {"vocab_size", "bos_id", "caseops", "model_sha256"} <= set(meta):
+        raise PgolfError(f"{Path(directory) / META_FILE}: not a tokenizer meta (vocab_size, bos_id, caseops, "
+                         "model_sha256 expected); re-run `dvc repro tokenizer`")  # fmt: skip
+    return meta
 
 
 def byte_luts(sp: spm.SentencePieceProcessor) -> dict[str, np.ndarray]:
@@ -194,7 +195,14 @@ def save(directory: Path | str, model: bytes, meta: dict) -> None:
 
 
 def load_luts(directory: Path | str) -> dict[str, np.ndarray]:
-    return load_file(str(Path(directory) / LUTS_FILE))
+    """The byte lookup tables written with the tokenizer (the BPB denominator of shards without a sidecar)."""
+    path = Path(directory) / LUTS_FILE
+    if not path.is_file():
+        raise PgolfError(f"{path}: the byte lookup tables are missing; re-run `dvc repro tokenizer`")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types
+        raise PgolfError(f"{path}: unreadable ({err}); re-run `dvc repro tokenizer`") from None
 
 
 def check_adopted(model: bytes, source: dict, cfg: TokenizerConfig) -> None:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pgolf.config import Section, non_negative, positive, raise_problems
+from pgolf.config import ConfigError, Count, CountOrZero, Decay, NonNegative, Section
 from pgolf.eval.sgd import chunk_spans, cosine_lr, sgd_step
 from pgolf.score.bpb import ValData
 from pgolf.score.documents import Document, Window
@@ -34,7 +34,6 @@ from pgolf.score.scores import (
     model_device,
     score_windows,
     set_trainable,
-    window_batches,
 )
 
 
@@ -42,24 +41,19 @@ class ChunkSgdConfig(Section):
     """#1492 score-first TTT: score a chunk (sliding windows), then SGD on all parameters over it."""
 
     enabled: bool
-    chunk_tokens: int  # #1492: 32768
-    seq_len: int  # #1492: 2048 (scoring windows and training sequences)
-    stride: int  # #1492: 64
-    batch_windows: int  # #1492: 32
-    epochs: int  # #1492: 3
-    lr: float  # #1492: 0.005
-    momentum: float  # #1492: 0.9
+    chunk_tokens: Count  # #1492: 32768
+    seq_len: Count  # #1492: 2048 (scoring windows and training sequences)
+    stride: Count  # #1492: 64
+    batch_windows: Count  # #1492: 32
+    epochs: CountOrZero  # #1492: 3
+    lr: NonNegative  # #1492: 0.005
+    momentum: Decay  # #1492: 0.9
     cosine: bool  # #1492: true (lr * (1 + cos(pi c / (n - 1))) / 2 across chunks)
-    grad_clip: float  # #1492: 1.0 (0 = off)
+    grad_clip: NonNegative  # #1492: 1.0 (0 = off)
 
     def model_post_init(self, _context: object) -> None:
-        problems = positive("eval.chunk_sgd", chunk_tokens=self.chunk_tokens, seq_len=self.seq_len,
-                            stride=self.stride, batch_windows=self.batch_windows)  # fmt: skip
-        problems += non_negative("eval.chunk_sgd", epochs=self.epochs, lr=self.lr, momentum=self.momentum,
-                                 grad_clip=self.grad_clip)  # fmt: skip
         if self.stride > self.seq_len:
-            problems.append("eval.chunk_sgd.stride must not exceed eval.chunk_sgd.seq_len")
-        raise_problems(problems)
+            raise ConfigError("eval.chunk_sgd.stride must not exceed eval.chunk_sgd.seq_len")
 
 
 def stream_of(val: ValData, docs: list[Document]) -> tuple[int, np.ndarray]:
@@ -88,9 +82,7 @@ def evaluate_chunk_sgd(
     offset, stream = stream_of(val, docs)
     spans = chunk_spans(len(stream) - 1, cfg.chunk_tokens)
     chunks = windows_by_chunk(document_windows(docs, cfg.seq_len, cfg.stride), offset, cfg.chunk_tokens)
-    batches = [b for k in range(len(spans))
-               for b in window_batches(chunks.get(k, []), cfg.batch_windows, ctx.rank, ctx.world_size)]  # fmt: skip
-    forward, stats = fixed_model_forward(model, batches, seq_len=cfg.seq_len, batch_windows=cfg.batch_windows,
+    forward, stats = fixed_model_forward(model, seq_len=cfg.seq_len, batch_windows=cfg.batch_windows,
                                          looped=ctx.looped, compile_backend=ctx.compile_backend)  # fmt: skip
     start = time.perf_counter()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
@@ -116,4 +108,4 @@ def evaluate_chunk_sgd(
     model.eval()
     totals = scores.totals()
     seconds["eval"] = time.perf_counter() - start
-    return ModeResult("chunk_sgd", totals, seconds, compile=stats.finish("chunk_sgd"))
+    return ModeResult("chunk_sgd", totals, seconds, compile=stats.finish("chunk_sgd", forward))

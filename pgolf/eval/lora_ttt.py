@@ -56,7 +56,16 @@ from pydantic import Field
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from pgolf.config import ConfigError, Section, non_negative, positive, raise_problems
+from pgolf.config import (
+    ConfigError,
+    Count,
+    Decay,
+    NonNegative,
+    Positive,
+    Section,
+    Seed,
+    raise_problems,
+)
 from pgolf.dist import to_device
 from pgolf.eval import ngram
 from pgolf.eval.ngram import NgramTilt, NgramTiltConfig
@@ -64,7 +73,7 @@ from pgolf.eval.sgd import GlobalSgdConfig, train_stream
 from pgolf.model.layers import Site
 from pgolf.model.lora import BatchedLoRA
 from pgolf.score.bpb import BpbTotals, ValData
-from pgolf.score.compile import EvalForward, warmup
+from pgolf.score.compile import MIN_SCORED, MIN_WIDTH, EvalForward, Shape, warmup, warmup_shapes
 from pgolf.score.documents import Document, chunk_window, num_chunks
 from pgolf.score.scores import EvalContext, ModeResult, Scores, model_device, set_trainable
 
@@ -73,8 +82,8 @@ class ShortChunk(Section):
     """One step of the short-document chunk schedule: batches whose longest document has at most ``max_len``
     tokens are scored and adapted in chunks of ``chunk_size`` targets."""
 
-    max_len: int  # a document's length: its BOS through the next document's BOS (num_targets + 1)
-    chunk_size: int
+    max_len: Count  # a document's length: its BOS through the next document's BOS (num_targets + 1)
+    chunk_size: Count
 
 
 class LoraTttConfig(Section):
@@ -82,38 +91,32 @@ class LoraTttConfig(Section):
     SGD on scored prefixes, with the frontier's knobs (module docstring)."""
 
     enabled: bool
-    rank: int  # record: TTT_LORA_RANK = 80
-    alpha: float  # record: TTT_LORA_ALPHA = 144 (scale alpha / rank = 1.8)
-    lr: float  # record: TTT_LORA_LR = 1e-4 (AdamW, constant)
-    local_lr_mult: float  # record: 1.0 ; #1953/#2014: 0.75, #2060: 0.80 (per-document AdamW lr = lr * this)
-    beta1: float  # record: 0.0
-    beta2: float  # record: 0.99
-    eps: float  # record: 1e-10
-    weight_decay: float  # record: 0.5 (decoupled)
-    chunk_size: int  # record: TTT_CHUNK_SIZE = 48 (batches beyond every short_chunks entry)
+    rank: Count  # record: TTT_LORA_RANK = 80
+    alpha: Positive  # record: TTT_LORA_ALPHA = 144 (scale alpha / rank = 1.8)
+    lr: NonNegative  # record: TTT_LORA_LR = 1e-4 (AdamW, constant)
+    local_lr_mult: NonNegative  # record: 1.0 ; #1953/#2014: 0.75, #2060: 0.80 (per-document AdamW lr = lr * this)
+    beta1: Decay  # record: 0.0
+    beta2: Decay  # record: 0.99
+    eps: Positive  # record: 1e-10
+    weight_decay: NonNegative  # record: 0.5 (decoupled)
+    chunk_size: Count  # record: TTT_CHUNK_SIZE = 48 (batches beyond every short_chunks entry)
     short_chunks: list[ShortChunk]  # record: [] ; #2014: 256 -> 8, 2000 -> 24 (max_len -> chunk_size)
-    context: int  # record: TTT_EVAL_SEQ_LEN = 2048 (own-document tokens a chunk's window reaches back)
-    batch_docs: int  # record: TTT_BATCH_SIZE = 64
+    context: Count  # record: TTT_EVAL_SEQ_LEN = 2048 (own-document tokens a chunk's window reaches back)
+    batch_docs: Count  # record: TTT_BATCH_SIZE = 64
     warm_start_a: bool  # record: TTT_WARM_START_A = 1 (keep A from the slot's previous document)
     sites: list[Site] = Field(min_length=1)  # record: [q, k, v, o, mlp, head]
-    phases: list[int]  # record: [833, 1666, 2500] (prefix document counts; PHASED_TTT_PREFIX_DOCS=2500, 3 phases)
-    seed: int  # random A of fresh adapters (the record: unseeded)
+    phases: list[Count]  # record: [833, 1666, 2500] (prefix document counts; PHASED_TTT_PREFIX_DOCS=2500, 3 phases)
+    seed: Seed  # random A of fresh adapters (the record: unseeded)
     asym_logit: bool  # record: false ; #1923/#1945/#2014/#2135: true (learnable caps sp, sn, trained by global SGD)
     ngram_tilt: NgramTiltConfig
     global_sgd: GlobalSgdConfig
 
     def model_post_init(self, _context: object) -> None:
-        problems = positive("eval.lora_ttt", rank=self.rank, chunk_size=self.chunk_size, context=self.context,
-                            batch_docs=self.batch_docs, eps=self.eps)  # fmt: skip
-        problems += non_negative("eval.lora_ttt", lr=self.lr, local_lr_mult=self.local_lr_mult,
-                                 weight_decay=self.weight_decay)  # fmt: skip
-        problems += self._short_chunk_problems()
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            problems.append("eval.lora_ttt.beta1 and beta2 must lie in [0, 1)")
+        problems = self._short_chunk_problems()
         if self.context < self.chunk_size:
             problems.append("eval.lora_ttt.context must be at least eval.lora_ttt.chunk_size")
-        if any(b <= 0 for b in self.phases) or self.phases != sorted(set(self.phases)):
-            problems.append(f"eval.lora_ttt.phases must be increasing positive document counts (got {self.phases})")
+        if self.phases != sorted(set(self.phases)):
+            problems.append(f"eval.lora_ttt.phases must be increasing document counts (got {self.phases})")
         if len(set(self.sites)) != len(self.sites):
             problems.append(f"eval.lora_ttt.sites has duplicates: {self.sites}")
         raise_problems(problems)
@@ -121,10 +124,10 @@ class LoraTttConfig(Section):
     def _short_chunk_problems(self) -> list[str]:
         limits = [s.max_len for s in self.short_chunks]
         problems = []
-        if any(m <= 0 for m in limits) or any(a >= b for a, b in zip(limits, limits[1:], strict=False)):
-            problems.append(f"eval.lora_ttt.short_chunks: max_len must be positive and increasing (got {limits})")
+        if any(a >= b for a, b in zip(limits, limits[1:], strict=False)):
+            problems.append(f"eval.lora_ttt.short_chunks: max_len must be increasing (got {limits})")
         for i, step in enumerate(self.short_chunks):
-            if not 0 < step.chunk_size <= self.context:
+            if step.chunk_size > self.context:
                 problems.append(f"eval.lora_ttt.short_chunks[{i}].chunk_size must lie in 1..eval.lora_ttt.context "
                                 f"({self.context}) (got {step.chunk_size})")  # fmt: skip
         return problems
@@ -217,13 +220,12 @@ def scoring_steps(queue: list[list[Document]], cfg: LoraTttConfig) -> ngram.Step
 
 
 def _fresh_lora(model: nn.Module, cfg: LoraTttConfig, batch: int, looped: bool, seed: int) -> BatchedLoRA:
-    schedule = model.schedule(looped)
+    """Fresh adapters for ``batch`` documents, built on the model's device from a generator seeded by ``seed`` (the
+    run's own random state is never touched)."""
+    schedule, device = model.schedule(looped), model_device(model)
     num_slots = len(schedule.encoder) + len(schedule.decoder)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        lora = BatchedLoRA(model.cfg, sites=cfg.sites, num_slots=num_slots, batch=batch, rank=cfg.rank,
-                           alpha=cfg.alpha)  # fmt: skip
-    return lora.to(model_device(model))
+    return BatchedLoRA(model.cfg, sites=cfg.sites, num_slots=num_slots, batch=batch, rank=cfg.rank, alpha=cfg.alpha,
+                       device=device, generator=torch.Generator(device=device).manual_seed(seed))  # fmt: skip
 
 
 class LoraTtt:
@@ -237,9 +239,16 @@ class LoraTtt:
         self.on_scored: Callable[[int], object] | None = None  # called with each chunk step's scored targets
         self.tilt: NgramTilt | None = None  # the n-gram tilt of the scores (eval.lora_ttt.ngram_tilt)
 
-    def warmup_shapes(self, batches: list[list[Document]]) -> set[tuple[int, int]]:
-        """The (rows, width) of every chunk step of these batches (what :meth:`run_batch` will call)."""
-        return {self.forward.shape(len(b), w) for b in batches for w in set(chunk_widths(b, self.cfg))}
+    def warmup_shapes(self, queue: list[list[Document]]) -> list[Shape]:
+        """The warm-up's shapes, from the configuration and the whole queue (the same on every rank): the largest
+        chunk call (``batch_docs`` rows, the context, the largest chunk) and a small one, and a one-document batch's
+        if the queue has one (a size of one specializes the dynamic graph)."""
+        cfg = self.cfg
+        scored = max([cfg.chunk_size, *(s.chunk_size for s in cfg.short_chunks)])
+        shapes = warmup_shapes(self.forward, cfg.batch_docs, cfg.context, scored)
+        if shapes and any(len(b) == 1 for b in queue):
+            shapes.append(self.forward.shape(1, MIN_WIDTH, MIN_SCORED))
+        return shapes
 
     def throwaway_lora(self, batch: int) -> BatchedLoRA:
         """Adapters for the warm-up (drawn under a forked RNG: the run's own draws do not change)."""
@@ -271,15 +280,15 @@ class LoraTtt:
         chunks = np.array([num_chunks(d, size) for d in docs])
         for c in range(int(chunks.max())):
             rows = self.forward.gather(self.val, [chunk_window(d, c, size, cfg.context) for d in docs])
-            inputs, targets, mask = rows.tensors(device)
+            inputs, targets, mask, cols = rows.tensors(device)
             if self.tilt is None:
                 with torch.enable_grad():
-                    nats = self.forward(inputs, targets, lora)
+                    nats = self.forward(inputs, targets, lora, cols=cols)
                 scored = nats
             else:  # the tilt scores; the update learns from the untilted loss
                 hints = self.tilt.hints_for(rows, device)
                 with torch.enable_grad():
-                    nats, log_p_hint = self.forward(inputs, targets, lora, hints=hints)
+                    nats, log_p_hint = self.forward(inputs, targets, lora, hints=hints, cols=cols)
                 scored = self.tilt.score(nats, log_p_hint, rows, targets, hints)
             self.scores.add(scored, rows, mask)  # score first ...
             if self.on_scored is not None:
@@ -313,14 +322,14 @@ def evaluate_lora_ttt(
     set_trainable(model, False)
     scores = Scores(model_device(model), ctx.recorder)
     forward = EvalForward(model, ctx.looped, ctx.compile_backend, max_width=cfg.context,
-                          logit_cap=logit_cap_for(model, cfg), hints=cfg.ngram_tilt.enabled)  # fmt: skip
+                          logit_cap=logit_cap_for(model, cfg), hints=cfg.ngram_tilt.enabled, min_rows=0)  # fmt: skip
     ttt = LoraTtt(forward, val, cfg, scores, ctx)
     queue = doc_queue(docs, cfg.batch_docs)
     ends = phase_ends(queue, cfg.phases)
     cuts = [0] + [q + 1 for q, _ in ends] + [len(queue)]  # phase k runs after queue[:cuts[k + 1]]
     segments = list(zip(cuts[:-1], cuts[1:], strict=True))
     mine = [queue[p] for p in rank_positions(segments, ctx.rank, ctx.world_size)]
-    stats = warmup(ttt.forward, ttt.warmup_shapes(mine), adapters=ttt.throwaway_lora)
+    stats = warmup(ttt.forward, ttt.warmup_shapes(queue), adapters=ttt.throwaway_lora)
     start = time.perf_counter()
     seconds, phases = {"sgd": 0.0}, []
     if cfg.ngram_tilt.enabled:  # reads validation tokens: inside the timer
@@ -350,4 +359,6 @@ def evaluate_lora_ttt(
     totals = scores.totals()
     seconds["eval"] = time.perf_counter() - start
     details = {} if ttt.tilt is None else {"ngram_tilt": ttt.tilt.summary(totals, seconds["ngram_hints"])}
-    return ModeResult("lora_ttt", totals, seconds, phases=phases, compile=stats.finish("lora_ttt"), details=details)
+    return ModeResult(
+        "lora_ttt", totals, seconds, phases=phases, compile=stats.finish("lora_ttt", forward), details=details
+    )

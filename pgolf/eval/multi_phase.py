@@ -16,7 +16,7 @@ import time
 
 from torch import nn
 
-from pgolf.config import Section, non_negative, positive, raise_problems
+from pgolf.config import ConfigError, Count, Decay, NonNegative, Section
 from pgolf.eval.chunk_sgd import stream_of
 from pgolf.eval.sgd import GlobalSgdConfig, train_stream
 from pgolf.score.bpb import BpbTotals, ValData
@@ -28,7 +28,6 @@ from pgolf.score.scores import (
     Scores,
     model_device,
     score_windows,
-    window_batches,
 )
 
 
@@ -37,22 +36,18 @@ class MultiPhaseConfig(Section):
     tokens); kept as a measured counter-example."""
 
     enabled: bool
-    seq_len: int  # #1802: 2048
-    stride: int  # #1802: 64
-    batch_windows: int  # #1802: 32
-    passes: int  # #1802: 2 training passes (MP_TTT_PHASES = 3 scoring phases)
-    chunk_tokens: int  # #1802: 32768 (one SGD step per chunk, no last-chunk guard)
-    lr: float  # #1802: MP_TTT_LR = 0.015
-    momentum: float  # #1802: 0.9
-    grad_clip: float  # #1802: 1.0
+    seq_len: Count  # #1802: 2048
+    stride: Count  # #1802: 64
+    batch_windows: Count  # #1802: 32
+    passes: Count  # #1802: 2 training passes (MP_TTT_PHASES = 3 scoring phases)
+    chunk_tokens: Count  # #1802: 32768 (one SGD step per chunk, no last-chunk guard)
+    lr: NonNegative  # #1802: MP_TTT_LR = 0.015
+    momentum: Decay  # #1802: 0.9
+    grad_clip: NonNegative  # #1802: 1.0
 
     def model_post_init(self, _context: object) -> None:
-        problems = positive("eval.multi_phase", seq_len=self.seq_len, stride=self.stride, passes=self.passes,
-                            batch_windows=self.batch_windows, chunk_tokens=self.chunk_tokens)  # fmt: skip
-        problems += non_negative("eval.multi_phase", lr=self.lr, momentum=self.momentum, grad_clip=self.grad_clip)
         if self.stride > self.seq_len:
-            problems.append("eval.multi_phase.stride must not exceed eval.multi_phase.seq_len")
-        raise_problems(problems)
+            raise ConfigError("eval.multi_phase.stride must not exceed eval.multi_phase.seq_len")
 
     def sgd(self) -> GlobalSgdConfig:
         """One training pass over every chunk, as global SGD runs it."""
@@ -67,8 +62,7 @@ def evaluate_multi_phase(
     Every scoring pass is sliding (:func:`pgolf.eval.sliding.evaluate_sliding`) through one warmed-up forward."""
     _, stream = stream_of(val, docs)
     windows = document_windows(docs, cfg.seq_len, cfg.stride)
-    batches = window_batches(windows, cfg.batch_windows, ctx.rank, ctx.world_size)
-    forward, stats = fixed_model_forward(model, batches, seq_len=cfg.seq_len, batch_windows=cfg.batch_windows,
+    forward, stats = fixed_model_forward(model, seq_len=cfg.seq_len, batch_windows=cfg.batch_windows,
                                          looped=ctx.looped, compile_backend=ctx.compile_backend)  # fmt: skip
     start = time.perf_counter()
 
@@ -85,4 +79,4 @@ def evaluate_multi_phase(
         totals = score(phase)
         phases.append({"phase": phase, "val_bpb": totals.val_bpb, "val_loss": totals.val_loss})
     return ModeResult("multi_phase", totals, {"eval": time.perf_counter() - start}, passes=cfg.passes + 1,
-                      phases=phases, compile=stats.finish("multi_phase"))  # fmt: skip
+                      phases=phases, compile=stats.finish("multi_phase", forward))  # fmt: skip

@@ -53,14 +53,15 @@ References: Issue #1017 (the conditions C1-C4); the tilt's lineage: PRs #1145, #
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from pgolf.config import ConfigError, Section
+from pgolf.config import Count, Fraction, Section
 from pgolf.dist import to_device
 from pgolf.score.bpb import BpbTotals, ValData
 from pgolf.score.documents import Rows
@@ -74,20 +75,9 @@ class NgramTiltConfig(Section):
     key turns on the frontier code's target-gated channels (within-word, word-start, agreement), which break C1."""
 
     enabled: bool  # record: false ; #2135: true (NGRAM_TILT_ENABLED)
-    order: int  # #2135: TOKEN_ORDER = 16 (the context is the previous order - 1 tokens of the document)
-    threshold: float  # #2135: TOKEN_THRESHOLD = 0.8 (tilt where the hint's confidence >= this)
-    boost: float  # #2135: TOKEN_BOOST = 2.625 (beta)
-
-    def model_post_init(self, _context: object) -> None:
-        problems = []
-        if self.order < 1:
-            problems.append(f"eval.lora_ttt.ngram_tilt.order must be >= 1 (got {self.order})")
-        if not 0.0 <= self.threshold <= 1.0:
-            problems.append(f"eval.lora_ttt.ngram_tilt.threshold must be in [0, 1] (got {self.threshold})")
-        if not (math.isfinite(self.boost) and 0.0 <= self.boost <= 50.0):
-            problems.append(f"eval.lora_ttt.ngram_tilt.boost must be in [0, 50] (got {self.boost})")
-        if problems:
-            raise ConfigError("; ".join(problems))
+    order: Count  # #2135: TOKEN_ORDER = 16 (the context is the previous order - 1 tokens of the document)
+    threshold: Fraction  # #2135: TOKEN_THRESHOLD = 0.8 (tilt where the hint's confidence >= this)
+    boost: Annotated[float, Field(ge=0.0, le=50.0)]  # #2135: TOKEN_BOOST = 2.625 (beta)
 
 
 def _splitmix64(count: int) -> list[int]:

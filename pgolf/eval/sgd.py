@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from pgolf import dist as pdist
-from pgolf.config import Section, non_negative, positive, raise_problems
+from pgolf.config import Count, CountOrZero, Decay, NonNegative, Section
 from pgolf.dist import autocast, to_device
 from pgolf.score.documents import PAD_ID
 from pgolf.score.scores import EvalContext, set_trainable
@@ -40,19 +40,12 @@ class GlobalSgdConfig(Section):
     """Full-parameter SGD over a token stream, in chunks, with a cosine lr across chunks (``eval.lora_ttt.global_sgd``;
     #1802's multi-phase passes use the same schedule with their own values)."""
 
-    lr: float  # record: GLOBAL_TTT_LR = 1e-3
-    momentum: float  # record: 0.9
-    epochs: int  # record: GLOBAL_TTT_EPOCHS = 1
-    chunk_tokens: int  # record: GLOBAL_TTT_CHUNK_TOKENS = 32768
-    seq_len: int  # record: 2048 (training sequences; attention also stops at documents)
-    grad_clip: float  # record: GLOBAL_TTT_GRAD_CLIP = 1.0 (0 = off)
-
-    def model_post_init(self, _context: object) -> None:
-        prefix = "eval.lora_ttt.global_sgd"
-        problems = positive(prefix, chunk_tokens=self.chunk_tokens, seq_len=self.seq_len)
-        problems += non_negative(prefix, lr=self.lr, momentum=self.momentum, epochs=self.epochs,
-                                 grad_clip=self.grad_clip)  # fmt: skip
-        raise_problems(problems)
+    lr: NonNegative  # record: GLOBAL_TTT_LR = 1e-3
+    momentum: Decay  # record: 0.9
+    epochs: CountOrZero  # record: GLOBAL_TTT_EPOCHS = 1
+    chunk_tokens: Count  # record: GLOBAL_TTT_CHUNK_TOKENS = 32768
+    seq_len: Count  # record: 2048 (training sequences; attention also stops at documents)
+    grad_clip: NonNegative  # record: GLOBAL_TTT_GRAD_CLIP = 1.0 (0 = off)
 
 
 def chunk_spans(num_targets: int, chunk_tokens: int) -> list[Span]:

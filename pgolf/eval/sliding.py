@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from pgolf.config import Section, positive, raise_problems
+from pgolf.config import ConfigError, Count, Section
 from pgolf.score.bpb import ValData
 from pgolf.score.documents import Document
 from pgolf.score.scorer import document_windows, score_fixed
@@ -25,15 +25,13 @@ class SlidingConfig(Section):
     """#1492 sliding window, confined to each document: windows of ``seq_len`` advancing by ``stride``."""
 
     enabled: bool
-    seq_len: int  # #1492: 2048
-    stride: int  # #1492: 64 (every scored token but the first window's has >= seq_len - stride of context)
-    batch_windows: int  # #1492: 32
+    seq_len: Count  # #1492: 2048
+    stride: Count  # #1492: 64 (every scored token but the first window's has >= seq_len - stride of context)
+    batch_windows: Count  # #1492: 32
 
     def model_post_init(self, _context: object) -> None:
-        problems = positive("eval.sliding", seq_len=self.seq_len, stride=self.stride, batch_windows=self.batch_windows)
         if self.stride > self.seq_len:
-            problems.append(f"eval.sliding.stride ({self.stride}) must not exceed eval.sliding.seq_len")
-        raise_problems(problems)
+            raise ConfigError(f"eval.sliding.stride ({self.stride}) must not exceed eval.sliding.seq_len")
 
 
 def evaluate_sliding(

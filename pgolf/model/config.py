@@ -6,58 +6,58 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pgolf.config import ConfigError, Section
+from pgolf.config import ConfigError, Count, CountOrZero, Fraction, NonNegative, Positive, Section
 
 
 class BigramHashParams(Section):
     """#374's hashed previous-token embedding (2048 buckets, dim 128, scale 0.05); buckets 0 = off."""
 
-    buckets: int
-    dim: int
-    scale_init: float
+    buckets: CountOrZero
+    dim: Count
+    scale_init: NonNegative
 
 
 class ValueEmbedParams(Section):
     """#374's shared value embedding (dim 128 on layers 9 and 10, scale 0.1); empty layers = off."""
 
-    dim: int
-    layers: list[int]
-    scale_init: float
+    dim: Count
+    layers: list[CountOrZero]
+    scale_init: NonNegative
 
 
 class ModelParams(Section):
-    num_layers: int
-    model_dim: int
-    num_heads: int
-    num_kv_heads: int
+    num_layers: Count
+    model_dim: Count
+    num_heads: Count
+    num_kv_heads: Count
     """Grouped-query attention: each K/V head serves num_heads / num_kv_heads query heads."""
-    mlp_mult: float
+    mlp_mult: Positive
     """MLP hidden width = int(mlp_mult * model_dim)."""
     mlp_activation: Literal["leaky_relu2", "relu2"]
     """(LeakyReLU(slope))^2 as in the record, or ReLU^2."""
-    mlp_leaky_slope: float
+    mlp_leaky_slope: Fraction
     """Negative slope of leaky_relu2: phi(u) = u^2 for u > 0, (slope u)^2 otherwise; the record 0.5, #1948/#2140 0.3
     (#1948, #2140). It reaches the eager path and the fused Triton kernel, forward and backward."""
-    tied_embed_init_std: float
-    logit_softcap: float
+    tied_embed_init_std: NonNegative
+    logit_softcap: NonNegative
     """logits = c * tanh(z / c); 0 disables."""
-    rope_base: float
-    rope_dims: int
+    rope_base: Positive
+    rope_dims: CountOrZero
     """Rotated dimensions per head (partial RoPE); the rest carry no position."""
     rope_ntk_scale: bool
     """NTK-style base rescale for sequences longer than rope_train_seq_len (the record: off)."""
-    rope_train_seq_len: int
+    rope_train_seq_len: Count
     ln_scale: bool
     """Scale each block's normed inputs by 1/sqrt(layer + 1)."""
-    qk_gain_init: float
+    qk_gain_init: Positive
     """Initial per-head gain on the RMS-normed queries."""
-    xsa_last_n: int
+    xsa_last_n: CountOrZero
     """Exclusive self-attention on the last n physical layers (0 = none)."""
     attn_gate: bool
     """Sparse attention-output gate: sigmoid(scale * G n[:gate_window]) per head."""
-    attn_gate_scale: float
-    attn_gate_init_std: float
-    gate_window: int
+    attn_gate_scale: NonNegative
+    attn_gate_init_std: NonNegative
+    gate_window: Count
     """Leading residual dims read by the attention gate and the SmearGate."""
     smear_gate: bool
     """Mix the previous position into each embedding (kind chosen by smear_gate_kind)."""
@@ -73,11 +73,11 @@ class ModelParams(Section):
     """U-Net skips merged by a sigmoid lerp (true) or added with a learned weight (false)."""
     parallel_mode: Literal["none", "two_lane", "gptj"]
     """Decoder layers >= parallel_start_layer: two-lane parallel block (record) or GPT-J parallel residual."""
-    parallel_start_layer: int
-    num_loops: int
+    parallel_start_layer: CountOrZero
+    num_loops: CountOrZero
     """Extra passes of the loop segment [loop_start, loop_end] once recurrence is on (0 = no recurrence)."""
-    loop_start: int
-    loop_end: int
+    loop_start: CountOrZero
+    loop_end: CountOrZero
 
     def model_post_init(self, _context: object) -> None:
         problems = []
@@ -89,12 +89,10 @@ class ModelParams(Section):
             problems.append(f"model.rope_dims must be even and at most head_dim={self.head_dim}")
         if self.num_loops and not 0 <= self.loop_start <= self.loop_end < self.num_layers:
             problems.append("model.loop_start..loop_end must lie inside 0..num_layers-1")
-        if self.bigram_hash.buckets == 1 or self.bigram_hash.buckets < 0:
+        if self.bigram_hash.buckets == 1:
             problems.append("model.bigram_hash.buckets must be 0 (off) or at least 2 (one is reserved)")
         if any(not 0 <= layer < self.num_layers for layer in self.value_embed.layers):
             problems.append("model.value_embed.layers must lie inside 0..num_layers-1")
-        if not 0.0 <= self.mlp_leaky_slope <= 1.0:
-            problems.append(f"model.mlp_leaky_slope must lie in [0, 1] (got {self.mlp_leaky_slope})")
         if self.gate_window > self.model_dim:
             problems.append("model.gate_window must not exceed model.model_dim")
         if problems:
@@ -120,6 +118,6 @@ class ModelParams(Section):
 class ModelConfig(ModelParams):
     """A model configuration resolved against a tokenizer."""
 
-    vocab_size: int
-    bos_id: int
+    vocab_size: Count
+    bos_id: CountOrZero
     """Document separator: SmearGate does not mix across it."""

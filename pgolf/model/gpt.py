@@ -112,11 +112,16 @@ class GPT(nn.Module):
         adapters: Adapters | None = None,
         reduction: Literal["mean", "none"] = "mean",
         logit_cap: nn.Module | None = None,
+        positions: Tensor | None = None,
     ) -> Tensor:
         """Soft-capped logits (B, T, V) when ``targets`` is None, else the cross-entropy in nats: a scalar mean or,
         with ``reduction="none"``, per token (B, T). ``logit_cap``: an evaluation-time cap applied (in fp32 at least)
-        instead of the fixed ``c*tanh(z/c)``, e.g. LoRA TTT's learnable asymmetric one; it is no part of the model."""
+        instead of the fixed ``c*tanh(z/c)``, e.g. LoRA TTT's learnable asymmetric one; it is no part of the model.
+        ``positions`` (B, K): the head, the cap and the loss only at these row offsets (``targets`` then (B, K)):
+        evaluation scores a few positions of long rows (a TTT chunk's 48 of 2048), so no (B, T, V) tensor exists."""
         h = self.hidden(ids, cu_seqlens, looped, adapters)
+        if positions is not None:
+            h = h.gather(1, positions.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
         logits = F.linear(h, self.tok_emb.weight.to(h.dtype))
         if adapters is not None and (delta := adapters.delta("head", 0, h)) is not None:
             logits = logits + delta.to(logits.dtype)

@@ -27,17 +27,21 @@ def site_dims(cfg: ModelConfig, site: Site) -> tuple[int, int]:
 
 
 class BatchedLoRA(nn.Module):
+    """Adapters built where they are used (``device``), A drawn from ``generator`` (a seeded generator of that
+    device; None: the global RNG): no host copy of the (slots x batch x rank x width) tensors."""
+
     def __init__(
-        self, cfg: ModelConfig, *, sites: Iterable[Site], num_slots: int, batch: int, rank: int, alpha: float
-    ) -> None:
+        self, cfg: ModelConfig, *, sites: Iterable[Site], num_slots: int, batch: int, rank: int, alpha: float,
+        device: torch.device | str | None = None, generator: torch.Generator | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.scale = alpha / rank
+        self.scale, self.generator = alpha / rank, generator
         self.A, self.B = nn.ParameterDict(), nn.ParameterDict()
         for site in sites:
             slots = 1 if site == "head" else num_slots
             fan_in, fan_out = site_dims(cfg, site)
-            self.A[site] = nn.Parameter(torch.empty(slots, batch, rank, fan_in))
-            self.B[site] = nn.Parameter(torch.zeros(slots, batch, fan_out, rank))
+            self.A[site] = nn.Parameter(torch.empty(slots, batch, rank, fan_in, device=device))
+            self.B[site] = nn.Parameter(torch.zeros(slots, batch, fan_out, rank, device=device))
         self.reset(reset_a=True)
 
     @torch.no_grad()
@@ -48,7 +52,7 @@ class BatchedLoRA(nn.Module):
             self.B[site][:, select].zero_()
             if reset_a:
                 bound = 1.0 / math.sqrt(a.size(-1))
-                a[:, select] = torch.empty_like(a[:, select]).uniform_(-bound, bound)
+                a[:, select] = torch.empty_like(a[:, select]).uniform_(-bound, bound, generator=self.generator)
 
     def delta(self, site: Site, slot: int, x: Tensor) -> Tensor | None:
         if site not in self.A:

@@ -28,7 +28,7 @@ from pydantic import model_validator
 from torch import Tensor
 
 from pgolf import dist as pdist
-from pgolf.config import Section
+from pgolf.config import Count, CountOrZero, Decay, NonNegative, Section
 
 NSCoeffs = Literal["polar_express", "classic"]
 
@@ -130,15 +130,15 @@ def muon_update(
 class MuonConfig(Section):
     """The Muon knobs of params.yaml (the hidden-matrix optimizer)."""
 
-    lr: float
+    lr: NonNegative
     """Base learning rate of the matrices (multiplied by the schedule's LR multiplier every step)."""
-    momentum: float
+    momentum: Decay
     """Final momentum, reached after ``momentum_warmup_steps`` optimizer steps."""
-    momentum_warmup_start: float
+    momentum_warmup_start: Decay
     """Momentum at step 0; it ramps linearly to ``momentum``."""
-    momentum_warmup_steps: int
+    momentum_warmup_steps: CountOrZero
     """Length of the linear momentum ramp in optimizer steps (0 = ``momentum`` from the start)."""
-    ns_steps: int
+    ns_steps: Count
     """Newton–Schulz iterations (1-5 for polar_express, which has 5 tuples; any >= 1 for classic)."""
     ns_coeffs: NSCoeffs
     """``polar_express``: the record's per-iteration coefficients; ``classic``: (3.4445, -4.7750, 2.0315)."""
@@ -146,7 +146,7 @@ class MuonConfig(Section):
     """L2-normalize each row of the (Nesterov) momentum before Newton–Schulz."""
     nesterov: bool
     """Use the Nesterov form ``grad + momentum buf`` instead of ``buf``."""
-    weight_decay: float
+    weight_decay: NonNegative
     """Decoupled weight decay: ``p <- p (1 - lr wd)`` with the scheduled lr, before the update."""
 
     @model_validator(mode="after")
@@ -177,9 +177,11 @@ class Muon(torch.optim.Optimizer):
 
     ``step()`` assumes gradients are already averaged across ranks. With a process group of N > 1 ranks, the i-th
     parameter that has a gradient (counted over all groups, in order) is owned by rank ``i % N``: only the owner
-    keeps its momentum buffer (so ``state_dict()`` differs between ranks) and computes the update, which is then
-    broadcast to all ranks in the parameter's dtype. Every rank applies the same update to its replica. The
-    decision to skip a parameter whose grad is None must be the same on every rank (it is, for a replicated model).
+    keeps its momentum buffer (so ``state_dict()`` differs between ranks) and computes the update. The updates of
+    one (group, shape, dtype) reach every rank in one all-gather (each rank sends its owned updates of that shape,
+    padded to the largest share): one collective per shape instead of one broadcast per matrix, in the parameter's
+    dtype. Every rank applies the same update to its replica. The decision to skip a parameter whose grad is None
+    must be the same on every rank (it is, for a replicated model).
 
     Each group's ``lr``, ``momentum``, ``weight_decay``, ``nesterov``, ``row_normalize``, ``ns_steps`` and
     ``ns_coeffs`` are read at every step, so a schedule may rewrite ``lr`` and ``momentum`` between steps.
@@ -261,49 +263,58 @@ class Muon(torch.optim.Optimizer):
         torch._foreach_copy_(bufs, list(stacked.unbind(0)))
         return [u.to(p.dtype).contiguous() for p, u in zip(params, update.unbind(0), strict=True)]
 
+    def _owned_updates(self, params: list[Tensor], group: dict) -> list[Tensor]:
+        """This rank's updates of same-shape matrices of one group: one batched Newton–Schulz for all of them
+        (``batch_by_shape``) or one per matrix."""
+        if self.batch_by_shape or len(params) <= 1:
+            return self._bucket_updates(params, group) if params else []
+        return [u for p in params for u in self._bucket_updates([p], group)]
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """One Muon step over all groups (see the class docstring for the multi-rank split).
-
-        The owner computes the updates of its matrices bucket by bucket (same group, shape and dtype), the first
-        time the parameter order reaches a bucket; the broadcasts follow the parameter order on every rank."""
+        """One Muon step over all groups (see the class docstring for the multi-rank split): per (group, shape,
+        dtype), the owner's updates, one all-gather, then every rank applies them in parameter order."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         rank, world = pdist.group_rank_world()
-        order: list[tuple[Tensor, dict, int, tuple]] = []
-        buckets: dict[tuple, list[Tensor]] = {}
+        shapes: dict[tuple, list[tuple[Tensor, int]]] = {}  # (group, shape, dtype, device) -> [(param, owner)]
         index = 0
         for gi, group in enumerate(self.param_groups):
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                owner = index % world
-                key = (gi, tuple(p.shape), p.dtype, p.device) if self.batch_by_shape else (gi, id(p))
-                index += 1
-                order.append((p, group, owner, key))
-                if owner == rank:
-                    buckets.setdefault(key, []).append(p)
-        ready: dict[int, Tensor] = {}
-        pending: list[tuple[Tensor, Tensor, dict, object]] = []
-        for p, group, owner, key in order:
-            if owner == rank:
-                if id(p) not in ready:
-                    bucket = buckets[key]
-                    ready.update(zip(map(id, bucket), self._bucket_updates(bucket, group), strict=True))
-                update = ready.pop(id(p))
-            else:
-                update = torch.empty_like(p)
-            handle = dist.broadcast(update, src=owner, async_op=True) if world > 1 else None
-            pending.append((p, update, group, handle))
-        for p, update, group, handle in pending:
+                if p.grad is not None:
+                    shapes.setdefault((gi, tuple(p.shape), p.dtype, p.device), []).append((p, index % world))
+                    index += 1
+        pending = []
+        for (gi, *_), members in shapes.items():
+            group = self.param_groups[gi]
+            mine = [p for p, owner in members if owner == rank]
+            updates = self._owned_updates(mine, group)
+            if world == 1:
+                pending.append((members, group, updates, None, None))
+                continue
+            share = max(sum(owner == r for _, owner in members) for r in range(world))
+            local = torch.zeros((share, *members[0][0].shape), dtype=members[0][0].dtype, device=members[0][0].device)
+            for i, u in enumerate(updates):
+                local[i].copy_(u)
+            gathered = [torch.empty_like(local) for _ in range(world)]
+            handle = dist.all_gather(gathered, local, async_op=True)
+            pending.append((members, group, gathered, handle, share))
+        for members, group, updates, handle, _ in pending:
             if handle is not None:
                 handle.wait()  # type: ignore[attr-defined]
             lr, wd = group["lr"], group["weight_decay"]
-            if wd != 0.0:
-                p.mul_(1.0 - lr * wd)
-            p.add_(update, alpha=-lr)
+            taken = [0] * world
+            for j, (p, owner) in enumerate(members):
+                if handle is None:
+                    update = updates[j]
+                else:
+                    update = updates[owner][taken[owner]]
+                    taken[owner] += 1
+                if wd != 0.0:
+                    p.mul_(1.0 - lr * wd)
+                p.add_(update, alpha=-lr)
         return loss
 
 

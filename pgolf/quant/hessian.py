@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from pgolf import dist
-from pgolf.config import Section
+from pgolf.config import ConfigError, Count, Section, Seed
 from pgolf.data import shards
 from pgolf.model.gpt import EMBEDDING, GPT
 from pgolf.model.layers import Linear
@@ -31,15 +31,20 @@ from pgolf.segments import window_cu_seqlens
 
 
 class CalibrateConfig(Section):
-    batches: int
+    batches: Count
     """Calibration batches (the record: 16)."""
-    batch_tokens: int
+    batch_tokens: Count
     """Tokens per batch and rank, in rows of seq_len (the record: 98,304 = 48 x 2048)."""
-    seq_len: int
-    seed: int
+    seq_len: Count
+    seed: Seed
     """Seed of the window sampler (independent of the training seed)."""
     doc_isolated: bool
     """Attention confined to documents inside each window (the record: false, plain causal windows)."""
+
+    def model_post_init(self, _context: object) -> None:
+        if self.batch_tokens % self.seq_len:
+            raise ConfigError(f"calibrate.batch_tokens ({self.batch_tokens}) must be a multiple of calibrate.seq_len "
+                              f"({self.seq_len}): a batch is whole rows of seq_len tokens")  # fmt: skip
 
 
 def calibration_windows(shard_dir: Path, cfg: CalibrateConfig, rank: int, world_size: int) -> Iterator[Tensor]:

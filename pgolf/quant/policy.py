@@ -18,9 +18,11 @@ to a finer grid (:mod:`pgolf.quant.awq`); ``quantize.inverse`` picks how GPTQ co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
-from pgolf.config import ConfigError, Section
+from pydantic import Field
+
+from pgolf.config import ConfigError, Count, CountOrZero, NonNegative, Positive, Section
 from pgolf.model.gpt import GPT
 from pgolf.model.layers import Linear
 from pgolf.quant.bits import BitWidth
@@ -32,21 +34,21 @@ MatrixKind = Literal["embedding", "q", "k", "v", "o", "up", "down"]
 class TensorSpec(Section):
     bits: BitWidth
     """Integer range +-(2^(bits-1) - 1), stored in int8."""
-    clip_sigmas: float
+    clip_sigmas: Positive
     """SDClip: row scale = clip_sigmas * std(row) / (2^(bits-1) - 1) (method gptq only)."""
-    rtn_clip_percentile: float
+    rtn_clip_percentile: Annotated[float, Field(gt=0.0, le=100.0)]
     """Method rtn: row scale = max(P_p(|row|) / c, 1/c), P_p the p-th percentile of the row's |w| (linear
     interpolation); 100 = the row max. #374: 99.99984 for its int8 embeddings, 100 for its int6 matrices."""
 
 
 class LqerConfig(Section):
     enabled: bool
-    rank: int
-    top_k: int
+    rank: Count
+    top_k: Count
     """Tensors corrected: the k largest by ||W - W_hat||_F."""
     mode: Literal["asym", "sym"]
     """asym: A int2 with one scale, B int4 in groups (the record); sym: int-factor_bits with per-row scales."""
-    group: int
+    group: Count
     factor_bits: BitWidth
 
 
@@ -57,21 +59,13 @@ class AwqConfig(Section):
     enabled: bool
     bits: BitWidth
     """Grid of the protected groups (frontier: 8, int8 in [-127, 127]); only matrices with fewer bits are candidates."""
-    group_size: int
+    group_size: Count
     """Consecutive input columns per group (frontier: 64); a trailing partial group is never a candidate."""
-    top_k: int
+    top_k: Count
     """Groups kept: in the whole model (scope global) or in each candidate matrix (per_matrix). Frontier: 1, global."""
     scope: Literal["global", "per_matrix"]
-    min_elements: int
+    min_elements: CountOrZero
     """Candidates have more than this many elements (frontier: 65,536, a constant there)."""
-
-    def model_post_init(self, _context: object) -> None:
-        sizes = (("group_size", self.group_size), ("top_k", self.top_k))
-        problems = [f"quantize.awq.{key} must be positive (got {value})" for key, value in sizes if value < 1]
-        if self.min_elements < 0:
-            problems.append(f"quantize.awq.min_elements must be >= 0 (got {self.min_elements})")
-        if problems:
-            raise ConfigError("; ".join(problems))
 
 
 class QuantizeConfig(Section):
@@ -79,8 +73,8 @@ class QuantizeConfig(Section):
     """gptq, or round-to-nearest with per-row percentile-clipped scales (#374; see TensorSpec)."""
     hadamard: bool
     """Rotate every non-embedding matrix's input space by a Walsh-Hadamard matrix before quantizing (#2143)."""
-    block_size: int
-    damping: float
+    block_size: Count
+    damping: NonNegative
     """GPTQ damping as a fraction of the mean Hessian diagonal."""
     act_order: bool
     inverse: InverseMethod

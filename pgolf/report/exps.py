@@ -17,7 +17,6 @@ metrics files the workspace had when it was queued, not results of its own. Its 
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import shutil
@@ -27,7 +26,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf.cli import run
+from pgolf.cli import Parser, run
 from pgolf.dist import subprocess_env
 from pgolf.errors import PgolfError
 
@@ -291,7 +290,7 @@ def _loads(text: str, source: str) -> list:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m pgolf.report.exps",
         description=__doc__.split("\n\n")[0],
         epilog="Other arguments go to `dvc exp show`, e.g. -A, --rev REV, -n 3, --hide-queued.",

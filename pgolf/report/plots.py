@@ -15,7 +15,6 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from pgolf.cli import run
+from pgolf.cli import Parser, run
 from pgolf.errors import PgolfError
 from pgolf.report import optional_import
 
@@ -100,7 +99,7 @@ def render(repo: Path, out: Path, revs: list[str] | None, ids: list[str] | None,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="plots", help="folder for the PNG files (default: %(default)s)")
     parser.add_argument("--repo", default=".", help="the DVC repository (default: %(default)s)")
     parser.add_argument("--revs", nargs="+", help="compare these revisions/experiments (dvc plots diff)")

@@ -23,13 +23,13 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
+import sys
 from dataclasses import asdict, dataclass
 
-from pgolf.cli import run
+from pgolf.cli import Parser, run
 from pgolf.errors import PgolfError
 from pgolf.report import optional_import
 
@@ -43,6 +43,11 @@ class Group:
 
     name: str
     values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        for v in self.values:
+            if not math.isfinite(v):
+                raise PgolfError(f"{self.name}: {v} is not a val_bpb (NaN or infinite); give finite numbers or runs")
 
     @property
     def n(self) -> int:
@@ -158,9 +163,40 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _seed_of(rev: str, repo: str) -> int | None:
+    """``train.seed`` of the params at ``rev`` (None when it cannot be read)."""
+    dvc_api = optional_import("dvc.api", "dvc>=3.60", "pipeline")
+    try:
+        import yaml
+
+        fs = dvc_api.DVCFileSystem(repo, rev=None if rev == "workspace" else rev)
+        return int(yaml.safe_load(fs.read_text("params.yaml"))["train"]["seed"])
+    except Exception:  # a revision without params.yaml or a seed: nothing to compare
+        return None
+
+
+def duplicates(name: str, items: list[str], values: list[float], seeds: dict[str, int | None]) -> list[str]:
+    """Warnings for results that look like the same seed given twice: two runs of one ``train.seed``, or two
+    identical numbers (seeds of one configuration never agree to every digit)."""
+    out = []
+    by_seed: dict[int, str] = {}
+    for item, seed in seeds.items():
+        if seed is not None and seed in by_seed:
+            out.append(f"{name}: {by_seed[seed]} and {item} both ran train.seed={seed}: one seed twice, not two seeds")
+        elif seed is not None:
+            by_seed[seed] = item
+    seen: dict[float, str] = {}
+    for item, value in zip(items, values, strict=True):
+        if value in seen and not (item in seeds and seen[value] in seeds):
+            out.append(f"{name}: {seen[value]} and {item} give the same val_bpb {value!r}: the same seed twice?")
+        seen.setdefault(value, item)
+    return out
+
+
 def resolve(name: str, items: list[str], metric: str, metrics_file: str, repo: str) -> tuple[Group, float | None]:
-    """A group from numbers and/or revisions; the mean bytes per token of its revisions (None without any)."""
-    values, ratios = [], []
+    """A group from numbers and/or revisions; the mean bytes per token of its revisions (None without any).
+    Results that look like one seed twice are reported as warnings (on stderr), not dropped."""
+    values, ratios, seeds = [], [], {}
     for item in items:
         try:
             values.append(float(item))
@@ -169,9 +205,13 @@ def resolve(name: str, items: list[str], metric: str, metrics_file: str, repo: s
             pass
         value, bpt = _read_rev(item, metric, metrics_file, repo)
         values.append(value)
+        seeds[item] = _seed_of(item, repo)
         if bpt is not None:
             ratios.append(bpt)
-    return Group(name, tuple(values)), (statistics.fmean(ratios) if ratios else None)
+    group = Group(name, tuple(values))  # refuses NaN and infinities
+    for line in duplicates(name, items, values, seeds):
+        print(f"warning: {line}", file=sys.stderr)
+    return group, (statistics.fmean(ratios) if ratios else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -204,7 +244,7 @@ def format_report(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--candidate", nargs="+", required=True, help="val_bpb per seed, or revisions/experiments")
     parser.add_argument("--baseline", nargs="+", required=True, help="val_bpb per seed, or revisions/experiments")
     parser.add_argument("--metric", default="modes.lora_ttt.val_bpb", help="key in --metrics-file")
@@ -215,7 +255,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alpha", type=float, default=ALPHA, help="default: %(default)s")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-
+    for flag, value in (("--bytes-per-token", args.bytes_per_token), ("--min-gain-nats", args.min_gain_nats),
+                        ("--alpha", args.alpha)):  # fmt: skip
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise PgolfError(f"{flag} must be a finite positive number, got {value}")
+    if args.alpha >= 1:
+        raise PgolfError(f"--alpha is a p-value threshold below 1, got {args.alpha}")
     candidate, bpt_c = resolve("candidate", args.candidate, args.metric, args.metrics_file, args.repo)
     baseline, bpt_b = resolve("baseline", args.baseline, args.metric, args.metrics_file, args.repo)
     bpt = args.bytes_per_token or bpt_c or bpt_b

@@ -11,19 +11,24 @@ and ``dvc exp show`` print) and ``metrics/ladder.csv`` (one row per rung: the ``
   dequantized one to the last bit (it must: same weights, same scorer, same documents; a multi-rank evaluation
   sums in another order and may differ in the last digits).
 * **compliance**, each figure measured by the stage that ran it:
-  ``train``: training seconds + Hessian-collection seconds (the record's 600 s include the Hessians) against the
-  training budget; ``eval``: per mode, decompress + warm-up + scoring with TTT, each once, and their total, against
-  the evaluation budget, with the mode's audit standing (compliant / unaudited / violated); ``artifact``: the
-  counted bytes against the limit; ``data``: the training and calibration documents checked against the
-  validation documents' hashes. ``compliant`` is true only when every check holds and the reported mode's audits
-  ran and passed.
+  ``train``: training seconds (the loop's wall clock) + Hessian-collection seconds (the record's 600 s include the
+  Hessians) against the training budget; ``eval``: per mode, the evaluation clock two ways, each labelled:
+  ``practice`` (scoring with its TTT updates, what the challenge's records time: decompression and the compile
+  warm-up outside) and ``strict`` (decompression + warm-up + scoring, everything), against the evaluation budget,
+  with the mode's audit standing (compliant / unaudited / violated); ``artifact``: the counted bytes against the
+  limit; ``data``: the training and calibration documents checked against the validation documents' hashes.
+* **the verdict** ``compliant``: the artifact fits, the data check passed and the reported mode's audits ran and
+  passed; and, only on the hardware the budgets are defined on (``compliance.hardware``, e.g. 8xH100, compared
+  with what ``train`` measured), training + Hessians and the reported mode's ``practice`` clock are within their
+  budgets. Elsewhere (a CPU, one GPU) the clocks are shown as informative (``timing_applies: false``): a 2-core
+  CPU's minutes say nothing about 8xH100 seconds.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pgolf.config import Section
+from pgolf.config import Positive, Section
 from pgolf.errors import PgolfError
 from pgolf.files import read_json
 
@@ -34,8 +39,8 @@ class ComplianceConfig(Section):
     """params.yaml ``compliance``: the challenge's budgets, for the hardware they are defined on."""
 
     hardware: str  # the hardware the budgets hold for (the challenge: 8xH100)
-    train_budget_seconds: float  # training + Hessian collection (the challenge: 600)
-    eval_budget_seconds: float  # decompress + warm-up + scoring + TTT (the challenge: 600)
+    train_budget_seconds: Positive  # training + Hessian collection (the challenge: 600)
+    eval_budget_seconds: Positive  # decompress + warm-up + scoring + TTT (the challenge: 600)
 
 
 def _same_documents(sets: dict[str, dict]) -> dict:
@@ -61,21 +66,36 @@ def ladder(export: dict, quantize: dict, evaluate: dict) -> dict[str, float]:
     return rungs
 
 
+def on_budget_hardware(measured: str, budget: str) -> bool:
+    """Whether the hardware a run measured (``8x NVIDIA H100 80GB HBM3``, ``1x cpu``) is the one the budgets hold
+    for (``8xH100``): the same device count and the budget's device name within the measured one."""
+    count, _, name = budget.partition("x")
+    got, _, device = measured.partition("x")
+    return count.strip() == got.strip() and bool(name.strip()) and name.strip().lower() in device.lower()
+
+
+def eval_clock(seconds: dict, budget: float) -> dict:
+    """A mode's evaluation clock, both ways: ``practice`` (scoring with TTT) and ``strict`` (everything)."""
+    practice = float(seconds["scoring"])
+    strict = float(seconds["decompress"]) + float(seconds["warmup"]) + practice
+    return {"decompress_seconds": seconds["decompress"], "warmup_seconds": seconds["warmup"],
+            "scoring_seconds": seconds["scoring"], "practice_seconds": round(practice, 3),
+            "strict_seconds": round(strict, 3), "budget_seconds": budget, "within": practice <= budget,
+            "within_strict": strict <= budget}  # fmt: skip
+
+
 def compliance(cfg: ComplianceConfig, train: dict, calibrate: dict, size: dict, evaluate: dict) -> dict:
-    """The measured checks (see the module docstring)."""
+    """The measured checks and the verdict (see the module docstring)."""
     train_s, calib_s = float(train["train_seconds"]), float(calibrate["seconds"])
     total = train_s + calib_s
     budget = cfg.train_budget_seconds
-    out = {"train": {"hardware": train["hardware"], "budget_hardware": cfg.hardware, "train_seconds": train_s,
+    applies = on_budget_hardware(train["hardware"], cfg.hardware)
+    out = {"timing_applies": applies,
+           "train": {"hardware": train["hardware"], "budget_hardware": cfg.hardware, "train_seconds": train_s,
                      "calibrate_seconds": calib_s, "total_seconds": round(total, 3), "budget_seconds": budget,
                      "within": total <= budget}}  # fmt: skip
-    out["eval"] = {}
-    for name, m in evaluate["modes"].items():
-        s = m["seconds"]
-        out["eval"][name] = {"decompress_seconds": s["decompress"], "warmup_seconds": s["warmup"],
-                             "scoring_seconds": s["scoring"], "total_seconds": s["total"],
-                             "budget_seconds": cfg.eval_budget_seconds, "within": s["total"] <= cfg.eval_budget_seconds,
-                             "audit": m["compliance"]}  # fmt: skip
+    out["eval"] = {name: {**eval_clock(m["seconds"], cfg.eval_budget_seconds), "audit": m["compliance"]}
+                   for name, m in evaluate["modes"].items()}  # fmt: skip
     out["artifact"] = {"bytes": size["total_bytes"], "limit": size["limit_bytes"],
                        "within": size["total_bytes"] <= size["limit_bytes"]}  # fmt: skip
     checks = {"train": train["provenance"], "calibrate": calibrate["provenance"]}
@@ -85,8 +105,9 @@ def compliance(cfg: ComplianceConfig, train: dict, calibrate: dict, size: dict, 
                    "passed": all(v["passed"] for v in checks.values())}  # fmt: skip
     reported = REPORTED_MODE if REPORTED_MODE in out["eval"] else list(out["eval"])[-1]
     out["reported_mode"] = reported
-    out["compliant"] = bool(out["train"]["within"] and out["eval"][reported]["within"] and out["artifact"]["within"]
-                            and out["data"]["passed"] and out["eval"][reported]["audit"] == "compliant")  # fmt: skip
+    clocks = out["train"]["within"] and out["eval"][reported]["within"]
+    out["compliant"] = bool(out["artifact"]["within"] and out["data"]["passed"]
+                            and out["eval"][reported]["audit"] == "compliant" and (clocks or not applies))  # fmt: skip
     return out
 
 
@@ -131,5 +152,6 @@ def headline(summary: dict) -> dict:
     return {"documents": {"count": summary["documents"]["count"], "sha256": summary["documents"]["sha256"][:16]},
             "ladder": summary["ladder"], "model_bin_equals_dequantized": summary["model_bin_equals_dequantized"],
             "bytes": {"total": summary["bytes"]["total"], "fits": summary["bytes"]["fits"]},
-            "compliance": {"compliant": c["compliant"], "train_seconds": c["train"]["total_seconds"],
-                           "eval_seconds": reported["total_seconds"], "audit": reported["audit"]}}  # fmt: skip
+            "compliance": {"compliant": c["compliant"], "timing_applies": c["timing_applies"],
+                           "train_seconds": c["train"]["total_seconds"], "eval_seconds": reported["practice_seconds"],
+                           "eval_strict_seconds": reported["strict_seconds"], "audit": reported["audit"]}}  # fmt: skip

@@ -28,7 +28,6 @@ truncating the stream.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +39,9 @@ import torch.distributed as dist
 
 from pgolf.data import shards
 from pgolf.data import tokenizer as tok
-from pgolf.data.docs import sha256_file
 from pgolf.errors import PgolfError
 
 ByteCount = Literal["sidecar", "tokenizer_luts"]
-SHARDS_MANIFEST = "manifest.json"
 
 
 def loss_to_bpb(nats: float, bytes_: int) -> float:
@@ -103,48 +100,29 @@ class ValData:
             raise ValueError(f"{shapes}: both must be 1-D and of equal length")
 
 
-def _read_shards_manifest(shard_dir: Path) -> dict | None:
-    path = shard_dir / SHARDS_MANIFEST
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def _check_manifest(shard_dir: Path, meta: dict, has_sidecar: bool) -> None:
-    """Fail when the tokenize stage's manifest disagrees with the tokenizer or the files present."""
-    manifest = _read_shards_manifest(shard_dir)
-    if manifest is None:
-        return
-    if manifest.get("tokenizer_sha256") not in (None, meta.get("model_sha256")):
-        raise PgolfError(f"{shard_dir}: shards were made by another tokenizer than {meta.get('model_sha256')}")
-    if manifest.get("byte_count") == "sidecar" and not has_sidecar:
-        raise PgolfError(f"{shard_dir}: manifest says byte_count=sidecar but no val_bytes_*.bin files are present")
-    _check_contents(shard_dir, manifest)
-
-
-def _check_contents(shard_dir: Path, manifest: dict) -> None:
-    """Every val shard and byte sidecar present must be the file the tokenize stage wrote (its sha256 in the
-    manifest): a changed token id or byte count would otherwise give a wrong val_bpb with exit code 0."""
-    recorded = manifest.get("sha256")
-    if recorded is None:  # a manifest from before content hashes
-        return
-    for kind in ("val", "val_bytes"):
-        for path in shards.shard_paths(shard_dir, kind):
-            if path.name not in recorded:
-                raise PgolfError(f"{path}: not written by the tokenize stage (not in {SHARDS_MANIFEST}); remove it "
-                                 "or re-run `dvc repro tokenize`")  # fmt: skip
-            if sha256_file(path) != recorded[path.name]:
-                raise PgolfError(f"{path}: its content changed after the tokenize stage wrote it (sha256 differs "
-                                 f"from {SHARDS_MANIFEST}); restore it with `dvc checkout data/shards` or re-run "
-                                 "`dvc repro tokenize`")  # fmt: skip
+def check_manifest(shard_dir: Path, meta: dict) -> dict:
+    """The tokenize stage's manifest of ``shard_dir`` (fail closed: :func:`pgolf.data.shards.read_manifest`), after
+    checking that it was made with this tokenizer, that its byte count's files are there, and that every val shard
+    and byte sidecar is the file it wrote (:func:`pgolf.data.shards.verify`)."""
+    manifest, where = shards.read_manifest(shard_dir), shard_dir / shards.MANIFEST_FILE
+    made_by, ours = manifest.get("tokenizer_sha256"), meta.get("model_sha256")
+    if made_by is None or made_by != ours:
+        raise PgolfError(f"{where}: the shards were made by tokenizer {made_by}, not by this one ({ours}); re-run "
+                         "`dvc repro tokenize`")  # fmt: skip
+    if manifest.get("byte_count") not in ("sidecar", "tokenizer_luts"):
+        raise PgolfError(f"{where}: byte_count is {manifest.get('byte_count')!r}, not sidecar or tokenizer_luts; "
+                         "re-run `dvc repro tokenize`")  # fmt: skip
+    shards.verify(shard_dir, manifest, ("val", "val_bytes"))
+    return manifest
 
 
 def load_val(shard_dir: Path | str, tokenizer_dir: Path | str) -> ValData:
     """The val tokens (``val_*.bin`` only, never the sidecar) with bytes from the sidecar or the tokenizer LUTs."""
     shard_dir = Path(shard_dir)
     meta = tok.read_meta(tokenizer_dir)
-    has_sidecar = bool(shards.shard_paths(shard_dir, "val_bytes"))
-    _check_manifest(shard_dir, meta, has_sidecar)
+    manifest = check_manifest(shard_dir, meta)
     vocab = meta["vocab_size"]
-    if has_sidecar:
+    if manifest["byte_count"] == "sidecar":
         tokens, counts = shards.load_val_with_bytes(shard_dir, vocab_size=vocab)
         target_bytes = counts.astype(np.int64)
         target_bytes[:1] = 0

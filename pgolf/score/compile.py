@@ -1,30 +1,31 @@
 """``torch.compile`` for evaluation (``eval.compile``): the per-token forward of every scoring and TTT call as one
-graph per (rows, width) shape, a warm-up that builds those graphs on random tokens before the clock starts, and
-a count of the graphs built afterwards (expected 0; a warning otherwise).
+graph with dynamic shapes, as the record compiles ``forward_ttt`` (``dynamic=True``), a warm-up that builds it on
+random tokens before the clock starts, and a count of the graphs built afterwards (expected 0; a warning
+otherwise).
 
-Static shapes (``dynamic=False``, ``fullgraph=True``, CUDA only, like ``train.compile``). A call runs a batch of
-windows as ``[rows, width]`` rows, one window per row, padded at the end (no ``cu_seqlens``: a row never holds two
-windows). What varies between calls is the width (the longest window of the batch: short documents, the first
-chunks of a document, a sliding batch's tail) and the row count (a rank's last, smaller batch of windows; LoRA
-TTT's one batch of fewer than ``batch_docs`` documents). Compiled, the width is rounded up to the next of
-:func:`width_buckets` and a batch of windows is padded with empty rows to ``batch_windows``; LoRA TTT keeps its
-row count (its short batch holds the longest documents, which padding to ``batch_docs`` rows would slow down
-most), so that batch adds one graph per width it reaches. Pads trail the valid prefix of each row and empty rows
-hold no window: causal attention and position-local ops keep every real position's logit, and pads are outside
-the scored mask, so no scored number changes (tests/score/test_compile.py).
+A call runs a batch of windows as ``[rows, width]`` input rows, one window per row, padded at the end (no
+``cu_seqlens``: a row never holds two windows), and computes the head, the soft-cap and the loss at the ``[rows,
+scored]`` positions the rows score (:func:`pgolf.score.documents.gather`). What varies between calls is the width
+(short documents, a document's first chunks, a sliding batch's tail), the scored count (a plain window scores every
+position, a TTT chunk 48, a sliding window its stride) and the rows (a rank's last batch; LoRA TTT's batch of fewer
+than ``batch_docs`` documents). All three are symbolic in the one graph, so no shape compiles another (the record:
+one graph, 84-138 s of warm-up; static buckets would compile 11-24 here). A size of one specializes a dynamic
+graph, so a compiled call is at least :data:`MIN_WIDTH` wide and scores at least :data:`MIN_SCORED` positions, and
+a fixed model's batch has at least two rows (padding trails the valid prefix, empty rows hold no window, padded
+positions are outside the scored mask: no scored number changes, tests/score/test_compile.py); LoRA TTT keeps its
+row count (its adapters have one row per document), so a batch of one document may add a second graph.
 
-The warm-up runs each shape a mode will call (computed from its windows, never from their tokens) on random
-token ids (validation tokens must not reach the warm-up), forward only for fixed
-models and forward + backward through a throw-away LoRA for LoRA TTT, so that no compilation falls in the timed
-part. The LoRA adapters (and LoRA TTT's AsymLogit caps, :class:`pgolf.eval.lora_ttt.AsymSoftcap`) are inputs of
-the graph, not constants: one graph serves every document batch of a shape, and global SGD's updates of the caps
-reach it (they require grad only inside global SGD, as in the warm-up they do not). The graphs are guarded on
-the model's state (``eval()``, which parameters require grad, grad mode), not on its identity, so the modes'
-model copies share them and a shape another mode built compiles nothing; the TTT weight updates (LoRA's AdamW,
-global and chunk SGD, all eager) change values in place and keep them valid.
+The warm-up runs shapes computed from the mode's configuration alone, never from a rank's windows (so it is the
+same on every rank, and ends with a barrier) and never from validation tokens: forward only for fixed models,
+forward + backward through throw-away adapters built on the device for LoRA TTT. The LoRA adapters (and LoRA TTT's
+AsymLogit caps, :class:`pgolf.eval.lora_ttt.AsymSoftcap`) are inputs of the graph, not constants: one graph serves
+every document batch, and global SGD's updates of the caps reach it. The graphs are guarded on the model's state
+(``eval()``, which parameters require grad, grad mode), not on its identity, so the modes' model copies share
+them; the TTT weight updates (LoRA's AdamW, global and chunk SGD, all eager) change values in place and keep them
+valid.
 
-References: the record's compiled ``forward_ttt`` and its random-token
-warm-up, outside the timer), :mod:`pgolf.compiler`.
+References: the record's compiled ``forward_ttt`` and its random-token warm-up outside the timer;
+:mod:`pgolf.compiler`.
 """
 
 from __future__ import annotations
@@ -34,30 +35,23 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pgolf import compiler as tc
+from pgolf import dist
 from pgolf.dist import autocast, to_device
 from pgolf.model.layers import Adapters
 from pgolf.score.bpb import ValData
 from pgolf.score.documents import EMPTY_WINDOW, Rows, Window, gather
 
 Backend = str | Callable | None
-SMALLEST_WIDTH = 64
-"""The narrowest width bucket (a record TTT chunk is 48 targets)."""
-
-
-def width_buckets(max_width: int, smallest: int = SMALLEST_WIDTH) -> tuple[int, ...]:
-    """Row widths compiled for windows of at most ``max_width`` tokens: 64, 96, 128, 192, 256, ... (powers of two
-    and 1.5 times them, at most 1.5x the window: 11 graphs up to 2048 instead of 6 at up to 2x) below
-    ``max_width``, then ``max_width`` itself."""
-    widths, power = [], smallest
-    while power < max_width:
-        widths += [w for w in (power, power * 3 // 2) if w < max_width]
-        power *= 2
-    return (*widths, max_width)
+MIN_WIDTH = 16
+"""The narrowest compiled row (a narrower one would specialize the dynamic graph on its size)."""
+MIN_SCORED = 2
+"""The fewest scored positions of a compiled row (a size of 1 specializes a dynamic graph)."""
+WARMUP_GRAPHS = 4
+"""Graphs a mode's warm-up may build (one per schedule is the aim; a size-one dimension may add one)."""
 
 
 def backend_for(compile_flag: bool, device: torch.device) -> str | None:
@@ -65,16 +59,15 @@ def backend_for(compile_flag: bool, device: torch.device) -> str | None:
     return tc.BACKEND if tc.enabled(compile_flag, device) else None
 
 
-def set_recompile_limit(graphs: int) -> None:
-    """Let Dynamo build ``graphs`` more graphs of one function than this process has built so far (every eval
-    mode's graphs hang on ``GPT.forward``)."""
-    tc.raise_recompile_limit(tc.graphs_compiled() + graphs)
+Shape = tuple[int, int, int]  # (rows, width, scored positions per row)
 
 
 class EvalForward:
-    """Per-token nats ``[rows, width]`` of padded window rows through ``model`` with the schedule ``looped``: eager
-    at the batch's own shape (``backend`` None), or compiled at bucketed shapes. ``logit_cap``: an eval-time cap
-    module the model applies instead of its fixed soft-cap (LoRA TTT's AsymLogit; a graph input when compiled)."""
+    """Per-token nats ``[rows, scored]`` of padded window rows through ``model`` with the schedule ``looped``,
+    eager (``backend`` None) or through one compiled graph of dynamic shape. ``logit_cap``: an eval-time cap module
+    the model applies instead of its fixed soft-cap (LoRA TTT's AsymLogit; a graph input when compiled).
+    ``min_rows``: the fewest rows a compiled batch is padded to (2 for a fixed model; 0 for LoRA TTT, whose rows
+    are its adapters')."""
 
     def __init__(
         self,
@@ -84,43 +77,47 @@ class EvalForward:
         max_width: int,
         logit_cap: nn.Module | None = None,
         hints: bool = False,
+        min_rows: int = 2,
     ) -> None:
         self.model, self.looped, self.logit_cap, self.hints = model, looped, logit_cap, hints
         self.extra = {} if logit_cap is None else {"logit_cap": logit_cap}  # a model need not know the keyword
-        self.compiled = backend is not None
-        self.buckets = width_buckets(max_width) if self.compiled else ()
-        self.fn = tc.CompiledModel(model, backend) if self.compiled else model
+        self.compiled, self.max_width, self.min_rows = backend is not None, max_width, min_rows
+        self.fn = tc.CompiledModel(model, backend, dynamic=True) if self.compiled else model
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def shape(self, num_windows: int, width: int, rows: int = 0) -> tuple[int, int]:
-        """(rows, width) a batch of ``num_windows`` windows of at most ``width`` tokens runs as; compiled, padded
-        to at least ``rows`` rows and to the width's bucket."""
-        width = max(width, 1)
+    def shape(self, num_windows: int, width: int, scored: int) -> Shape:
+        """(rows, width, scored) a batch of ``num_windows`` windows of at most ``width`` tokens scoring at most
+        ``scored`` targets each runs as; compiled, padded to the minimum sizes of a dynamic graph."""
+        width, scored = max(width, 1), max(scored, 1)
+        if width > self.max_width:
+            raise ValueError(f"a window of {width} tokens is wider than the widest row ({self.max_width})")
         if not self.compiled:
-            return num_windows, width
-        fits = [b for b in self.buckets if b >= width]
-        if not fits:
-            raise ValueError(f"a window of {width} tokens is wider than the widest compiled row ({self.buckets[-1]})")
-        return max(num_windows, rows), fits[0]
+            return num_windows, width, scored
+        return max(num_windows, self.min_rows), max(width, MIN_WIDTH), max(scored, MIN_SCORED)
 
-    def gather(self, val: ValData, windows: list[Window], rows: int = 0) -> Rows:
+    def gather(self, val: ValData, windows: list[Window]) -> Rows:
         """The rows of ``windows`` at :meth:`shape` (empty windows fill the padding rows)."""
-        num_rows, width = self.shape(len(windows), max((w[1] for w in windows), default=1), rows)
-        return gather(val, list(windows) + [EMPTY_WINDOW] * (num_rows - len(windows)), width)
+        width = max((w[1] for w in windows), default=1)
+        scored = max((w[3] - w[2] for w in windows if w[1]), default=1)
+        rows, width, scored = self.shape(len(windows), width, scored)
+        return gather(val, list(windows) + [EMPTY_WINDOW] * (rows - len(windows)), width, scored)
 
     def __call__(
-        self, inputs: Tensor, targets: Tensor, adapters: Adapters | None = None, hints: Tensor | None = None
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """The nats of ``targets``; built with ``hints=True``, the model returns its logits (one graph per shape,
-        hinted or not) and, given ``hints`` [rows, width] (-1 = none), the call also returns log p(hint) (the
-        n-gram tilt's input, :mod:`pgolf.eval.ngram`)."""
+        self, inputs: Tensor, targets: Tensor, adapters: Adapters | None = None, hints: Tensor | None = None,
+        cols: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:  # fmt: skip
+        """The nats of ``targets`` at the row offsets ``cols`` ([rows, scored]; None: every position). Built with
+        ``hints=True``, the model returns its logits there (one graph, hinted or not) and, given ``hints``
+        [rows, scored] (-1 = none), the call also returns log p(hint) (the n-gram tilt's input,
+        :mod:`pgolf.eval.ngram`)."""
         with autocast(inputs.device):
             if not self.hints:
-                return self.fn(inputs, targets, looped=self.looped, adapters=adapters, reduction="none", **self.extra)
-            logits = self.fn(inputs, None, looped=self.looped, adapters=adapters, **self.extra)
+                return self.fn(inputs, targets, looped=self.looped, adapters=adapters, reduction="none",
+                               positions=cols, **self.extra)  # fmt: skip
+            logits = self.fn(inputs, None, looped=self.looped, adapters=adapters, positions=cols, **self.extra)
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # fp32 at least, as the model's cross-entropy
         nats = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         if hints is None:
@@ -138,51 +135,68 @@ class CompileStats:
     graphs_scoring: int = 0
     warmup_seconds: float = 0.0
     mark: int = 0  # graphs_compiled() at the end of the warm-up
+    fullgraph: bool = True
 
-    def finish(self, name: str) -> dict:
-        """The stats once the mode has scored (for metrics/eval.json); warns when scoring built a graph."""
+    def finish(self, name: str, forward: EvalForward | None = None) -> dict:
+        """The stats once the mode has scored (for metrics/eval.json); warns when scoring built a graph. With the
+        mode's ``forward``: whether it stayed one graph (``fullgraph``; where it broke, if it did not)."""
+        out = {"enabled": self.enabled, "shapes": self.shapes, "graphs_warmup": self.graphs_warmup,
+               "graphs_scoring": self.graphs_scoring, "warmup_seconds": round(self.warmup_seconds, 3)}  # fmt: skip
         if self.enabled:
-            self.graphs_scoring = tc.graphs_compiled() - self.mark
+            self.graphs_scoring = out["graphs_scoring"] = tc.graphs_compiled() - self.mark
             if self.graphs_scoring:
                 warnings.warn(f"eval {name}: torch.compile built {self.graphs_scoring} graph(s) after the warm-up, "
                               "inside the timed part (a shape the warm-up missed)", stacklevel=2)  # fmt: skip
-        return {"enabled": self.enabled, "shapes": self.shapes, "graphs_warmup": self.graphs_warmup,
-                "graphs_scoring": self.graphs_scoring, "warmup_seconds": round(self.warmup_seconds, 3)}  # fmt: skip
+            if forward is not None and isinstance(forward.fn, tc.CompiledModel):
+                out["fullgraph"] = forward.fn.fullgraph
+                if not forward.fn.fullgraph:
+                    out["graph_break"] = forward.fn.break_reason
+        return out
 
 
-def _random_rows(shape: tuple[int, int], vocab_size: int, device: torch.device, seed: int) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)  # never the global RNG, never validation tokens
-    ids = torch.randint(0, vocab_size, (2, *shape), generator=g)  # contiguous, like gathered rows (strides are guarded)
-    return to_device(ids[0], device), to_device(ids[1], device)
+def _random_rows(shape: Shape, vocab_size: int, device: torch.device, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Random input ids [rows, width], targets [rows, scored] and the columns they sit at (the last ``scored``
+    positions of each row, as a TTT chunk's): never the global RNG, never validation tokens."""
+    rows, width, scored = shape
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (rows, width), generator=g)
+    targets = torch.randint(0, vocab_size, (rows, scored), generator=g)
+    cols = (torch.arange(scored) + (width - scored)).expand(rows, scored).contiguous()
+    return to_device(ids, device), to_device(targets, device), to_device(cols, device)
+
+
+def warmup_shapes(forward: EvalForward, rows: int, width: int, scored: int) -> list[Shape]:
+    """The shapes a mode's warm-up runs, from its configuration alone (the same on every rank): its largest call
+    and a small one, which a dynamic graph must serve without compiling again."""
+    if not forward.compiled:
+        return []
+    big = forward.shape(rows, min(width, forward.max_width), min(scored, width))
+    small = forward.shape(min(rows, 2), MIN_WIDTH, MIN_SCORED)
+    return list(dict.fromkeys([big, small]))
 
 
 def warmup(
-    forward: EvalForward, shapes: Iterable[tuple[int, int]], adapters: Callable[[int], nn.Module] | None = None
+    forward: EvalForward, shapes: Iterable[Shape], adapters: Callable[[int], nn.Module] | None = None
 ) -> CompileStats:
-    """Build the graph of every ``(rows, width)`` in ``shapes`` on random tokens, with the model as the mode will
-    score (its ``eval()`` mode and ``requires_grad`` flags are guarded). Fixed model (``adapters`` None): forward
-    under ``no_grad``. LoRA TTT: ``adapters(rows)`` gives throw-away adapters; forward and backward with grad
-    enabled, as every TTT call runs. Eager: nothing to build."""
-    shapes = sorted(set(shapes))
+    """Build the mode's graph on random tokens at each of ``shapes``, with the model as the mode will score (its
+    ``eval()`` mode and ``requires_grad`` flags are guarded), then wait for every rank. Fixed model (``adapters``
+    None): forward under ``no_grad``. LoRA TTT: ``adapters(rows)`` gives throw-away adapters on the device; forward
+    and backward with grad enabled, as every TTT call runs. Eager: nothing to build."""
+    shapes = list(dict.fromkeys(shapes))
     if not forward.compiled:
         return CompileStats(enabled=False)
     start, before = time.perf_counter(), tc.graphs_compiled()
-    set_recompile_limit(len(shapes))
+    tc.raise_recompile_limit(before + WARMUP_GRAPHS)
     vocab_size = forward.model.cfg.vocab_size
     for i, shape in enumerate(shapes):
-        inputs, targets = _random_rows(shape, vocab_size, forward.device, seed=i)
+        inputs, targets, cols = _random_rows(shape, vocab_size, forward.device, seed=i)
         if adapters is None:
             with torch.no_grad():
-                forward(inputs, targets)
+                forward(inputs, targets, cols=cols)
             continue
-        lora = adapters(shape[0])
         with torch.enable_grad():
-            nats = forward(inputs, targets, lora)
+            nats = forward(inputs, targets, adapters(shape[0]), cols=cols)
             (nats.float() * torch.full_like(nats.float(), 1.0 / nats.numel())).sum().backward()
+    dist.barrier()
     mark = tc.graphs_compiled()
     return CompileStats(True, len(shapes), mark - before, 0, time.perf_counter() - start, mark)
-
-
-def batch_shapes(forward: EvalForward, batches: Iterable[list[Window]], rows: int = 0) -> set[tuple[int, int]]:
-    """The shapes :meth:`EvalForward.gather` gives these batches of windows."""
-    return {forward.shape(len(b), int(np.max([w[1] for w in b], initial=1)), rows) for b in batches if b}

@@ -10,9 +10,12 @@ up to the stream's last token are scored like any other (tests/eval/test_lora_tt
 
 A *window* is one row of model input: ``(start, length, lo, hi)`` = input tokens ``tokens[start : start + length]``
 (``start`` is a stream position), of which the targets at row offsets ``lo .. hi - 1`` are scored. Windows never
-cross a document. :func:`gather` turns a list of windows into padded ``[B, T]`` batches (pad id 0 after the valid
-prefix, which causal attention never looks at), with the scored mask, the stream position of every target and the
-bytes charged to it (indexed by target position, never by input position).
+cross a document. :func:`gather` turns a list of windows into padded ``[B, T]`` rows of input (pad id 0 after the
+valid prefix, which causal attention never looks at) and, for the scored targets only, ``[B, K]`` arrays: their row
+offsets (``cols``: the model computes its head, soft-cap and loss there and nowhere else), the targets, the scored
+mask, their stream positions and the bytes charged to them (indexed by target position, never by input
+position). K is the most targets a row scores: a TTT chunk's 48 of a 2048-token window, a sliding window's
+stride, every position of a plain window.
 
 References: the record's ``_find_docs`` (documents) and its TTT chunk windows.
 """
@@ -92,32 +95,38 @@ def num_chunks(doc: Document, chunk_size: int) -> int:
 
 @dataclass
 class Rows:
-    """A padded batch of windows. Integer arrays are numpy; :meth:`tensors` moves the model inputs."""
+    """A padded batch of windows: the input rows ``[B, T]`` and the scored targets ``[B, K]``. Integer arrays are
+    numpy; :meth:`tensors` moves what the model reads."""
 
     inputs: np.ndarray  # [B, T] int64
-    targets: np.ndarray  # [B, T] int64
-    mask: np.ndarray  # [B, T] bool, the scored targets
-    positions: np.ndarray  # [B, T] int64 stream position of each target (only meaningful where mask)
-    target_bytes: np.ndarray  # [B, T] int64, 0 outside the mask
+    cols: np.ndarray  # [B, K] int64 row offset of each scored target (padding repeats a row's last; mask False)
+    targets: np.ndarray  # [B, K] int64
+    mask: np.ndarray  # [B, K] bool, the scored targets
+    positions: np.ndarray  # [B, K] int64 stream position of each target (only meaningful where mask)
+    target_bytes: np.ndarray  # [B, K] int64, 0 outside the mask
 
-    def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Inputs, targets and the scored mask on ``device`` (pinned, non-blocking copies on CUDA)."""
-        return to_device(self.inputs, device), to_device(self.targets, device), to_device(self.mask, device)
+    def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inputs, targets, the scored mask and the columns on ``device`` (pinned, non-blocking copies on CUDA)."""
+        return tuple(to_device(a, device) for a in (self.inputs, self.targets, self.mask, self.cols))  # type: ignore
 
 
-def gather(val: ValData, windows: list[Window], width: int | None = None) -> Rows:
-    """The rows of some windows, padded at the end to ``width`` (default: the longest window)."""
+def gather(val: ValData, windows: list[Window], width: int | None = None, scored: int | None = None) -> Rows:
+    """The rows of some windows, padded at the end to ``width`` input tokens (default: the longest window) and to
+    ``scored`` targets per row (default: the most a window scores)."""
     w = np.asarray(windows, dtype=np.int64).reshape(-1, 4)
     width = int(w[:, 1].max(initial=1)) if width is None else width
+    counts = np.maximum(w[:, 3] - w[:, 2], 0) * (w[:, 1] > 0)
+    k = np.arange(int(counts.max(initial=1)) if scored is None else scored)
+    mask = k < counts[:, None]
+    cols = w[:, 2:3] + np.minimum(k, np.maximum(counts[:, None] - 1, 0))
+    positions = np.where(mask, w[:, :1] + cols + 1, 0)  # target stream positions
+    tokens = val.tokens
     offsets = np.arange(width)
     valid = offsets < w[:, 1:2]
-    positions = np.where(valid, w[:, :1] + offsets + 1, 0)  # target stream positions
-    mask = valid & (offsets >= w[:, 2:3]) & (offsets < w[:, 3:4])
-    tokens = val.tokens
-    inputs = np.where(valid, tokens[np.maximum(positions - 1, 0)], PAD_ID).astype(np.int64)
-    targets = np.where(valid, tokens[positions], PAD_ID).astype(np.int64)
+    inputs = np.where(valid, tokens[np.where(valid, w[:, :1] + offsets, 0)], PAD_ID).astype(np.int64)
+    targets = np.where(mask, tokens[positions], PAD_ID).astype(np.int64)
     target_bytes = np.where(mask, val.target_bytes[positions], 0).astype(np.int64)
-    return Rows(inputs, targets, mask, positions, target_bytes)
+    return Rows(inputs, cols.astype(np.int64), targets, mask, positions, target_bytes)
 
 
 def length_batches(windows: list[Window], batch: int) -> list[list[Window]]:

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pgolf.config import ConfigError, Section
+from pgolf.config import Count, CountOrZero, Section
 from pgolf.score.bpb import BpbTotals, ValData, load_val
-from pgolf.score.compile import Backend, CompileStats, EvalForward, batch_shapes, warmup
+from pgolf.score.compile import Backend, CompileStats, EvalForward, warmup, warmup_shapes
 from pgolf.score.documents import Document, Window, sliding_windows, split_documents
 from pgolf.score.scores import (
     EvalContext,
@@ -38,24 +38,15 @@ from pgolf.score.scores import (
     model_device,
     score_windows,
     set_trainable,
-    window_batches,
 )
 
 
 class ScoreConfig(Section):
     """params.yaml ``score``: the documents every val_bpb is measured on, and the plain score's windows."""
 
-    docs: int  # the first N validation documents; 0 = all (record: all 50,000)
-    seq_len: int  # record: EVAL_SEQ_LEN = 2048
-    batch_windows: int  # record: 32 windows per rank
-
-    def model_post_init(self, _context: object) -> None:
-        problems = [f"score.{k} must be positive (got {v})" for k, v in
-                    (("seq_len", self.seq_len), ("batch_windows", self.batch_windows)) if v <= 0]  # fmt: skip
-        if self.docs < 0:
-            problems.append(f"score.docs must be >= 0 (0 = all documents), got {self.docs}")
-        if problems:
-            raise ConfigError("; ".join(problems))
+    docs: CountOrZero  # the first N validation documents; 0 = all (record: all 50,000)
+    seq_len: Count  # record: EVAL_SEQ_LEN = 2048
+    batch_windows: Count  # record: 32 windows per rank
 
 
 def scored_documents(val: ValData, cfg: ScoreConfig, bos_id: int) -> list[Document]:
@@ -88,15 +79,15 @@ def fp32_model(model: nn.Module) -> nn.Module:
 
 
 def fixed_model_forward(
-    model: nn.Module, batches: list[list[Window]], *, seq_len: int, batch_windows: int, looped: bool,
-    compile_backend: Backend,
-) -> tuple[EvalForward, CompileStats]:  # fmt: skip
+    model: nn.Module, *, seq_len: int, batch_windows: int, looped: bool, compile_backend: Backend
+) -> tuple[EvalForward, CompileStats]:
     """The scoring forward of a fixed model (``eval()``, frozen: the state every scoring call has, which the
-    compiled graphs are guarded on), warmed up on the shapes of this rank's ``batches`` of windows."""
+    compiled graph is guarded on), warmed up at the largest call of windows of ``seq_len`` in batches of
+    ``batch_windows`` and a small one (the same on every rank)."""
     model.eval()
     set_trainable(model, False)
     forward = EvalForward(model, looped, compile_backend, max_width=seq_len)
-    return forward, warmup(forward, batch_shapes(forward, batches, batch_windows))
+    return forward, warmup(forward, warmup_shapes(forward, batch_windows, seq_len, seq_len))
 
 
 def score_fixed(
@@ -104,15 +95,14 @@ def score_fixed(
     name: str,
 ) -> ModeResult:  # fmt: skip
     """Score ``windows`` with ``model`` as it is (``eval()``, frozen, no_grad); the warm-up is not timed."""
-    batches = window_batches(windows, batch_windows, ctx.rank, ctx.world_size)
-    forward, stats = fixed_model_forward(model, batches, seq_len=seq_len, batch_windows=batch_windows,
-                                         looped=ctx.looped, compile_backend=ctx.compile_backend)  # fmt: skip
+    forward, stats = fixed_model_forward(model, seq_len=seq_len, batch_windows=batch_windows, looped=ctx.looped,
+                                         compile_backend=ctx.compile_backend)  # fmt: skip
     start = time.perf_counter()
     scores = Scores(model_device(model), ctx.recorder)
     score_windows(forward, val, windows, scores, batch_windows=batch_windows, rank=ctx.rank,
                   world_size=ctx.world_size, progress=ctx.progress, desc=name)  # fmt: skip
     totals = scores.totals()
-    return ModeResult(name, totals, {"eval": time.perf_counter() - start}, compile=stats.finish(name))
+    return ModeResult(name, totals, {"eval": time.perf_counter() - start}, compile=stats.finish(name, forward))
 
 
 def score_model(

@@ -133,12 +133,12 @@ def score_windows(
     progress: bool = False,
     desc: str = "score",
 ) -> None:
-    """Score this rank's share of ``windows`` (:func:`window_batches`) with the model as it is (no_grad); compiled,
-    each batch is padded to ``batch_windows`` rows and a bucketed width."""
+    """Score this rank's share of ``windows`` (:func:`window_batches`) with the model as it is (no_grad), each
+    batch's head and loss at its scored positions only."""
     batches = window_batches(windows, batch_windows, rank, world_size)
     bar = tqdm(batches, desc=desc, unit="batch", disable=not (progress and rank == 0), leave=False)
     with torch.no_grad():
         for batch in bar:
-            rows = forward.gather(val, batch, batch_windows)
-            inputs, targets, mask = rows.tensors(forward.device)
-            scores.add(forward(inputs, targets), rows, mask)
+            rows = forward.gather(val, batch)
+            inputs, targets, mask, cols = rows.tensors(forward.device)
+            scores.add(forward(inputs, targets, cols=cols), rows, mask)

@@ -42,10 +42,10 @@ class TokenModelForward:
         self.log_probs = log_probs
         self.device = log_probs.device
 
-    def gather(self, val: ValData, windows: list[Window], rows: int = 0) -> Rows:
+    def gather(self, val: ValData, windows: list[Window]) -> Rows:
         return gather(val, windows)
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, adapters: object = None) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
         return -self.log_probs[targets]
 
 

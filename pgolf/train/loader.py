@@ -40,6 +40,7 @@ import torch
 
 from pgolf.data import shards
 from pgolf.data.shards import ShardError
+from pgolf.dist import to_device
 from pgolf.segments import CU_PAD_MULTIPLE, build_cu_seqlens
 
 
@@ -201,3 +202,50 @@ class PackingLoader:
         self._install(int(state["shard"]))
         self.cursor = int(state["cursor"])
         self.epoch = int(state["epoch"])
+
+
+class Prefetcher:
+    """The loader one batch ahead, on the device: :meth:`next_batch` hands out the batch prepared at the previous
+    call and prepares the next one (read, cut, pinned and copied without blocking on CUDA), so the host work and
+    the copy overlap the device's work on the batch just handed out instead of following it. Its
+    :meth:`state_dict` is the loader's position before the prepared batch, so a resume replays it exactly."""
+
+    def __init__(self, loader: PackingLoader, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+        self._pending: Batch | None = None
+        self._state: dict | None = None
+
+    @property
+    def seq_len(self) -> int:
+        return self.loader.seq_len
+
+    def _prepare(self) -> None:
+        self._state = self.loader.state_dict()
+        batch = self.loader.next_batch()
+        self._pending = Batch(*(to_device(t, self.device) for t in (batch.inputs, batch.targets, batch.cu_seqlens)))
+
+    def next_batch(self) -> Batch:
+        if self._pending is None:
+            self._prepare()
+        batch = self._pending
+        self._prepare()
+        return batch
+
+    def _rewind(self) -> None:
+        """Give the prepared batch back (the loader steps back to before it)."""
+        if self._pending is not None:
+            self.loader.load_state_dict(self._state)
+            self._pending = self._state = None
+
+    def set_seq_len(self, seq_len: int) -> None:
+        """Cut segments at ``seq_len`` from the next batch on; a batch prepared at the old length is made again."""
+        if seq_len != self.loader.seq_len:
+            self._rewind()
+        self.loader.set_seq_len(seq_len)
+
+    def state_dict(self) -> dict:
+        return dict(self._state) if self._pending is not None else self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending = self._state = None
+        self.loader.load_state_dict(state)

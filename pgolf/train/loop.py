@@ -1,18 +1,26 @@
 """The training loop of the train stage: wall-clock budget, schedule, recurrence switch, averaging, logging,
 resume from a checkpoint (:mod:`pgolf.train.checkpoint`) and NaN abort. The stage writes what it leaves.
 
-Time: ``progress`` = training seconds / budget, where training seconds exclude the compile warm-up, validation
-and checkpoint writes, and survive a resume. The step that crosses the budget is the last one. The same progress
-picks the step's attention segment cap when ``train.seq_schedule`` is set (:mod:`pgolf.train.seq_schedule`).
+Time: the training clock is the wall time of the whole loop after the compile warm-up (steps, averaging, logging,
+the loader, everything), as the record's, less the pauses for validation and checkpoint writes; it survives a
+resume. ``progress`` = training seconds / (``max_wallclock_seconds`` - ``calibration_reserve_seconds``): the
+reserve is the Hessian collection's share of the challenge's 600 s, so training + Hessians fits by construction.
+The step that crosses the budget is the last one. The same progress picks the step's attention segment cap when
+``train.seq_schedule`` is set (:mod:`pgolf.train.seq_schedule`).
+
+One host synchronization per step: the step leaves its loss on the device (:func:`pgolf.train.step.train_step`),
+and the loop gathers the clock, the non-finite-loss flag, a compile failure and the time since the last
+checkpoint into one small vector, all-reduced (max) across ranks and read once (:func:`agree`): every rank takes
+the same decisions (stop, abort, checkpoint) from the same numbers, and the loss is read from that same vector.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +30,7 @@ from tqdm import tqdm
 
 from pgolf import compiler as tc
 from pgolf import dist
+from pgolf.compiler import CompileLimitHit
 from pgolf.model.attention import set_max_seqlen
 from pgolf.model.config import ModelConfig
 from pgolf.model.gpt import GPT
@@ -30,11 +39,12 @@ from pgolf.optim.schedule import looping_active, lr_multiplier, momentum_at, pro
 from pgolf.score.scorer import Ladder
 from pgolf.train.checkpoint import save_checkpoint, try_resume
 from pgolf.train.config import TrainConfig
-from pgolf.train.loader import PackingLoader
+from pgolf.train.loader import PackingLoader, Prefetcher
 from pgolf.train.qat import FakeQuant, install_fake_quant
 from pgolf.train.seq_schedule import active_seq_len, rewarm_factor, warmup_pairs
 from pgolf.train.step import (
     Optimizers,
+    StepOutcome,
     TrainingDiverged,
     apply_dtype_policy,
     build_optimizers,
@@ -62,7 +72,7 @@ class Run:
 
     model: GPT
     opts: Optimizers
-    loader: PackingLoader
+    loader: Prefetcher
     averager: EMA | TightSWA
     cfg: TrainConfig
     info: dist.DistInfo
@@ -97,9 +107,9 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, data_manife
     apply_dtype_policy(model, cfg.dtype_policy)
     compiling = tc.enabled(cfg.compile, info.device)
     opts = build_optimizers(model, cfg, compile_backend=tc.BACKEND if compiling else None)
-    loader = PackingLoader(shard_dir, tokens_per_rank=cfg.micro_batch_tokens, seq_len=cfg.seq_len,
-                           rank=info.rank, world_size=info.world_size, bos_id=model_cfg.bos_id,
-                           vocab_size=model_cfg.vocab_size)  # fmt: skip
+    loader = Prefetcher(PackingLoader(shard_dir, tokens_per_rank=cfg.micro_batch_tokens, seq_len=cfg.seq_len,
+                                      rank=info.rank, world_size=info.world_size, bos_id=model_cfg.bos_id,
+                                      vocab_size=model_cfg.vocab_size), info.device)  # fmt: skip
     if cfg.averaging.kind == "ema":
         averager: EMA | TightSWA = EMA(model, cfg.averaging.ema_decay)
     else:
@@ -118,10 +128,61 @@ def _set_seq_len(run: Run, seq_len: int) -> None:
         set_max_seqlen(run.model, seq_len)
 
 
-def _step(run: Run, looped: bool) -> float:
+def _step(run: Run, looped: bool) -> StepOutcome:
     return train_step(run.forward, run.model, run.opts, run.loader, grad_accum=run.grad_accum, looped=looped,
-                      clip=run.cfg.grad_clip_norm, clip_scope=run.cfg.grad_clip_scope, device=run.info.device,
-                      compiled=run.compiling)  # fmt: skip
+                      clip=run.cfg.grad_clip_norm, clip_scope=run.cfg.grad_clip_scope,
+                      device=run.info.device)  # fmt: skip
+
+
+class Clock:
+    """The training clock: wall seconds since :meth:`start` plus those before a resume, less the :meth:`paused`
+    stretches (validation, checkpoint writes); and when the last checkpoint (into ``resume_dir``) was written."""
+
+    def __init__(self, resume_dir: Path) -> None:
+        self.resume_dir = resume_dir
+        self.offset, self.origin, self.since_save = 0.0, time.perf_counter(), time.perf_counter()
+
+    def start(self, before: float) -> None:
+        self.offset, self.origin = before, time.perf_counter()
+        self.since_save = self.origin
+
+    def seconds(self) -> float:
+        return self.offset + time.perf_counter() - self.origin
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.origin += time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What every rank agrees on after a step: the training seconds, whether some rank's loss is not finite or
+    met the recompile limit, the seconds since the last checkpoint (each the max over ranks), and this rank's
+    summed loss."""
+
+    seconds: float
+    diverged: bool
+    compile_failed: bool
+    since_save: float
+    loss_sum: float
+
+
+def agree(clock: Clock, outcome: StepOutcome, device: torch.device) -> Signals:
+    """The step's one host synchronization: a 5-value vector on the device (filled without host copies), its
+    first four all-reduced with max, read once."""
+    v = torch.empty(5, dtype=torch.float64, device=device)
+    v[0].fill_(clock.seconds())
+    v[1].copy_((~torch.isfinite(outcome.loss_sum)).to(torch.float64))
+    v[2].fill_(float(outcome.failure is not None))
+    v[3].fill_(time.perf_counter() - clock.since_save)
+    v[4].copy_(outcome.loss_sum)
+    dist.all_reduce_max(v[:4])
+    seconds, diverged, failed, since_save, loss_sum = v.tolist()
+    return Signals(seconds, diverged > 0, failed > 0, since_save, loss_sum)
 
 
 def warmup(run: Run) -> float:
@@ -170,7 +231,7 @@ class Logger:
     """dvclive metrics (rank 0; ``dvcyaml=False`` so dvc.yaml is never rewritten) and a progress bar."""
 
     def __init__(self, live_dir: Path, resumed: bool, enabled: bool, total: int) -> None:
-        self.enabled = enabled
+        self.enabled, self.live_dir = enabled, live_dir
         self.live = None
         if enabled:
             try:
@@ -225,12 +286,14 @@ def _seq_stage(run: Run, frac: float) -> float:
     return rewarm_factor(s.step, s.seq_len_changed_at, cfg.seq_warmup_steps)
 
 
-def _one_step(run: Run, logger: Logger, val: Ladder | None) -> bool:
+def _one_step(run: Run, logger: Logger, val: Ladder | None, clock: Clock) -> bool:
     """Run one optimizer step unless the budget is spent; return whether training goes on."""
     s, cfg, device = run.state, run.cfg, run.info.device
-    frac = dist.all_max(progress(s.train_seconds, s.step, cfg.max_wallclock_seconds, cfg.iterations), device)
+    # 1. where we are: progress from the clock every rank agreed on after the last step
+    frac = progress(s.train_seconds, s.step, cfg.train_budget_seconds, cfg.iterations)
     if s.step >= cfg.iterations or frac >= 1.0:
         return False
+    # 2. the schedule at this progress: LR, segment cap, recurrence, late QAT, Muon momentum
     lr_mul = lr_multiplier(frac, cfg.warmdown_frac, cfg.min_lr)
     step_lr = lr_mul * _seq_stage(run, frac)  # the optimizers' multiplier; QAT and SWA triggers read lr_mul
     looped = looping_active(frac, cfg.enable_looping_at) or s.looping_from_step is not None
@@ -242,19 +305,19 @@ def _one_step(run: Run, logger: Logger, val: Ladder | None) -> bool:
         dist.print0(f"train: late QAT (int{cfg.qat.bits} STE) on at step {s.step} (lr multiplier {lr_mul:.3f})")
     run.opts.set_schedule(step_lr, momentum_at(s.step, cfg.muon.momentum_warmup_start, cfg.muon.momentum,
                                               cfg.muon.momentum_warmup_steps))  # fmt: skip
-    start = time.perf_counter()
-    loss = _step(run, looped)
-    elapsed = time.perf_counter() - start
-    if dist.any_true(not math.isfinite(loss), device):
+    # 3. the step and the weight average, launched without waiting for the device
+    outcome = _step(run, looped)
+    run.averager.after_step(run.model, s.step, lr_mul)
+    # 4. the one host synchronization: every rank reads the same clock and flags
+    sig = agree(clock, outcome, device)
+    loss = sig.loss_sum / run.grad_accum
+    if sig.compile_failed:
+        raise outcome.failure or CompileLimitHit("another rank hit the torch.compile recompile limit (see its error)")
+    if sig.diverged:
         raise TrainingDiverged(f"train: loss is {loss} at step {s.step}; lower train.muon.lr / train.adam.*_lr or "
                                "check the data (weights were not written)")  # fmt: skip
-    run.averager.after_step(run.model, s.step, lr_mul)
-    s.step, s.train_seconds, s.tokens, s.last_loss = (
-        s.step + 1,
-        s.train_seconds + elapsed,
-        s.tokens + cfg.global_batch_tokens,
-        loss,
-    )
+    s.step, s.train_seconds, s.tokens, s.last_loss = s.step + 1, sig.seconds, s.tokens + cfg.global_batch_tokens, loss
+    # 5. logging, validation (off the clock) and checkpoints (off the clock, when every rank says it is time)
     if s.step <= 5 or s.step % cfg.log_every == 0:
         rate = s.tokens / max(s.train_seconds, 1e-9)
         qat_on = run.qat is not None and run.qat.active
@@ -264,8 +327,13 @@ def _one_step(run: Run, logger: Logger, val: Ladder | None) -> bool:
             metrics["train/seq_len"] = float(s.seq_len)
         logger.log(s.step, metrics)
     if val is not None and cfg.val_every and s.step % cfg.val_every == 0:
-        _log_val(run, logger, val, looped)
+        with clock.paused():
+            _log_val(run, logger, val, looped)
     logger.progress(frac, loss)
+    if cfg.checkpoint_seconds and sig.since_save >= cfg.checkpoint_seconds:
+        with clock.paused():
+            save_checkpoint(run, clock.resume_dir, logger.live_dir)
+        clock.since_save = time.perf_counter()
     return True
 
 
@@ -280,15 +348,12 @@ def train(run: Run, *, val: Ladder | None, resume_dir: Path, live_dir: Path) -> 
     warm_seconds = warmup(run)
     resumed = try_resume(run, resume_dir, live_dir)
     logger = Logger(live_dir, resumed, run.info.is_main, total=100)
-    last_save, graphs = time.perf_counter(), tc.graphs_compiled()
+    graphs, clock = tc.graphs_compiled(), Clock(resume_dir)
+    clock.start(run.state.train_seconds)
     try:
-        while _one_step(run, logger, val):
+        while _one_step(run, logger, val, clock):
             if run.compiling:
                 _check_recompiles(run, graphs)
-            since = dist.all_max(time.perf_counter() - last_save, run.info.device)  # every rank decides alike
-            if run.cfg.checkpoint_seconds and since >= run.cfg.checkpoint_seconds:
-                save_checkpoint(run, resume_dir, live_dir)
-                last_save = time.perf_counter()
         final = None
         if val is not None:  # the last point of the curve: the raw weights training ends with
             looped = run.state.looping_from_step is not None

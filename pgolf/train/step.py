@@ -87,22 +87,34 @@ def apply_dtype_policy(model: nn.Module, policy: Literal["fp32", "record"]) -> N
         p.data = p.data.to(torch.bfloat16) if p is embedding else p.data.to(torch.bfloat16).float()
 
 
+@dataclass
+class StepOutcome:
+    """What a step leaves for the loop's one host synchronization: the summed loss of its micro-batches, still on
+    the device, and the compile-limit error a micro-batch met (that step ran it eagerly instead)."""
+
+    loss_sum: Tensor
+    failure: CompileLimitHit | None = None
+
+
 def _accumulate(
-    forward: Callable[..., Tensor], loader: PackingLoader, grad_accum: int, looped: bool, device: torch.device
-) -> tuple[Tensor, CompileLimitHit | None]:
-    """Forward and backward of ``grad_accum`` micro-batches: (summed loss, the compile-limit error that stopped
-    them, if any: the caller makes every rank stop with it)."""
-    total = torch.zeros((), device=device)
+    forward: Callable[..., Tensor], model: nn.Module, loader: PackingLoader, grad_accum: int, looped: bool,
+    device: torch.device,
+) -> StepOutcome:  # fmt: skip
+    """Forward and backward of ``grad_accum`` micro-batches. A micro-batch that hits the recompile limit runs the
+    eager model instead (same math, so every rank still reaches the same collectives with the same gradients);
+    the error is returned for the loop to raise on every rank after the step."""
+    total, failure = torch.zeros((), device=device), None
     for _ in range(grad_accum):
-        batch = loader.next_batch().to(device, non_blocking=True)
-        try:
-            with autocast(device):
+        batch = loader.next_batch()
+        with autocast(device):
+            try:
                 loss = forward(batch.inputs, batch.targets, cu_seqlens=batch.cu_seqlens, looped=looped)
-        except CompileLimitHit as err:
-            return total, err
+            except CompileLimitHit as err:
+                failure, forward = err, model
+                loss = model(batch.inputs, batch.targets, cu_seqlens=batch.cu_seqlens, looped=looped)
         (loss / grad_accum).backward()
         total += loss.detach()
-    return total, None
+    return StepOutcome(total, failure)
 
 
 def train_step(
@@ -116,26 +128,19 @@ def train_step(
     clip: float,
     clip_scope: Literal["local", "global"] = "global",
     device: torch.device,
-    compiled: bool = False,
-) -> float:
+) -> StepOutcome:
     """Accumulate ``grad_accum`` micro-batches, clip and average gradients across ranks (clipping before the
-    average for ``clip_scope="local"``, after it for ``"global"``), step. Returns the mean loss.
-
-    ``compiled``: the forward is a :class:`~pgolf.compiler.CompiledModel`; every rank then agrees (one flag
-    all-reduce) on whether some rank hit the recompile limit, and all of them raise it, instead of one rank dying
-    while the others wait in the gradient all-reduce."""
-    total, failure = _accumulate(forward, loader, grad_accum, looped, device)
-    if compiled and dist.any_true(failure is not None, device):
-        raise failure or CompileLimitHit("another rank hit the torch.compile recompile limit (see its error)")
-    if failure is not None:
-        raise failure
+    average for ``clip_scope="local"``, after it for ``"global"``), step. Nothing here waits for the device: the
+    loss and a compile failure come back for the loop's one per-step synchronization (:mod:`pgolf.train.loop`),
+    which stops every rank together on a failure or a non-finite loss."""
+    outcome = _accumulate(forward, model, loader, grad_accum, looped, device)
     if clip > 0 and clip_scope == "local":
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     dist.all_reduce_mean([p.grad for p in model.parameters() if p.grad is not None])
     if clip > 0 and clip_scope == "global":
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opts.step()
-    return total.item() / grad_accum
+    return outcome
 
 
 def compile_warmup(run_steps: Callable[[bool], None], model: nn.Module, opts: Optimizers) -> None:

@@ -1,13 +1,15 @@
 """pgolf.data.provenance: the validation documents' hashes; training documents are checked against them."""
 
 import hashlib
+import json
 import re
 
 import pytest
 
 from pgolf.data import provenance
+from pgolf.data.docs import sha256_file
 from pgolf.errors import PgolfError
-from tests.helpers.data import BOS, VAL_DOCS, doc_digest, doc_stream, write_shards
+from tests.helpers.data import BOS, VAL_DOCS, doc_digest, doc_stream, hash_val, write_manifest_of, write_shards
 
 
 @pytest.fixture
@@ -15,7 +17,7 @@ def val_dir(tmp_path):
     """Val shards of VAL_DOCS, cut inside document 1 (so a validation document spans two shards)."""
     stream = doc_stream(VAL_DOCS)
     write_shards(tmp_path / "shards", "val", [stream[:7], stream[7:]])
-    provenance.write_val_hashes(tmp_path / "shards", BOS)
+    hash_val(tmp_path / "shards")
     return tmp_path / "shards"
 
 
@@ -92,13 +94,37 @@ def test_shards_that_do_not_open_with_bos_are_refused(val_dir):
 def test_missing_or_malformed_hash_file_names_the_file_and_the_fix(val_dir, tmp_path):
     path = val_dir / provenance.VAL_HASHES_FILE
     path.write_text(path.read_text() + "zz" * 16 + "\n")
+    record = lambda: write_manifest_of(val_dir, val_hashes={"sha256": sha256_file(path)})  # noqa: E731
+    record()  # a malformed file the manifest agrees with: its lines are checked too
     with pytest.raises(PgolfError, match=r"val_hashes\.txt: line 5 is not a 32-digit hex digest.*dvc repro tokenize"):
         provenance.read_val_hashes(val_dir)
     digits = doc_digest([5]).hex()
     for bad in (digits[:-2], f"{digits[:16]} {digits[16:]}"):  # short; spaced (bytes.fromhex would skip the space)
         path.write_text(bad + "\n")
+        record()
         with pytest.raises(PgolfError, match="line 1 is not"):
             provenance.read_val_hashes(val_dir)
     path.unlink()
     with pytest.raises(PgolfError, match=r"val_hashes\.txt: validation document hashes missing.*dvc repro tokenize"):
         provenance.check_training_documents(val_dir, [], BOS, what="train")
+
+
+def _manifest(shard_dir):
+    return json.loads((shard_dir / "manifest.json").read_text())
+
+
+def test_the_validation_document_hashes_are_checked_against_the_manifest(fresh_build):
+    _, shard_dir = fresh_build
+    hashes = shard_dir / provenance.VAL_HASHES_FILE
+    assert provenance.read_val_hashes(shard_dir)
+    hashes.write_text(hashes.read_text().splitlines()[0] + "\n")  # a stale list that hides documents
+    with pytest.raises(PgolfError, match=r"val_hashes.txt: its content changed .*dvc repro tokenize"):
+        provenance.read_val_hashes(shard_dir)
+    manifest = _manifest(shard_dir)
+    manifest["val_hashes"].pop("sha256")
+    (shard_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PgolfError, match=r"records no sha256 of val_hashes.txt"):
+        provenance.read_val_hashes(shard_dir)
+    hashes.unlink()
+    with pytest.raises(PgolfError, match=r"val_hashes.txt: validation document hashes missing.*dvc repro tokenize"):
+        provenance.read_val_hashes(shard_dir)

@@ -1,9 +1,14 @@
-"""Shard format: round trip, exact validation errors, sidecar alignment, streaming writer."""
+"""Shard format: round trip, exact validation errors, sidecar alignment, streaming writer; the manifest fails
+closed (missing, unreadable, hashless, a listed file missing: an error naming the file and `dvc repro tokenize`)."""
+
+import json
 
 import numpy as np
 import pytest
 
 from pgolf.data import shards
+from pgolf.errors import PgolfError
+from pgolf.score.bpb import load_val
 
 
 def test_round_trip(tmp_path):
@@ -130,3 +135,35 @@ def test_index_gap_is_rejected(tmp_path):
     shards.write_shard(tmp_path / "train_000002.bin", np.arange(5))
     with pytest.raises(shards.ShardError, match="gap"):
         shards.shard_paths(tmp_path, "train")
+
+
+def _manifest(shard_dir):
+    return json.loads((shard_dir / "manifest.json").read_text())
+
+
+def test_a_missing_shard_manifest_is_an_error_not_a_skipped_check(fresh_build):
+    tokenizer, shard_dir = fresh_build
+    load_val(shard_dir, tokenizer)  # intact: loads
+    (shard_dir / "manifest.json").unlink()
+    with pytest.raises(PgolfError, match=r"shards/manifest.json: missing.*dvc repro tokenize"):
+        load_val(shard_dir, tokenizer)
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"byte_count": "sidecar"}'])
+def test_an_unreadable_or_hashless_shard_manifest_is_an_error(fresh_build, content):
+    tokenizer, shard_dir = fresh_build
+    (shard_dir / "manifest.json").write_text(content)
+    with pytest.raises(PgolfError, match=r"manifest.json: (unreadable|holds no sha256).*dvc repro tokenize"):
+        load_val(shard_dir, tokenizer)
+
+
+def test_a_missing_val_shard_or_sidecar_is_an_error(fresh_build):
+    tokenizer, shard_dir = fresh_build
+    kinds = ["val"] + (["val_bytes"] if _manifest(shard_dir)["byte_count"] == "sidecar" else [])
+    for kind in kinds:
+        last = shards.shard_paths(shard_dir, kind)[-1]
+        saved = last.read_bytes()
+        last.unlink()
+        with pytest.raises(PgolfError, match=rf"{last.name}: listed in manifest.json but missing"):
+            load_val(shard_dir, tokenizer)
+        last.write_bytes(saved)

@@ -3,8 +3,10 @@ sidecar on a lossless tokenizer)."""
 
 import pytest
 
+from pgolf.config import ConfigError
 from pgolf.data import caseops, shards
 from pgolf.data import tokenizer as tok
+from pgolf.errors import PgolfError
 from tests.helpers.config import tokenizer_cfg
 
 
@@ -38,9 +40,9 @@ def test_meta_and_lookup_tables(built):
         assert sp.encode(caseops.TITLE) == [sp.piece_to_id(caseops.TITLE)]
 
 
-def test_vocab_over_uint16_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="does not fit the uint16 shard format"):
-        tok.train(["x"], tokenizer_cfg(vocab_size=70000), num_threads=1)
+def test_vocab_over_uint16_is_refused_at_load():
+    with pytest.raises(ConfigError, match=r"tokenizer.vocab_size: must be <= 65536 \(got 70000\)"):
+        tokenizer_cfg(vocab_size=70000)  # the shards store uint16 token ids
 
 
 def test_lookup_tables_agree_with_sidecar_on_a_lossless_tokenizer(built):
@@ -55,3 +57,18 @@ def test_lookup_tables_agree_with_sidecar_on_a_lossless_tokenizer(built):
     dropped = int((luts["has_leading_space"][tokens[1:]] & after_bos).sum())
     assert dropped >= 1  # the edge documents open with spaces
     assert int(charged.sum()) + dropped == int(counts[1:].sum())
+
+
+@pytest.mark.parametrize("name", ["meta.json", "byte_luts.safetensors"])
+def test_a_missing_tokenizer_file_is_an_error_naming_it(fresh_build, name):
+    tokenizer, shard_dir = fresh_build
+    (tokenizer / name).unlink()
+    with pytest.raises(PgolfError, match=rf"{name}: .*dvc repro tokenizer"):
+        tok.read_meta(tokenizer) if name == "meta.json" else tok.load_luts(tokenizer)
+
+
+def test_a_tokenizer_meta_that_is_not_one_is_an_error(fresh_build):
+    tokenizer, _ = fresh_build
+    (tokenizer / "meta.json").write_text('{"vocab_size": 512}')
+    with pytest.raises(PgolfError, match=r"meta.json: not a tokenizer meta.*dvc repro tokenizer"):
+        tok.read_meta(tokenizer)

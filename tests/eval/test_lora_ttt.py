@@ -82,19 +82,26 @@ def test_documents_are_queued_longest_batch_first_and_phases_follow_prefix_count
 
 
 @pytest.mark.usefixtures("one_thread", "fresh_dynamo")
-def test_lora_warmup_shapes_are_the_chunk_calls():
-    """The analytic widths (min((c + 1) C, longest document, context)) against every chunk window's gather."""
+def test_lora_warmup_shapes_bound_every_chunk_call():
+    """The warm-up runs the largest call (batch_docs rows, the context, the largest chunk) and a small one, from
+    the configuration alone; every chunk call's (rows, width, scored) lies between them, so the one dynamic graph
+    serves it, and a one-document batch (a size of one specializes a dynamic graph) is warmed up too."""
     val = text_val(texts_of([5, 400, 48, 49, 23, 24, 25, 170, 160, 1]))
     docs, cfg = split_documents(val.tokens, BOS), wide_cfg(160).lora_ttt
-    forward = ec.EvalForward(tiny_model(), True, BACKEND, max_width=cfg.context)
+    forward = ec.EvalForward(tiny_model(), True, BACKEND, max_width=cfg.context, min_rows=0)
     ttt = LoraTtt(forward, val, cfg, scores=None, ctx=EvalContext(True))
-    batches = [docs[:3], docs[3:5], docs[5:6], docs[6:]]
-    calls = set()
+    batches = [docs[:3], docs[3:5], docs[5:6], docs[6:9]]  # at most batch_docs (3) each, as the queue makes them
+    shapes = ttt.warmup_shapes(batches)
+    big, small = shapes[0], shapes[1]
+    assert big == (cfg.batch_docs, cfg.context, cfg.chunk_size) and small == (2, ec.MIN_WIDTH, ec.MIN_SCORED)
+    assert (1, ec.MIN_WIDTH, ec.MIN_SCORED) in shapes  # docs[5:6] is a batch of one
+    assert ttt.warmup_shapes([docs[:3]]) == [big, small]  # no such batch: no such shape
     for batch in batches:
         for c in range(max(num_chunks(d, cfg.chunk_size) for d in batch)):
             rows = forward.gather(val, [chunk_window(d, c, cfg.chunk_size, cfg.context) for d in batch])
-            calls.add(rows.inputs.shape)
-    assert ttt.warmup_shapes(batches) == calls
+            call = (*rows.inputs.shape, rows.cols.shape[1])
+            floor = small if len(batch) > 1 else (1, ec.MIN_WIDTH, ec.MIN_SCORED)
+            assert all(lo <= x <= hi for lo, x, hi in zip(floor, call, big, strict=True)), (call, big, floor)
 
 
 # --- the post-#1855 knobs -----------------------------------------------------------------------------------
@@ -254,7 +261,7 @@ def test_context_3072_reaches_back_3072_tokens_on_a_long_document():
     forward = EvalForward(model, True, "aot_eager", max_width=context)  # compiled shapes (nothing is compiled)
     ttt = LoraTtt(forward, val, cfg.lora_ttt, Scores(torch.device("cpu")), EvalContext(True))
     shapes = ttt.warmup_shapes(doc_queue(split_documents(val.tokens, BOS), cfg.lora_ttt.batch_docs))
-    assert max(w for _, w in shapes) == context
+    assert max(width for _, width, _ in shapes) == context
 
 
 def short_schedule_texts() -> list[str]:
@@ -295,13 +302,13 @@ def test_short_chunks_keep_the_mode_score_first():
 
 @pytest.mark.usefixtures("one_thread")
 def test_short_chunks_and_local_lr_mult_are_validated():
-    with pytest.raises(ConfigError, match=r"eval.lora_ttt.short_chunks: max_len must be positive and increasing"):
+    with pytest.raises(ConfigError, match=r"eval.lora_ttt.short_chunks: max_len must be increasing \(got \[30, 12\]\)"):
         eval_cfg(lora_ttt={"short_chunks": [SHORT[1], SHORT[0]]})
     with pytest.raises(ConfigError, match=r"eval.lora_ttt.short_chunks\[1\].chunk_size must lie in 1..eval"):
         eval_cfg(lora_ttt={"short_chunks": [SHORT[0], {"max_len": 40, "chunk_size": 25}]})  # context 24
     with pytest.raises(ConfigError, match=r"eval.lora_ttt.short_chunks\[0\].chunk_size"):
         eval_cfg(lora_ttt={"short_chunks": [{"max_len": 40, "chunk_size": 0}]})
-    with pytest.raises(ConfigError, match="eval.lora_ttt.local_lr_mult must be >= 0"):
+    with pytest.raises(ConfigError, match=r"eval.lora_ttt.local_lr_mult: must be >= 0.0 \(got -0.5\)"):
         eval_cfg(lora_ttt={"local_lr_mult": -0.5})
     uncapped = GPT(model_cfg(logit_softcap=0.0))
     with pytest.raises(ConfigError, match="eval.lora_ttt.asym_logit needs model.logit_softcap > 0"):

@@ -32,7 +32,7 @@ class UniformModel(nn.Module):
         self.cfg = SimpleNamespace(bos_id=BOS)
         self.w = nn.Parameter(torch.zeros(1))
 
-    def forward(self, ids, targets, *, looped, adapters=None, reduction="none", cu_seqlens=None):
+    def forward(self, ids, targets, *, looped, adapters=None, reduction="none", cu_seqlens=None, positions=None):
         return torch.full(targets.shape, math.log(VOCAB), dtype=torch.float64) + 0 * self.w
 
 

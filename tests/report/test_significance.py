@@ -4,9 +4,11 @@ read from git revisions."""
 import json
 import math
 import subprocess
+import sys
 
 import pytest
 
+from pgolf.cli import run
 from pgolf.errors import PgolfError
 from pgolf.report import significance
 from pgolf.report.significance import Group, compare, welch
@@ -121,3 +123,14 @@ def test_significance_reads_revisions(tmp_path):
     assert group.values == (1.0, 1.1, 1.2) and bpt == pytest.approx(3.0)
     with pytest.raises(PgolfError, match="no 'modes.plain.val_bpb'"):
         significance.resolve("c", ["HEAD"], "modes.plain.val_bpb", "metrics/eval.json", str(tmp_path))
+
+
+def test_duplicate_seeds_are_a_warning_not_an_error(monkeypatch, capsys):
+    args = ["--candidate", "1.10", "1.10", "1.12", "--baseline", "1.2", "1.21", "1.22", "--bytes-per-token", "3.2"]
+    monkeypatch.setattr(sys, "argv", ["significance.py", *args])
+    run(significance.main)
+    captured = capsys.readouterr()
+    assert any("record:" in line for line in captured.out.splitlines())
+    assert captured.err.strip().splitlines() == [
+        "warning: candidate: 1.10 and 1.10 give the same val_bpb 1.1: the same seed twice?"
+    ]

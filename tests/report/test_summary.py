@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pgolf.errors import PgolfError
-from pgolf.report.summary import build
+from pgolf.report.summary import build, headline, on_budget_hardware
 from tests.helpers.report import COMPLIANCE, DOCS, eval_mode, summary_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
     [
         {"eval": {"documents": DOCS, "modes": {"plain": eval_mode(1.85), "lora_ttt": eval_mode(1.8, "unaudited")}}},
         {"eval": {"documents": DOCS, "modes": {"plain": eval_mode(1.85), "lora_ttt": eval_mode(1.8, "violated")}}},
-        {"eval": {"documents": DOCS, "modes": {"plain": eval_mode(1.85), "lora_ttt": eval_mode(1.8, total=601.0)}}},
+        {"eval": {"documents": DOCS, "modes": {"plain": eval_mode(1.85), "lora_ttt": eval_mode(1.8, scoring=601.0)}}},
         {"train": {"train_seconds": 596.0}},  # + 5 s of Hessians: over the 600 s
         {"size": {"total_bytes": 16_000_001}},
     ],
@@ -40,3 +40,41 @@ def test_a_model_bin_rung_off_the_dequantized_one_is_flagged(tmp_path):
     modes = {"plain": eval_mode(1.8500001), "lora_ttt": eval_mode(1.8)}
     summary = build(COMPLIANCE, summary_metrics(tmp_path, eval={"documents": DOCS, "modes": modes}))
     assert summary["model_bin_equals_dequantized"] is False
+
+
+def _lora(**seconds) -> dict:
+    return {"documents": DOCS, "modes": {"plain": eval_mode(1.85), "lora_ttt": eval_mode(1.8, **seconds)}}
+
+
+def test_the_verdict_times_scoring_with_ttt_and_reports_the_strict_clock_beside_it(tmp_path):
+    """A record-like evaluation on 8xH100: 590 s of scoring with TTT (within 600) after 20 s of decompression and
+    110 s of compile warm-up (the strict clock, 720 s, is not)."""
+    summary = build(COMPLIANCE, summary_metrics(tmp_path, eval=_lora(scoring=590.0, decompress=20.0, warmup=110.0)))
+    lora = summary["compliance"]["eval"]["lora_ttt"]
+    assert (lora["practice_seconds"], lora["strict_seconds"]) == (590.0, 720.0)
+    assert lora["within"] is True and lora["within_strict"] is False
+    assert summary["compliance"]["timing_applies"] is True and summary["compliance"]["compliant"] is True
+    top = headline(summary)["compliance"]
+    assert (top["eval_seconds"], top["eval_strict_seconds"], top["timing_applies"]) == (590.0, 720.0, True)
+
+
+@pytest.mark.parametrize("change", [{"eval": _lora(scoring=601.0)}, {"train": {"train_seconds": 596.0}}],
+                         ids=["slow-eval", "slow-train"])  # fmt: skip
+def test_clocks_off_the_budgets_hardware_are_informative(tmp_path, change):
+    for name, update in change.items():
+        change[name] = {**update, "hardware": "1x cpu"} if name == "train" else update
+    change.setdefault("train", {"hardware": "1x cpu"})
+    summary = build(COMPLIANCE, summary_metrics(tmp_path, **change))
+    c = summary["compliance"]
+    assert c["timing_applies"] is False and c["compliant"] is True
+    assert not (c["train"]["within"] and c["eval"]["lora_ttt"]["within"])  # shown, measured, not judged
+
+
+@pytest.mark.parametrize(
+    ("measured", "budget", "same"),
+    [("8x NVIDIA H100 80GB HBM3", "8xH100", True), ("8x NVIDIA H100 PCIe", "8xH100", True),
+     ("1x NVIDIA H100 80GB HBM3", "8xH100", False), ("8x NVIDIA H200", "8xH100", False), ("1x cpu", "8xH100", False),
+     ("2x cpu", "2xcpu", True)],
+)  # fmt: skip
+def test_budget_hardware_is_the_device_count_and_name(measured, budget, same):
+    assert on_budget_hardware(measured, budget) is same

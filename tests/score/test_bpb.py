@@ -36,7 +36,8 @@ def _without_sidecar(shard_dir, out):
     for path in shards.shard_paths(shard_dir, "val"):
         shutil.copy(path, out / path.name)
     manifest = json.loads((shard_dir / "manifest.json").read_text())
-    (out / "manifest.json").write_text(json.dumps({**manifest, "byte_count": "tokenizer_luts"}))
+    listed = {name: digest for name, digest in manifest["sha256"].items() if (out / name).is_file()}
+    (out / "manifest.json").write_text(json.dumps({**manifest, "byte_count": "tokenizer_luts", "sha256": listed}))
     return out
 
 
@@ -71,7 +72,7 @@ def test_manifest_sidecar_without_files_is_an_error(built, tmp_path):
     published = _without_sidecar(shard_dir, tmp_path / "published")
     manifest = json.loads((published / "manifest.json").read_text())
     (published / "manifest.json").write_text(json.dumps({**manifest, "byte_count": "sidecar"}))
-    with pytest.raises(PgolfError, match="no val_bytes"):
+    with pytest.raises(PgolfError, match=r"3 val shards but 0 val_bytes shards.*dvc repro tokenize"):
         load_val(published, tok_dir)
 
 
@@ -94,3 +95,17 @@ def test_a_changed_sidecar_or_val_shard_is_refused_naming_the_file(built, tmp_pa
     shards.write_shard(path, shards.read_shard(shards.shard_paths(shard_dir, kind)[0]))  # restored
     with pytest.raises(PgolfError, match=rf"{stray.name}: not written by the tokenize stage"):
         load_val(copy, tok_dir)
+
+
+def _manifest(shard_dir):
+    return json.loads((shard_dir / "manifest.json").read_text())
+
+
+def test_shards_of_another_tokenizer_or_without_its_hash_are_refused(fresh_build):
+    tokenizer, shard_dir = fresh_build
+    manifest = _manifest(shard_dir)
+    for made_by in ("0" * 64, None):
+        changed = {**manifest, "tokenizer_sha256": made_by}
+        (shard_dir / "manifest.json").write_text(json.dumps(changed))
+        with pytest.raises(PgolfError, match=r"the shards were made by tokenizer .*dvc repro tokenize"):
+            load_val(shard_dir, tokenizer)

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pgolf.score.documents import gather, split_documents
+from pgolf.score.documents import PAD_ID, gather, split_documents
 from pgolf.score.scorer import document_windows
 from pgolf.score.scores import Scores, score_windows
 from tests.helpers.common import free_port
@@ -26,14 +26,20 @@ class CheckingForward:
         self.rows = []
 
     def gather(self, val, windows, rows=0):
+        self.val_tokens = val.tokens
         out = gather(val, windows)
         self.rows.append(out)
         return out
 
-    def __call__(self, inputs, targets, adapters=None):
-        assert inputs.dtype == targets.dtype == torch.int64
-        valid = torch.from_numpy(self.rows[-1].positions[:, 1:] > 0)  # the next input is a real token
-        assert torch.equal(targets[:, :-1][valid], inputs[:, 1:][valid])  # targets are the inputs shifted by one
+    def __call__(self, inputs, targets, adapters=None, cols=None):
+        assert inputs.dtype == targets.dtype == cols.dtype == torch.int64 and targets.shape == cols.shape
+        rows = self.rows[-1]
+        mask = torch.from_numpy(rows.mask)
+        nxt = inputs.gather(1, (cols + 1).clamp(max=inputs.shape[1] - 1))  # the input after each scored column
+        inside = mask & (cols + 1 < inputs.shape[1]) & (nxt != PAD_ID)  # ... where the window holds one
+        assert inside.any() and torch.equal(targets[inside], nxt[inside])
+        truth = np.asarray(self.val_tokens)[rows.positions[rows.mask]].astype(np.int64)
+        assert torch.equal(targets[mask], torch.from_numpy(truth))
         return -DYADIC[targets]
 
 

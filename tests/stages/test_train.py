@@ -17,7 +17,8 @@ from pgolf import tensorio
 from pgolf.config import read_params
 from pgolf.optim.schedule import lr_multiplier
 from pgolf.train import loop
-from pgolf.train.loader import PackingLoader
+from pgolf.train.loader import Prefetcher
+from pgolf.train.step import StepOutcome
 from stages.train import resolve_model, train
 from tests.helpers.common import ROOT
 from tests.helpers.config import train_cfg
@@ -93,9 +94,12 @@ def test_warmup_steps_change_nothing(data, tmp_path):
 
 def test_nan_loss_aborts_naming_the_step(data, tmp_path, monkeypatch):
     original = loop._step
-    monkeypatch.setattr(
-        loop, "_step", lambda run, looped: float("nan") if run.state.step == 2 else original(run, looped)
-    )
+
+    def step(run, looped):
+        outcome = original(run, looped)
+        return StepOutcome(outcome.loss_sum * float("nan")) if run.state.step == 2 else outcome
+
+    monkeypatch.setattr(loop, "_step", step)
     with pytest.raises(Exception, match="loss is nan at step 2"):
         train(tiny_model(), train_cfg(), SCORE, paths(data, tmp_path))
     assert not (tmp_path / "train").exists()
@@ -149,16 +153,17 @@ STAGES = [{"seq_len": 32, "until": 0.25}, {"seq_len": 64, "until": 1.0}]  # 6 st
 
 
 def _spy_loader(monkeypatch) -> list[tuple[int, int]]:
-    """Record (cap, longest segment) of every batch the loader serves."""
+    """Record (cap, longest segment) of every batch training takes (the prefetcher's hand-outs; it reads one batch
+    ahead, and again after a change of seq_len)."""
     served = []
-    original = PackingLoader.next_batch
+    original = Prefetcher.next_batch
 
     def next_batch(self):
         batch = original(self)
         served.append((self.seq_len, int(np.diff(batch.cu_seqlens.numpy()).max())))
         return batch
 
-    monkeypatch.setattr(PackingLoader, "next_batch", next_batch)
+    monkeypatch.setattr(Prefetcher, "next_batch", next_batch)
     return served
 
 
