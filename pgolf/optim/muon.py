@@ -4,7 +4,8 @@ Per matrix (``muon_update``): momentum, optional Nesterov, optional per-row L2 n
 orthogonalization (Polar-Express or classic coefficients) and the shape scale ``sqrt(max(1, rows/cols))``.
 ``Muon`` applies it with decoupled weight decay ``p <- p (1 - lr wd) - lr update``. One class serves 1 and N
 ranks: with a process group of more than one rank, parameter i is owned by rank ``i % world_size``, which keeps its
-momentum buffer and computes its update, then broadcasts the update to the other ranks. Without a process group
+momentum buffer and computes its update; the updates of each (group, shape, dtype) reach every rank in one
+``all_gather``. Without a process group
 (or with one rank) everything runs locally and no communication happens.
 
 References:

@@ -290,11 +290,21 @@ def _dist_worker(rank: int, world: int, store_path: str, out_dir: str, batch: bo
     store = dist.FileStore(store_path, world)
     # A short timeout turns a mismatched collective into a failure instead of a hung test.
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=30))
+    calls = {"all_gather": 0, "broadcast": 0, "all_reduce": 0}
+    for name in calls:
+        original = getattr(dist, name)
+
+        def counted(*args, __original=original, __name=name, **kwargs):
+            calls[__name] += 1
+            return __original(*args, **kwargs)
+
+        setattr(dist, name, counted)
     try:
         params = _dist_params()
         opt = _run_three_steps(params, batch)
         owned = [i for i, p in enumerate(params) if p in opt.state]
-        torch.save({"params": [p.detach() for p in params], "owned": owned}, Path(out_dir) / f"rank{rank}.pt")
+        torch.save({"params": [p.detach() for p in params], "owned": owned, "calls": calls},
+                   Path(out_dir) / f"rank{rank}.pt")  # fmt: skip
     finally:
         dist.destroy_process_group()
 
@@ -303,13 +313,15 @@ def _dist_worker(rank: int, world: int, store_path: str, out_dir: str, batch: bo
 @pytest.mark.parametrize("batch", [False, True])
 def test_muon_two_ranks_match_single_process(tmp_path, batch):
     """Each rank batches only the matrices it owns ((6,6) x2 on rank 0, (16,8) x2 on rank 1; three (16,8) in one
-    process), and all of them agree."""
+    process), and all of them agree. The updates travel in one all_gather per shape (5 shapes: 5 collectives a
+    step, where one broadcast per matrix made 8)."""
     mp.spawn(_dist_worker, args=(2, str(tmp_path / "store"), str(tmp_path), batch), nprocs=2, join=True)
     single_params = _dist_params()
     _run_three_steps(single_params, batch)
     single = [p.detach() for p in single_params]
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert results[0]["owned"] == [0, 2, 4, 6] and results[1]["owned"] == [1, 3, 5, 7]
+    assert all(r["calls"] == {"all_gather": 3 * 5, "broadcast": 0, "all_reduce": 0} for r in results)
     for r in results:
         for got, want in zip(r["params"], single, strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
