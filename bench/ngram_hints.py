@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--order", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=8192, help="a small vocab makes contexts repeat")
     parser.add_argument("--skip-online", action="store_true", help="time only the vectorized pass")
+    parser.add_argument("--world", type=int, default=8, help="also time one rank's share of this many ranks")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     args = parser.parse_args()
 
@@ -83,6 +84,11 @@ def main() -> None:
     rows = []
     fast, seconds = timed(ngram.precompute_hints, tokens, steps, args.order)
     rows.append(("vectorized (precompute_hints)", seconds))
+    if args.world > 1:
+        share, seconds = timed(ngram.precompute_hints, tokens, steps, args.order, (0, args.world))
+        rows.append((f"one rank's share of {args.world} (shared_hints, before its all-reduce)", seconds))
+        if not np.array_equal(share[0][share[0] >= 0], fast[0][share[0] >= 0]):
+            raise SystemExit("a rank's share disagrees with the whole pass")
     if not args.skip_online:
         slow, seconds = timed(online_hints, tokens, steps, args.order)
         rows.append(("online dict loop (online_hints)", seconds))

@@ -108,6 +108,14 @@ class CompiledModel:
             return self._fn(*args, **kwargs)
 
 
+def graph_report(forward: object) -> dict:
+    """What a stage's metrics say of its compiled model: ``fullgraph`` (None when ``forward`` is not compiled)
+    and, when it fell back to graph breaks, the first one (``graph_break``)."""
+    if not isinstance(forward, CompiledModel):
+        return {"fullgraph": None}
+    return {"fullgraph": forward.fullgraph} | ({} if forward.fullgraph else {"graph_break": forward.break_reason})
+
+
 def compile_model(
     model: nn.Module,
     seq_len: int,

@@ -13,7 +13,7 @@ from pathlib import Path
 from pgolf import artifacts, dist, tensorio
 from pgolf.cli import parse_paths, run
 from pgolf.data import shards
-from pgolf.data.provenance import check_training_documents
+from pgolf.data.provenance import recorded_check
 from pgolf.files import write_json
 from pgolf.params import load_section
 from pgolf.quant.hessian import CalibrateConfig, calibration_windows, collect_hessians, reduce_hessians
@@ -37,8 +37,7 @@ def calibrate(cfg: CalibrateConfig, paths: Paths) -> dict:
     batches, schedule, seconds of the collection, provenance)."""
     check_start = time.perf_counter()
     model, meta = artifacts.load_exported(paths.export)
-    provenance = check_training_documents(paths.shards, shards.shard_paths(paths.shards, "train"), model.cfg.bos_id,
-                                          what="calibrate", progress=dist.dist_info().is_main)  # fmt: skip
+    provenance = recorded_check(paths.shards, shards.read_manifest(paths.shards), what="calibrate")
     provenance["seconds"] = round(time.perf_counter() - check_start, 3)
     info = dist.init()
     try:

@@ -1,5 +1,6 @@
 """Stage tokenize: documents -> train/val token shards in the challenge format, the val byte sidecar, the val
-document hashes and manifest.json (the sha256 of every shard) -> data/shards/.
+document hashes and manifest.json (the sha256 of every shard, the check that no training document is a validation
+document) -> data/shards/.
 
 For ``fineweb_cached`` the published shards are adopted (linked and checked) instead of encoded.
 """
@@ -56,6 +57,8 @@ def tokenize(cfg: DataConfig, paths: Paths) -> dict:
         "val_hashes": val_hashes,
         "sha256": {path.name: docs.sha256_file(path) for path in sorted(out.glob("*.bin"))},
     }
+    docs.write_manifest(out, manifest)  # the check below reads the val hashes through it
+    manifest["provenance"] = provenance.check_once(out, meta["bos_id"], progress=True)
     docs.write_manifest(out, manifest)
     return manifest
 

@@ -15,7 +15,7 @@ from pgolf.artifacts import META_FILE, RAW_FILE, averaged_file
 from pgolf.cli import parse_paths, run
 from pgolf.data import shards
 from pgolf.data import tokenizer as tok
-from pgolf.data.provenance import check_training_documents
+from pgolf.data.provenance import recorded_check
 from pgolf.files import write_json
 from pgolf.model.config import ModelConfig, ModelParams
 from pgolf.params import load_section
@@ -61,11 +61,10 @@ def train(params: ModelParams, cfg: TrainConfig, score: ScoreConfig, paths: Path
     """Check that no training document is a validation document, train, write raw + averaged weights, meta.json
     and metrics/train.json; a finished run removes its resume checkpoint. Returns the summary."""
     model_cfg = resolve_model(params, paths.tokenizer)
-    provenance = check_training_documents(paths.shards, shards.shard_paths(paths.shards, "train"), model_cfg.bos_id,
-                                          what="train", progress=dist.dist_info().is_main)  # fmt: skip
+    manifest = shards.read_manifest(paths.shards)
+    provenance = recorded_check(paths.shards, manifest, what="train")
     info = dist.init()
     try:
-        manifest = shards.read_manifest(paths.shards)
         run_ = loop.setup(model_cfg, cfg, paths.shards, manifest, info)
         ladder = Ladder.load(score, paths.shards, paths.tokenizer, model_cfg.bos_id)
         summary = loop.train(run_, val=ladder, resume_dir=paths.resume, live_dir=paths.live)

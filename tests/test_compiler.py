@@ -92,6 +92,8 @@ def test_a_graph_break_falls_back_with_a_warning():
     with pytest.warns(UserWarning, match="not one graph"):
         out = forward(torch.ones(3))
     assert not forward.fullgraph and torch.equal(out, torch.full((3,), 3.0))
+    assert tc.graph_report(forward) == {"fullgraph": False, "graph_break": forward.break_reason}
+    assert "graph_break" in forward.break_reason and tc.graph_report(Breaks()) == {"fullgraph": None}
 
 
 @needs("dvclive")  # its former file imported test_train.py, which skipped without dvclive

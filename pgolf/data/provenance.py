@@ -6,6 +6,10 @@ and nothing in their logs showed it. Here the tokenize stage records a content h
 that read training shards call :func:`check_training_documents`, which fails on the first training document whose
 hash is a validation document's.
 
+The tokenize stage also runs the check once, over every training shard, and records its finding in the manifest
+(``provenance``). The stages that read training shards then trust that finding for the files the manifest's
+sha256 names (:func:`recorded_check`): a sha256 per shard file instead of a hash per document on every rank.
+
 Documents are hashed as they sit in the shards, so the check works for every ``data.source``, including
 ``fineweb_cached``, whose published shards are adopted without their text. A document is the run of token ids from
 one BOS up to (excluding) the next BOS or the end of the stream; it may continue from one shard into the next. Its
@@ -16,6 +20,7 @@ encodes equal text to equal ids, so with the tokenizer fixed this is equivalent 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,3 +189,32 @@ def check_training_documents(
 ) -> dict:
     """:func:`check_disjoint` of ``shard_paths`` against the validation hashes recorded in ``shard_dir``."""
     return check_disjoint(shard_paths, read_val_hashes(shard_dir), bos_id, what=what, progress=progress)
+
+
+def check_once(shard_dir: Path, bos_id: int, *, progress: bool = False) -> dict:
+    """The tokenize stage's check of every training shard of ``shard_dir``, as the manifest's ``provenance`` entry:
+    a finding (the first validation document met in training, or shards the check cannot read) is recorded, not
+    raised, so the shards stay inspectable and every stage that reads them refuses them with the same message."""
+    try:
+        report = check_training_documents(shard_dir, shards.shard_paths(shard_dir, "train"), bos_id, what="tokenize",
+                                          progress=progress)  # fmt: skip
+    except ProvenanceError as err:
+        return {"algorithm": ALGORITHM, "passed": False, "finding": str(err).removeprefix("tokenize: ")}
+    return {"algorithm": ALGORITHM, **report}
+
+
+def recorded_check(shard_dir: Path, manifest: dict, *, what: str) -> dict:
+    """The tokenize stage's finding for the training shards of ``shard_dir``, valid because every training shard
+    still has the sha256 the manifest recorded (:func:`pgolf.data.shards.verify`); raises :class:`ProvenanceError`
+    on a recorded finding and fails closed on a manifest without one. Returns the check's report with the seconds
+    this verification took."""
+    start = time.perf_counter()
+    entry = manifest.get("provenance")
+    if not isinstance(entry, dict) or not isinstance(entry.get("passed"), bool):
+        raise PgolfError(f"{Path(shard_dir) / shards.MANIFEST_FILE}: records no check of the training documents "
+                         f"against the validation documents; {shards.REBUILD}")  # fmt: skip
+    if not entry["passed"]:
+        raise ProvenanceError(f"{what}: {entry.get('finding', 'the tokenize stage found a validation document')}")
+    shards.verify(shard_dir, manifest, ("train",))
+    checked = len(shards.shard_paths(shard_dir, "train"))
+    return {**entry, "verified": f"sha256 of {checked} train shards", "seconds": round(time.perf_counter() - start, 3)}

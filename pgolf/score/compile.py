@@ -148,9 +148,7 @@ class CompileStats:
                 warnings.warn(f"eval {name}: torch.compile built {self.graphs_scoring} graph(s) after the warm-up, "
                               "inside the timed part (a shape the warm-up missed)", stacklevel=2)  # fmt: skip
             if forward is not None and isinstance(forward.fn, tc.CompiledModel):
-                out["fullgraph"] = forward.fn.fullgraph
-                if not forward.fn.fullgraph:
-                    out["graph_break"] = forward.fn.break_reason
+                out |= tc.graph_report(forward.fn)
         return out
 
 

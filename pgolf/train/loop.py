@@ -367,4 +367,4 @@ def train(run: Run, *, val: Ladder | None, resume_dir: Path, live_dir: Path) -> 
             "final_train_loss": s.last_loss, "resumed": resumed, "world_size": run.info.world_size,
             "grad_accum": run.grad_accum, "averaging": run.cfg.averaging.kind, "compiled": run.compiling,
             "graphs_at_warmup": run.graphs_at_warmup, "graphs_in_training": run.graphs_in_training,
-            "final_val": final}  # fmt: skip
+            **tc.graph_report(run.forward), "final_val": final}  # fmt: skip

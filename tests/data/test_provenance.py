@@ -128,3 +128,45 @@ def test_the_validation_document_hashes_are_checked_against_the_manifest(fresh_b
     hashes.unlink()
     with pytest.raises(PgolfError, match=r"val_hashes.txt: validation document hashes missing.*dvc repro tokenize"):
         provenance.read_val_hashes(shard_dir)
+
+
+def _tokenized(val_dir, train: list[list[int]]) -> dict:
+    """Train shards of ``train`` beside the val shards, and the manifest the tokenize stage writes for them."""
+    write_shards(val_dir, "train", train)
+    write_manifest_of(val_dir, val_hashes=provenance.write_val_hashes(val_dir, BOS))
+    manifest = {**_manifest(val_dir), "provenance": provenance.check_once(val_dir, BOS)}
+    (val_dir / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def test_the_stages_trust_the_tokenize_check_for_the_shards_it_hashed(val_dir, monkeypatch):
+    """Documents are hashed once (tokenize); train and calibrate verify each shard's sha256 and hash no document."""
+    manifest = _tokenized(val_dir, [[BOS, 5, 6, BOS, 7], [8, 9, BOS, 300]])
+    assert manifest["provenance"] == {"algorithm": provenance.ALGORITHM, "train_documents": 3,
+                                      "val_documents": len(VAL_DOCS), "overlap": 0, "passed": True}  # fmt: skip
+
+    def no_document_hashing(*args, **kwargs):
+        raise AssertionError("a stage re-hashed the training documents")
+
+    monkeypatch.setattr(provenance, "_shard_documents", no_document_hashing)
+    report = provenance.recorded_check(val_dir, manifest, what="train")
+    assert report["passed"] and report["train_documents"] == 3 and report["verified"] == "sha256 of 2 train shards"
+    write_shards(val_dir, "train", [[BOS, 5, 6, BOS, 7], [8, 9, BOS, *VAL_DOCS[0]]])  # changed after tokenize
+    with pytest.raises(PgolfError, match=r"train_000001\.bin: its content changed after the tokenize stage"):
+        provenance.recorded_check(val_dir, manifest, what="train")
+
+
+def test_a_finding_of_the_tokenize_check_stops_every_stage_that_reads_the_shards(val_dir):
+    manifest = _tokenized(val_dir, [[BOS, 5, 6], [BOS, *VAL_DOCS[1], BOS, 7]])
+    assert manifest["provenance"]["passed"] is False
+    for stage in ("train", "calibrate"):
+        with pytest.raises(provenance.ProvenanceError, match=rf"^{stage}: document 0 of .*train_000001\.bin .*"
+                                                             r"equals validation document 1 "):  # fmt: skip
+            provenance.recorded_check(val_dir, manifest, what=stage)
+
+
+def test_a_manifest_without_the_check_fails_closed(val_dir):
+    manifest = _tokenized(val_dir, [[BOS, 5, 6]])
+    manifest.pop("provenance")
+    with pytest.raises(PgolfError, match=r"manifest\.json: records no check of the training documents .*tokenize"):
+        provenance.recorded_check(val_dir, manifest, what="train")

@@ -422,7 +422,9 @@ def test_the_tilt_passes_the_score_first_audit_and_a_leaky_hint_order_fails_it(t
     assert honest.passed, honest.message
     # leaky: the tables follow the scoring order backwards, so early scores count pairs scored later
     real = ngram.precompute_hints
-    monkeypatch.setattr(ngram, "precompute_hints", lambda tokens, steps, order: real(tokens, steps[::-1], order))
+    monkeypatch.setattr(
+        ngram, "precompute_hints", lambda tokens, steps, order, **kw: real(tokens, steps[::-1], order, **kw)
+    )
     leaky = audit()
     assert not leaky.passed and leaky.violations > 0
 

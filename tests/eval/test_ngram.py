@@ -6,11 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from pgolf.config import ConfigError
 from pgolf.eval import ngram
 from pgolf.eval.ngram import NgramTiltConfig
 from tests.eval.ngram_oracle import TokenNgram, online_hints
+from tests.helpers.common import free_port
 from tests.helpers.config import eval_cfg
 from tests.helpers.eval import random_steps, tilt_case, tilt_cfg
 
@@ -94,6 +97,39 @@ def test_vectorized_hints_equal_the_online_loop(order, vocab):
         assert (fast[0] >= 0).sum() > 20
         np.testing.assert_array_equal(fast[0], slow[0])
         np.testing.assert_array_equal(fast[1], slow[1])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_the_ranks_shares_of_the_hint_pass_put_together_are_the_whole(world):
+    """Each rank computes the hints of the context keys that are its rank modulo the world; the shares are
+    disjoint, none is empty, and their elementwise max is the one-process pass."""
+    tokens, steps = random_steps(1, num_docs=60, vocab=4)
+    whole = ngram.precompute_hints(tokens, steps, 3)
+    shares = [ngram.precompute_hints(tokens, steps, 3, share=(rank, world)) for rank in range(world)]
+    hinted = np.stack([hint >= 0 for hint, _ in shares])
+    assert hinted.sum(axis=0).max() == 1 and hinted.sum(axis=1).min() > 10
+    np.testing.assert_array_equal(np.max([hint for hint, _ in shares], axis=0), whole[0])
+    np.testing.assert_array_equal(np.max([conf for _, conf in shares], axis=0), whole[1])
+
+
+def _shared_hints_worker(rank: int, world: int, port: int, out_dir) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        tokens, steps = random_steps(1, num_docs=60, vocab=4)
+        hint, confidence = ngram.shared_hints(tokens, steps, 3, torch.device("cpu"))
+        np.savez(out_dir / f"rank{rank}.npz", hint=hint, confidence=confidence)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_share_the_hint_pass_and_both_get_the_whole(tmp_path):
+    mp.spawn(_shared_hints_worker, args=(2, free_port(), tmp_path), nprocs=2, join=True)
+    tokens, steps = random_steps(1, num_docs=60, vocab=4)
+    whole = ngram.precompute_hints(tokens, steps, 3)
+    for rank in range(2):
+        got = np.load(tmp_path / f"rank{rank}.npz")
+        np.testing.assert_array_equal(got["hint"], whole[0])
+        np.testing.assert_array_equal(got["confidence"], whole[1])
 
 
 def test_context_keys_fast_path_equals_the_slot_by_slot_keys():

@@ -92,10 +92,11 @@ def test_tokenize_records_val_hashes_that_catch_a_copied_document(tmp_path):
     out = tmp_path / "shards"
     manifest = tokenize(corpus, tmp_path / "tok", data_cfg(shard_tokens=300), out)
     assert manifest["val_hashes"]["documents"] == 2
+    assert not manifest["provenance"]["passed"] and "validation document 1 " in manifest["provenance"]["finding"]
     paths = shards.shard_paths(out, "train")
     assert len(paths) > 1
     with pytest.raises(provenance.ProvenanceError, match="validation document 1 "):
         provenance.check_training_documents(out, paths, manifest["bos_id"], what="train")
     build_tokenizer(tokenizer_cfg(vocab_size=320), tmp_path / "tok", write_corpus(tmp_path / "docs", train, val), 1)
-    tokenize(tmp_path / "docs", tmp_path / "tok", data_cfg(shard_tokens=300), out)
+    assert tokenize(tmp_path / "docs", tmp_path / "tok", data_cfg(shard_tokens=300), out)["provenance"]["passed"]
     assert provenance.check_training_documents(out, shards.shard_paths(out, "train"), BOS, what="train")["passed"]

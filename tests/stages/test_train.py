@@ -60,6 +60,7 @@ def test_compiled_training_builds_every_graph_in_the_warmup(data, tmp_path, monk
         torch._dynamo.reset()
     assert summary["compiled"] and summary["looping_from_step"] == 3
     assert summary["graphs_at_warmup"] >= 2 and summary["graphs_in_training"] == 0
+    assert summary["fullgraph"] is True and "graph_break" not in summary and eager["fullgraph"] is None
     assert summary["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-4)
 
 
