@@ -9,6 +9,12 @@ from stored tensors (the configuration stored with them, never params.yaml).
 The quantized tensors (``artifacts/quant/``) and ``model.bin`` (``artifacts/submission/``) are typed formats with
 their own modules (:mod:`pgolf.quant.formats`, :mod:`pgolf.compress.submission`); they rebuild through
 :func:`build_model` too.
+
+The stored model configuration is the resolved :class:`~pgolf.model.config.ModelConfig` plus, for a model trained
+under ``train.dtype_policy: record``, ``embedding_dtype: bfloat16``: the record's tied embedding is a bf16
+parameter in training and in every model it scores (export, the dequantized model, TTT), so its residual stream
+is bf16 there too, and a dequantized embedding is rounded to bf16 on load, as the record's template does. The
+key is absent for fp32 models, so their stored bytes are what they were.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from pgolf import tensorio
@@ -34,9 +41,29 @@ def averaged_file(kind: str) -> str:
     return f"{kind}.safetensors"
 
 
+EMBEDDING_DTYPE = "embedding_dtype"
+
+
+def stored_config(cfg: ModelConfig, dtype_policy: str) -> dict:
+    """The model configuration stored with the weights of a run under ``train.dtype_policy``."""
+    return cfg.model_dump() | ({EMBEDDING_DTYPE: "bfloat16"} if dtype_policy == "record" else {})
+
+
+def template(model_config: dict) -> GPT:
+    """A freshly initialized GPT of a stored configuration, its embedding in the stored dtype."""
+    config = dict(model_config)
+    embedding = config.pop(EMBEDDING_DTYPE, "float32")
+    if embedding not in ("float32", "bfloat16"):
+        raise ConfigError(f"stored model config: {EMBEDDING_DTYPE} must be float32 or bfloat16 (got {embedding!r})")
+    model = GPT(ModelConfig.model_validate(config))
+    model.tok_emb.weight.data = model.tok_emb.weight.data.to(getattr(torch, embedding))
+    return model
+
+
 def build_model(model_config: dict, state: dict[str, Tensor]) -> GPT:
-    """A GPT of the stored configuration holding ``state`` (parameters stay fp32: the values are copied in)."""
-    model = GPT(ModelConfig.model_validate(model_config))
+    """A GPT of the stored configuration holding ``state``: the values are copied into its parameters (fp32, and
+    the embedding in the stored dtype)."""
+    model = template(model_config)
     model.load_state_dict(state)
     return model
 

@@ -10,8 +10,6 @@ from pgolf import artifacts, tensorio
 from pgolf.cli import parse_paths, run
 from pgolf.dist import dist_info
 from pgolf.files import write_csv, write_json
-from pgolf.model.config import ModelConfig
-from pgolf.model.gpt import GPT
 from pgolf.params import load_section
 from pgolf.quant import formats
 from pgolf.quant.hessian import hessian_rows
@@ -41,7 +39,7 @@ def quantize(cfg: QuantizeConfig, score: ScoreConfig, paths: Paths) -> dict:
     start = time.perf_counter()
     state, meta = tensorio.load_tensors(paths.export / artifacts.MODEL_FILE)
     hessians, calib = tensorio.load_tensors(paths.calibrate / artifacts.HESSIANS_FILE)
-    template = GPT(ModelConfig.model_validate(meta["model_config"]))
+    template = artifacts.template(meta["model_config"])
     rows = hessian_rows(template, calib["looped"], calib["tokens"]) if cfg.awq.enabled else None
     entries, reports, chosen = quantize_state(state, hessians, decide(template, cfg), cfg, rows)
     seconds = time.perf_counter() - start

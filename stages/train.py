@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf import dist, tensorio
-from pgolf.artifacts import META_FILE, RAW_FILE, averaged_file
+from pgolf.artifacts import META_FILE, RAW_FILE, averaged_file, stored_config
 from pgolf.cli import parse_paths, run
 from pgolf.data import shards
 from pgolf.data import tokenizer as tok
@@ -51,7 +51,8 @@ def resolve_model(params: ModelParams, tokenizer_dir: Path) -> ModelConfig:
 
 def write_weights(run: loop.Run, out_dir: Path, summary: dict) -> None:
     """raw.safetensors, <averaging>.safetensors and meta.json (the resolved model config and :data:`REPRODUCIBLE`)."""
-    meta = {"model_config": run.model.cfg.model_dump(), **{k: summary[k] for k in REPRODUCIBLE if k in summary}}
+    kept = {k: summary[k] for k in REPRODUCIBLE if k in summary}
+    meta = {"model_config": stored_config(run.model.cfg, run.cfg.dtype_policy), **kept}
     tensorio.save_tensors(out_dir / RAW_FILE, run.model.state_dict(), meta)
     tensorio.save_tensors(out_dir / averaged_file(run.cfg.averaging.kind), run.averager.state_dict(), meta)
     write_json(out_dir / META_FILE, meta)
