@@ -10,39 +10,37 @@ import triton.language as tl
 
 
 @triton.jit
-def matmul_kernel(
-    a_ptr, b_ptr, c_ptr, pre_ptr, M, N, K,
-    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, slope,
-    ACTIVATE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WIDE: tl.constexpr,
-):  # fmt: skip
-    """C = A @ B over one (BM, BN) tile. With ACTIVATE the epilogue stores pre = C (rounded to C's dtype) to
-    ``pre_ptr`` and C = leaky(pre, slope)² (computed from the rounded pre) to ``c_ptr``; both share C's strides.
-    ``WIDE``: element offsets in int64 (a tensor spans 2^31 elements or more; int32 offsets would wrap)."""
-    rm = tl.program_id(0) * BM + tl.arange(0, BM)
-    rn = tl.program_id(1) * BN + tl.arange(0, BN)
-    rk = tl.arange(0, BK)
-    if WIDE:
-        rm, rn, rk = rm.to(tl.int64), rn.to(tl.int64), rk.to(tl.int64)
-    acc = tl.zeros((BM, BN), dtype=ACC)
-    for k0 in range(0, K, BK):
-        kk = k0 + rk
-        a = tl.load(
-            a_ptr + rm[:, None] * stride_am + kk[None, :] * stride_ak,
-            mask=(rm[:, None] < M) & (kk[None, :] < K),
-            other=0.0,
-        )
-        b = tl.load(
-            b_ptr + kk[:, None] * stride_bk + rn[None, :] * stride_bn,
-            mask=(kk[:, None] < K) & (rn[None, :] < N),
-            other=0.0,
-        )
-        acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
-    mask = (rm[:, None] < M) & (rn[None, :] < N)
-    offs = rm[:, None] * stride_cm + rn[None, :] * stride_cn
+def _grouped_tile(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of program ``pid`` on a 1-D grid, in grouped order: programs walk GROUP_M row tiles
+    down one column tile, then the next column tile, so a group's A rows (GROUP_M x BM x K) and each B column tile
+    are fetched from HBM about once and reused from L2 by the group's other programs (Triton's matmul tutorial).
+    The last group holds the leftover row tiles when GROUP_M does not divide their count."""
+    num_m = tl.cdiv(M, BM)
+    per_group = GROUP_M * tl.cdiv(N, BN)
+    first_m = (pid // per_group) * GROUP_M
+    rows = min(num_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % rows, (pid % per_group) // rows
+
+
+@triton.jit
+def _load_a(a_ptr, aux_ptr, offs, mask, slope, LEAKY_GRAD_A: tl.constexpr, ACC: tl.constexpr):
+    """One A tile; with LEAKY_GRAD_A, A = dh is turned into dpre = dh * phi'(pre) on the fly (pre read from
+    ``aux_ptr`` at A's offsets), rounded to A's dtype as a stored dpre would be."""
+    a = tl.load(a_ptr + offs, mask=mask, other=0.0)
+    if LEAKY_GRAD_A:
+        p = tl.load(aux_ptr + offs, mask=mask, other=0.0).to(ACC)
+        d = tl.where(p > 0, 2.0 * p, (2.0 * slope * slope) * p) * a.to(ACC)
+        a = d.to(a_ptr.dtype.element_ty)
+    return a
+
+
+@triton.jit
+def _store_c(c_ptr, aux_ptr, acc, offs, mask, slope, ACTIVATE: tl.constexpr, ACC: tl.constexpr):
+    """C = acc; with ACTIVATE, pre = acc (rounded to C's dtype) to ``aux_ptr`` and C = leaky(pre, slope)²
+    computed from the rounded pre."""
     if ACTIVATE:
         pre = acc.to(c_ptr.dtype.element_ty)
-        tl.store(pre_ptr + offs, pre, mask=mask)
+        tl.store(aux_ptr + offs, pre, mask=mask)
         p = pre.to(ACC)
         y = tl.where(p > 0, p, p * slope)
         tl.store(c_ptr + offs, (y * y).to(c_ptr.dtype.element_ty), mask=mask)
@@ -51,18 +49,56 @@ def matmul_kernel(
 
 
 @triton.jit
-def leaky_square_grad_kernel(
-    dh_ptr, pre_ptr, out_ptr, n, slope, ACC: tl.constexpr, BLOCK: tl.constexpr, WIDE: tl.constexpr
+def matmul_kernel(
+    a_ptr, b_ptr, c_ptr, aux_ptr, M, N, K,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn, slope,
+    ACTIVATE: tl.constexpr, LEAKY_GRAD_A: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
-    """dpre = dh * d/dpre leaky(pre)² = dh * (2 pre if pre > 0 else 2 slope² pre), elementwise over n values
-    (``WIDE``: int64 offsets, for n >= 2^31)."""
-    pid = tl.program_id(0).to(tl.int64) if WIDE else tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    p = tl.load(pre_ptr + offs, mask=mask, other=0.0).to(ACC)
-    g = tl.load(dh_ptr + offs, mask=mask, other=0.0).to(ACC)
-    d = tl.where(p > 0, 2.0 * p, (2.0 * slope * slope) * p) * g
-    tl.store(out_ptr + offs, d.to(out_ptr.dtype.element_ty), mask=mask)
+    """C = A @ B, one (BM, BN) tile per program of a 1-D grid of cdiv(M, BM) * cdiv(N, BN) in grouped order.
+
+    ``aux_ptr`` is pre (M, N) for one of two fusions: ACTIVATE (epilogue, C's strides) stores pre = A @ B and
+    C = leaky(pre)²; LEAKY_GRAD_A (prologue, A's strides) multiplies C = (dh * phi'(pre)) @ B with A = dh.
+    ``WIDE``: element offsets in int64 (a tensor spans 2^31 elements or more; int32 offsets would wrap)."""
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    if WIDE:
+        rm, rn, rk = rm.to(tl.int64), rn.to(tl.int64), rk.to(tl.int64)
+    acc = tl.zeros((BM, BN), dtype=ACC)
+    for k0 in range(0, K, BK):
+        kk = k0 + rk
+        a_offs = rm[:, None] * stride_am + kk[None, :] * stride_ak
+        a = _load_a(a_ptr, aux_ptr, a_offs, (rm[:, None] < M) & (kk[None, :] < K), slope, LEAKY_GRAD_A, ACC)
+        b = tl.load(
+            b_ptr + kk[:, None] * stride_bk + rn[None, :] * stride_bn,
+            mask=(kk[:, None] < K) & (rn[None, :] < N),
+            other=0.0,
+        )
+        acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    _store_c(c_ptr, aux_ptr, acc, rm[:, None] * stride_cm + rn[None, :] * stride_cn, mask, slope, ACTIVATE, ACC)
+
+
+def _config(bm: int, bn: int, bk: int, group_m: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": group_m}, num_warps=warps, num_stages=stages)
+
+
+# Large tiles for the record's shapes (98,304 x 512 -> 2048 and its gradients) and one small tile for small or
+# fp32/fp64 problems; a config that does not fit the GPU's shared memory is skipped by the autotuner.
+AUTOTUNE_CONFIGS = [
+    _config(128, 128, 64, 8, 8, 3),
+    _config(128, 128, 64, 8, 8, 4),
+    _config(128, 256, 64, 8, 8, 3),
+    _config(256, 128, 64, 8, 8, 3),
+    _config(64, 64, 32, 8, 4, 4),
+]
+matmul_kernel_autotuned = triton.autotune(
+    configs=AUTOTUNE_CONFIGS, key=["M", "N", "K", "ACTIVATE", "LEAKY_GRAD_A", "WIDE"]
+)(matmul_kernel)
+"""matmul_kernel with its tiles chosen per (M, N, K, fusion, dtypes) by timing AUTOTUNE_CONFIGS on the first call
+(CUDA only: under Triton's interpreter, tests call matmul_kernel with explicit tiles)."""
 
 
 @triton.jit

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pgolf.config import ConfigError, Count, CountOrZero, Fraction, NonNegative, Positive, Section
 
+FusedMlp = Literal["triton", "compiled"]
+
 
 class BigramHashParams(Section):
     """#374's hashed previous-token embedding (2048 buckets, dim 128, scale 0.05); buckets 0 = off."""
@@ -38,6 +40,11 @@ class ModelParams(Section):
     mlp_leaky_slope: Fraction
     """Negative slope of leaky_relu2: phi(u) = u^2 for u > 0, (slope u)^2 otherwise; the record 0.5, #1948/#2140 0.3
     (#1948, #2140). It reaches the eager path and the fused Triton kernel, forward and backward."""
+    fused_mlp: FusedMlp
+    """How the MLP's up-projection + activation runs on CUDA in training: ``triton``, the fused kernel of
+    :mod:`pgolf.kernels.mlp`; ``compiled``, the eager math, which the train stage's torch.compile turns into cuBLAS
+    GEMMs and an inductor-fused activation. On CPU, in evaluation and in TTT both are the eager math;
+    ``bench/gpu_check`` times the two."""
     tied_embed_init_std: NonNegative
     logit_softcap: NonNegative
     """logits = c * tanh(z / c); 0 disables."""

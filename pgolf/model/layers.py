@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from pgolf.kernels.mlp import fused_up_activation
 from pgolf.model.attention import DocAttention
-from pgolf.model.config import ModelConfig
+from pgolf.model.config import FusedMlp, ModelConfig
 
 Role = Literal["embedding", "attn", "mlp", "attn_gate", "control"]
 Kind = Literal["q", "k", "v", "o", "up", "down"]
@@ -47,9 +47,10 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
-def use_fused_mlp(n: Tensor, training: bool) -> bool:
-    """Whether the MLP takes the fused Triton up-projection: CUDA tensors in training."""
-    return n.is_cuda and training
+def use_fused_mlp(is_cuda: bool, training: bool, mode: FusedMlp) -> bool:
+    """Whether the MLP takes the fused Triton up-projection: CUDA tensors in training under ``model.fused_mlp:
+    triton``; ``compiled`` never does (the eager math, left to torch.compile)."""
+    return mode == "triton" and is_cuda and training
 
 
 def _adapt(y: Tensor, adapters: Adapters | None, site: Site, slot: int, x: Tensor) -> Tensor:
@@ -186,9 +187,10 @@ class MLP(nn.Module):
         self.up = Linear(cfg.model_dim, cfg.mlp_dim, "mlp", "up")
         self.down = Linear(cfg.mlp_dim, cfg.model_dim, "mlp", "down", zero_init=True)
         self.slope = cfg.mlp_leaky_slope if cfg.mlp_activation == "leaky_relu2" else 0.0
+        self.fused_mlp = cfg.fused_mlp
 
     def forward(self, n: Tensor) -> Tensor:
-        if use_fused_mlp(n, self.training):  # the fused Triton up-projection + activation (training, as the record)
+        if use_fused_mlp(n.is_cuda, self.training, self.fused_mlp):  # the fused Triton up-projection + activation
             dtype = compute_dtype(n)  # autocast does not reach a custom op: hand it bf16, not fp32 (no tensor cores)
             return self.down(fused_up_activation(n.to(dtype), self.up.effective_weight().to(dtype), self.slope))
         # Everywhere else through self.up, whose forward hooks collect the calibration Hessians.

@@ -12,5 +12,6 @@ import run``). Fixtures are in the conftest.py files, not here.
 - ``quant``: matrices, Hessians, models and configs of the quantizer tests
 - ``compress``: quantize-stage outputs, submissions (compress + bundle), entries for the coding pool
 - ``kernels``: the Triton kernels against their eager references (also run in a fresh interpreter process)
+- ``tile_order``: the Triton matmul's program-to-tile order, read back (imports triton; interpreter process)
 - ``report``: scratch git + DVC repositories, experiment-table cells, the summary stage's inputs
 """

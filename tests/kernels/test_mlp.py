@@ -1,5 +1,5 @@
 """pgolf.kernels.mlp: int64 offsets past int32, eager dispatch on CPU (and of the softcapped CE), the fused
-MLP kernel against the eager reference on CUDA."""
+MLP kernel (autotuned and with fixed tiles) against the eager reference on CUDA."""
 
 import pytest
 import torch
@@ -35,6 +35,7 @@ def test_dispatch_is_eager_on_cpu():
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("slope", [0.5, 0.0])
-def test_mlp_kernel_matches_eager_cuda(dtype, slope):
+@pytest.mark.parametrize("tiling", [None, (64, 64, 32, 3)], ids=["autotuned", "fixed"])
+def test_mlp_kernel_matches_eager_cuda(dtype, slope, tiling):
     tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-4)
-    check_mlp((4, 100, 96), 200, slope, dtype, "cuda", (64, 64, 32), tol)
+    check_mlp((4, 100, 96), 200, slope, dtype, "cuda", tiling, tol)

@@ -25,6 +25,7 @@ RECORD_MODEL = {
     "mlp_mult": 4.0,
     "mlp_activation": "leaky_relu2",
     "mlp_leaky_slope": 0.5,
+    "fused_mlp": "compiled",
     "tied_embed_init_std": 0.005,
     "logit_softcap": 30.0,
     "rope_base": 10000.0,

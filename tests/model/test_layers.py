@@ -192,16 +192,38 @@ def test_gptj_block_adds_attention_and_mlp_of_the_same_input():
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """The fused MLP path forced on (CPU), with a recorder in place of the Triton kernel's entry point."""
+    """CPU tensors taken for CUDA ones by the MLP's dispatch (``model.fused_mlp`` still decides), with a recorder in
+    place of the Triton kernel's entry point."""
     calls: list[tuple[torch.dtype, torch.dtype]] = []
+    dispatch = layers.use_fused_mlp
 
     def record(x, w, slope):
         calls.append((x.dtype, w.dtype))
         return eager_up_activation(x, w, slope)
 
-    monkeypatch.setattr(layers, "use_fused_mlp", lambda n, training: training)
+    monkeypatch.setattr(layers, "use_fused_mlp", lambda is_cuda, training, mode: dispatch(True, training, mode))
     monkeypatch.setattr(layers, "fused_up_activation", record)
     return calls
+
+
+def test_only_triton_mode_takes_the_kernel_and_only_for_cuda_training():
+    """``model.fused_mlp: compiled`` never takes the Triton kernel; ``triton`` takes it for CUDA in training."""
+    for is_cuda in (False, True):
+        for training in (False, True):
+            assert not layers.use_fused_mlp(is_cuda, training, "compiled")
+            assert layers.use_fused_mlp(is_cuda, training, "triton") == (is_cuda and training)
+
+
+@pytest.mark.parametrize("mode", ["compiled", "triton"])
+def test_fused_mlp_mode_decides_whether_the_model_calls_the_kernel(kernel_calls, mode):
+    """A training step of the whole model on (taken-for-CUDA) tensors: ``compiled`` leaves the kernel uncalled
+    (every MLP runs the eager math), ``triton`` sends every MLP through it."""
+    torch.manual_seed(0)
+    model = GPT(model_cfg(fused_mlp=mode)).train()
+    ids = random_ids()
+    model(ids, ids).backward()
+    calls, mlps = len(kernel_calls), sum(isinstance(m, MLP) for m in model.modules())
+    assert calls == 0 if mode == "compiled" else calls >= mlps, f"{calls} kernel calls, {mlps} MLPs"
 
 
 @pytest.mark.slow
@@ -210,7 +232,7 @@ def test_fused_mlp_receives_the_autocast_dtype(kernel_calls, compiled):
     """fp32 parameters and residual under bf16 autocast: the kernel gets bf16 operands (a custom op is outside
     autocast, so without the cast it would get fp32 and run without tensor cores); without autocast, fp32."""
     torch.manual_seed(0)
-    model = GPT(model_cfg()).train()
+    model = GPT(model_cfg(fused_mlp="triton")).train()
     forward = torch.compile(model, fullgraph=True, dynamic=False, backend="aot_eager") if compiled else model
     ids = random_ids()
     with torch.autocast("cpu", dtype=torch.bfloat16):
