@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -50,8 +51,9 @@ def subprocess_env(**overrides: str) -> dict[str, str]:
     return {**os.environ, **overrides}
 
 
-def init() -> DistInfo:
-    """Set up the process group when launched by torchrun with more than one process (nccl on CUDA, else gloo)."""
+def init(timeout_seconds: float | None = None) -> DistInfo:
+    """Set up the process group when launched by torchrun with more than one process (nccl on CUDA, else gloo),
+    its collectives waiting ``timeout_seconds`` (``train.dist_timeout_seconds``; None: torch's default)."""
     info = dist_info()
     if info.device.type == "cuda":
         torch.cuda.set_device(info.device)
@@ -59,7 +61,8 @@ def init() -> DistInfo:
         torch.backends.cudnn.allow_tf32 = True
     if info.world_size > 1 and not dist.is_initialized():
         backend = "nccl" if info.device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=info.device if backend == "nccl" else None)
+        timeout = None if timeout_seconds is None else timedelta(seconds=timeout_seconds)
+        dist.init_process_group(backend, device_id=info.device if backend == "nccl" else None, timeout=timeout)
     return info
 
 

@@ -132,7 +132,7 @@ def audit_failures(metrics: dict) -> list[str]:
 def main() -> None:
     paths = parse_paths(Paths, __doc__)
     score, cfg = load_section("score", paths.params), load_section("eval", paths.params)
-    dist.init()
+    dist.init(load_section("train", paths.params).dist_timeout_seconds)  # the launch is train's (dvc.yaml)
     try:
         metrics = evaluate(score, cfg, paths)
     finally:

@@ -64,7 +64,7 @@ def train(params: ModelParams, cfg: TrainConfig, score: ScoreConfig, paths: Path
     model_cfg = resolve_model(params, paths.tokenizer)
     manifest = shards.read_manifest(paths.shards)
     provenance = recorded_check(paths.shards, manifest, what="train")
-    info = dist.init()
+    info = dist.init(cfg.dist_timeout_seconds)
     try:
         run_ = loop.setup(model_cfg, cfg, paths.shards, manifest, info)
         ladder = Ladder.load(score, paths.shards, paths.tokenizer, model_cfg.bos_id)

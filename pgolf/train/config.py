@@ -59,6 +59,10 @@ class TrainConfig(Section):
     challenge counts in the same 600 s: training stops at max_wallclock_seconds - this, so that training +
     Hessians fits the budget by construction (the record: 0.5, too little for its ~8 s of Hessians; later records
     reserved 8-12 s)."""
+    dist_timeout_seconds: Positive
+    """How long a rank of a torchrun job waits in a collective for the others (``init_process_group``'s timeout;
+    the train and evaluate stages) before the job fails: long enough for the slowest rank's compile warm-up
+    (torch's default, 600 s for NCCL, is shorter than a record evaluation's warm-up can be)."""
     iterations: Count
     """Step cap (and the schedule's denominator when there is no wall-clock budget)."""
     global_batch_tokens: Count
