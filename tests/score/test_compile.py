@@ -97,7 +97,7 @@ def compile_warnings(caught) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["plain", "lora_ttt"])
+@pytest.mark.parametrize("name", ["plain", "sliding", "lora_ttt", "chunk_sgd"])
 def test_compiled_mode_scores_like_eager_and_builds_no_graph_while_scoring(name):
     val = text_val(texts_of([150, 40, 95, 10, 70, 120, 5, 60]))  # LoRA batches of 3, 3 and 2 documents
     docs, cfg = split_documents(val.tokens, BOS), wide_cfg(96)
