@@ -1,5 +1,6 @@
-"""Stage bundle: the self-extracting code file artifacts/submission/pgolf_code.py -- the package sources that
-training and evaluation import, minified and compressed (the counted code bytes). Its own stage, so that editing a
+"""Stage bundle: the self-extracting code file artifacts/submission/pgolf_code.py -- the package sources of every
+stage from training to evaluation (quantization and compression included), minified and compressed (the counted
+code bytes). Its own stage, so that editing a
 source re-runs the bundle (its bytes change) without re-running what the source's stage feeds."""
 
 from dataclasses import dataclass

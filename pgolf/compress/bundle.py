@@ -1,10 +1,13 @@
 """The code bundle: one self-extracting Python file whose bytes are the code bytes counted toward the limit.
 
-The bundle holds, compressed, the sources that training and evaluation import (the import closure of the entry
-scripts in :data:`ENTRIES`, package ``__init__`` files included). ``python pgolf_code.py`` in any directory writes
-those files back (``pgolf/...``, ``stages/...``) and nothing else; ``python -m stages.evaluate`` then runs from there.
-Its shape is the challenge's two-line wrapper (``import lzma as L,base64 as B`` + ``exec(L.decompress(...))``,
-base85 text, the #1492/#2143 style; or brotli, the record's) around a small program that writes the files.
+The bundle holds, compressed, the sources of the whole program the challenge counts: every stage from training
+to evaluation (train, export, calibrate, quantize, compress, evaluate: the import closure of the entry scripts in
+:data:`ENTRIES`, package ``__init__`` files included), as the record's ``train_gpt.py`` holds its GPTQ and its
+compressor. Data preparation and tokenizer training stay outside, as in the challenge. ``python pgolf_code.py``
+in any directory writes those files back (``pgolf/...``, ``stages/...``) and nothing else; the stages then run
+from there (``python -m stages.evaluate``). Its shape is the challenge's two-line wrapper (``import lzma as
+L,base64 as B`` + ``exec(L.decompress(...))``, base85 text, the #1492/#2143 style; or brotli, the record's)
+around a small program that writes the files.
 
 Optional minification (python-minifier) drops docstrings and comments but keeps names and annotations (pydantic
 reads annotations at run time, so removing them would change behaviour).
@@ -28,7 +31,15 @@ from pgolf.config import Section
 from pgolf.errors import PgolfError
 
 BUNDLE_FILE = "pgolf_code.py"
-ENTRIES = ("stages/train.py", "stages/evaluate.py")
+ENTRIES = (
+    "stages/train.py",
+    "stages/export.py",
+    "stages/calibrate.py",
+    "stages/quantize.py",
+    "stages/compress.py",
+    "stages/evaluate.py",
+)
+"""The program's stages, training to evaluation, in the order they run."""
 PACKAGES = ("pgolf", "stages")
 
 _WRAPPERS = {

@@ -58,3 +58,15 @@ def test_every_bundle_wrapper_restores_the_sources(codec, minify, tmp_path):
         restored = (tmp_path / rel).read_text()
         compile(restored, rel, "exec")
         assert (restored == (ROOT / rel).read_text()) != minify or rel.endswith("__init__.py")
+
+
+def test_the_counted_code_is_the_whole_program_from_training_to_evaluation():
+    """Quantization and compression are part of the program the challenge counts (the record's train_gpt.py holds
+    its GPTQ and its per-group compressor); data preparation and tokenizer training are not."""
+    files = set(bundle_files(ROOT))
+    stages = {"train", "export", "calibrate", "quantize", "compress", "evaluate"}
+    assert {f"stages/{s}.py" for s in stages} <= files
+    assert {"pgolf/quant/gptq.py", "pgolf/quant/hessian.py", "pgolf/quant/lqer.py", "pgolf/compress/pergroup.py"} <= (
+        files
+    )
+    assert not {"stages/prepare.py", "stages/tokenizer.py", "stages/tokenize.py", "stages/bundle.py"} & files
