@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.cli import parse_paths, run
-from pgolf.data import docs, encode, provenance
+from pgolf.data import docs, encode, fingerprint, provenance
 from pgolf.data import tokenizer as tok
 from pgolf.data.sources import DataConfig
 from pgolf.files import fresh_dir
@@ -59,6 +59,9 @@ def tokenize(cfg: DataConfig, paths: Paths) -> dict:
     }
     docs.write_manifest(out, manifest)  # the check below reads the val hashes through it
     manifest["provenance"] = provenance.check_once(out, meta["bos_id"], progress=True)
+    manifest["fingerprint"] = fingerprint.fingerprint(out)
+    if (check := fingerprint.published_check(manifest["fingerprint"], source.get("variant", ""))) is not None:
+        manifest["fingerprint"]["published"] = check
     docs.write_manifest(out, manifest)
     return manifest
 
@@ -71,6 +74,18 @@ def main() -> None:
     splits = {name: split["tokens"] for name, split in manifest["splits"].items()}
     print(f"tokenize: {splits} tokens, bytes by {manifest['byte_count']} -> {paths.out} "
           f"in {time.perf_counter() - start:.1f}s")  # fmt: skip
+    print(fingerprint_line(manifest["fingerprint"]))
+
+
+def fingerprint_line(found: dict) -> str:
+    """The fingerprint as the records' logs print it, and any published figure it differs from."""
+    line = (f"tokenize: train_shards: {found['train_shards']} val_tokens: {found['val_targets']} "
+            f"(val stream sha256 {found['val_sha256'][:12]})")  # fmt: skip
+    check = found.get("published")
+    if check and not check["matches"]:
+        differ = ", ".join(f"{k} {found[k]:,} (published {check['published'][k]:,})" for k in check["differs"])
+        line += f"\nwarning: data.variant={check['variant']} differs from the published shards: {differ}"
+    return line
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def train(params: ModelParams, cfg: TrainConfig, score: ScoreConfig, paths: Path
         ladder = Ladder.load(score, paths.shards, paths.tokenizer, model_cfg.bos_id)
         summary = loop.train(run_, val=ladder, resume_dir=paths.resume, live_dir=paths.live)
         summary.update(hardware=info.hardware, provenance=provenance, final_val_documents=ladder.documents,
-                       commit=code_version())  # fmt: skip
+                       data_fingerprint=manifest.get("fingerprint"), commit=code_version())  # fmt: skip
         if info.is_main:
             write_weights(run_, paths.out, summary)
             write_json(paths.metrics, summary)

@@ -102,7 +102,8 @@ def compliance(cfg: ComplianceConfig, train: dict, calibrate: dict, size: dict, 
     out["data"] = {"val_documents": train["provenance"]["val_documents"],
                    **{f"{k}_documents": v["train_documents"] for k, v in checks.items()},
                    "overlap": sum(v["overlap"] for v in checks.values()),
-                   "passed": all(v["passed"] for v in checks.values())}  # fmt: skip
+                   "passed": all(v["passed"] for v in checks.values()),
+                   "fingerprint": train.get("data_fingerprint")}  # fmt: skip
     reported = REPORTED_MODE if REPORTED_MODE in out["eval"] else list(out["eval"])[-1]
     out["reported_mode"] = reported
     clocks = out["train"]["within"] and out["eval"][reported]["within"]

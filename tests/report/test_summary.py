@@ -78,3 +78,10 @@ def test_clocks_off_the_budgets_hardware_are_informative(tmp_path, change):
 )  # fmt: skip
 def test_budget_hardware_is_the_device_count_and_name(measured, budget, same):
     assert on_budget_hardware(measured, budget) is same
+
+
+def test_the_data_fingerprint_reaches_the_compliance_section(tmp_path):
+    found = {"train_shards": 80, "train_tokens": 8_000_000_000, "val_tokens": 47_851_521, "val_targets": 47_851_520,
+             "val_sha256": "ab" * 32}  # fmt: skip
+    summary = build(COMPLIANCE, summary_metrics(tmp_path, train={"data_fingerprint": found}))
+    assert summary["compliance"]["data"]["fingerprint"] == found

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pgolf.data import docs, provenance, shards
+from pgolf.data import docs, fingerprint, provenance, shards
 from pgolf.data import tokenizer as tok
 from pgolf.data.docs import Doc
 from tests.helpers.config import data_cfg, tokenizer_cfg
@@ -80,6 +80,7 @@ def test_tokenize_records_val_hashes_for_adopted_shards(tmp_path):
     assert {"source", "vocab_size", "bos_id", "splits", "byte_count"} <= manifest.keys()
     report = provenance.check_training_documents(out, shards.shard_paths(out, "train"), BOS, what="train")
     assert report["train_documents"] == 3
+    assert manifest["fingerprint"] == fingerprint.fingerprint(out) and "published" not in manifest["fingerprint"]
 
 
 def test_tokenize_records_val_hashes_that_catch_a_copied_document(tmp_path):
