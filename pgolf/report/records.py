@@ -173,6 +173,21 @@ def timings(summary: dict) -> dict:
             "eval_strict_seconds": {m: e["strict_seconds"] for m, e in evals.items()}}  # fmt: skip
 
 
+def hardware_label(measured: str, label: str) -> str:
+    """The hardware submission.json names: ``label`` (e.g. ``8xH100 80GB SXM``) when it names the device count and
+    the device the run measured (``8x NVIDIA H100 80GB HBM3``), the measured string when no label is given; a
+    label that contradicts the measurement (``8xH100`` for a ``1x cpu`` run) is refused."""
+    if not label:
+        return measured
+    count, _, name = label.partition("x")
+    got, _, device = measured.partition("x")
+    model = name.split()[0].lower() if name.split() else ""
+    if count.strip() != got.strip() or not model or model not in device.lower():
+        raise PgolfError(f"--hardware {label!r} contradicts the hardware the run measured ({measured!r}); "
+                         "leave it out to write the measured one")  # fmt: skip
+    return label
+
+
 def submission_json(info: dict, meta: dict) -> dict:
     """submission.json: the measured fields of metrics/summary.json and the identity fields of ``meta``."""
     summary = info["summary"]
@@ -195,7 +210,7 @@ def submission_json(info: dict, meta: dict) -> dict:
         "bytes_total": size["total"],
         "bytes_model": size["model"],
         "bytes_code": size["code"],
-        "hardware": meta["hardware"] or summary["compliance"]["train"]["hardware"],
+        "hardware": hardware_label(summary["compliance"]["train"]["hardware"], meta["hardware"]),
         "pytorch_version": _torch_version(),
         "technique_summary": meta["summary"] or f"pgolf (PR #1855 recipe as a DVC pipeline), scored by {mode}",
         "compliant": not failed,

@@ -50,7 +50,7 @@ def _summary() -> dict:
         "bytes": {"model": 15_880_000, "code": 20_000, "total": 15_900_000, "limit": 16_000_000, "fits": True},
         "compliance": {
             "train": {
-                "hardware": "cuda x8",
+                "hardware": "8x NVIDIA H100 80GB HBM3",
                 "train_seconds": 588.0,
                 "calibrate_seconds": 9.5,
                 "total_seconds": 597.5,
@@ -87,7 +87,7 @@ def test_records_folder(tmp_path):
                         "hardware": "8xH100", "pytorch_version": records._torch_version()}  # fmt: skip
     assert sub["technique_summary"].endswith("scored by lora_ttt")
     info = records.collect(records.RunSource(ws, None))
-    assert records.submission_json(info, {**META, "hardware": ""})["hardware"] == "cuda x8"  # the measured one
+    assert records.submission_json(info, {**META, "hardware": ""})["hardware"] == "8x NVIDIA H100 80GB HBM3"
     assert sub["val_bpb"] == 1.06 and sub["eval_mode"] == "lora_ttt" and sub["ladder"] == _summary()["ladder"]
     assert sub["seeds"] == [42] and sub["seed_results"] == {"42": {"val_bpb": 1.06, "artifact_bytes": 15_900_000}}
     assert (sub["bytes_total"], sub["bytes_model"], sub["bytes_code"]) == (15_900_000, 15_880_000, 20_000)
@@ -173,3 +173,18 @@ def test_the_records_key_parameters_exist_in_params_and_every_preset():
             for part in key.split("."):
                 assert isinstance(node, dict) and part in node, f"{path.name}: {key} (pgolf.report.records.KEY_PARAMS)"
                 node = node[part]
+
+
+@pytest.mark.parametrize(("measured", "label", "written"), [
+    ("8x NVIDIA H100 80GB HBM3", "8xH100 80GB SXM", "8xH100 80GB SXM"),
+    ("8x NVIDIA H100 80GB HBM3", "", "8x NVIDIA H100 80GB HBM3"),
+    ("1x cpu", "8xH100 80GB SXM", None),  # the README's old example on a CPU run
+    ("8x NVIDIA H200", "8xH100", None),
+    ("1x NVIDIA H100 80GB HBM3", "8xH100", None),
+])  # fmt: skip
+def test_a_hardware_label_that_contradicts_the_measurement_is_refused(measured, label, written):
+    if written is None:
+        with pytest.raises(PgolfError, match="contradicts the hardware the run measured"):
+            records.hardware_label(measured, label)
+    else:
+        assert records.hardware_label(measured, label) == written
