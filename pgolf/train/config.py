@@ -41,6 +41,15 @@ class QatConfig(Section):
     """Grid: per-row s = max(rowmax/c, 1/c), integers in [-(c+1), c] with c = 2^(bits-1) - 1."""
 
 
+class AbortAbove(Section):
+    """Stop a clearly worse run early: at training step ``step`` the live weights are scored (the one scorer, the
+    ``score`` section's documents) and training fails, writing no weights, when val_bpb is above ``val_bpb``; a
+    sweep then wastes no more device time on a diverged or losing configuration. ``step`` 0: off."""
+
+    step: CountOrZero
+    val_bpb: NonNegative
+
+
 class SeqStage(Section):
     """One stage of ``train.seq_schedule``: segments of at most ``seq_len`` tokens while progress <= ``until``."""
 
@@ -103,6 +112,7 @@ class TrainConfig(Section):
     val_every: CountOrZero
     """Steps between validation scores during training (0 = none but the last), on the ``score`` section's
     documents with the one scorer (:mod:`pgolf.score.scorer`)."""
+    abort_above: AbortAbove
     checkpoint_seconds: NonNegative
     """Wall-clock seconds between resumable checkpoints (0 = none)."""
     compile: bool

@@ -45,6 +45,7 @@ from pgolf.train.seq_schedule import active_seq_len, rewarm_factor, warmup_pairs
 from pgolf.train.step import (
     Optimizers,
     StepOutcome,
+    TrainingAborted,
     TrainingDiverged,
     apply_dtype_policy,
     build_optimizers,
@@ -326,15 +327,27 @@ def _one_step(run: Run, logger: Logger, val: Ladder | None, clock: Clock) -> boo
         if cfg.seq_schedule:
             metrics["train/seq_len"] = float(s.seq_len)
         logger.log(s.step, metrics)
-    if val is not None and cfg.val_every and s.step % cfg.val_every == 0:
-        with clock.paused():
-            _log_val(run, logger, val, looped)
+    if val is not None:
+        _validate_if_due(run, logger, val, looped, clock)
     logger.progress(frac, loss)
     if cfg.checkpoint_seconds and sig.since_save >= cfg.checkpoint_seconds:
         with clock.paused():
             save_checkpoint(run, clock.resume_dir, logger.live_dir)
         clock.since_save = time.perf_counter()
     return True
+
+
+def _validate_if_due(run: Run, logger: Logger, val: Ladder, looped: bool, clock: Clock) -> None:
+    """Score the live weights (off the clock) every ``val_every`` steps and at ``abort_above.step``, where a score
+    above the threshold stops training (every rank reads the same all-reduced score)."""
+    step, cfg, abort = run.state.step, run.cfg, run.cfg.abort_above
+    if not (cfg.val_every and step % cfg.val_every == 0 or step == abort.step):
+        return
+    with clock.paused():
+        bpb = _log_val(run, logger, val, looped)["val_bpb"]
+    if step == abort.step and bpb > abort.val_bpb:
+        raise TrainingAborted(f"train: val_bpb {bpb:.4f} at step {step} is above train.abort_above.val_bpb "
+                              f"({abort.val_bpb}); stopped early, no weights written")  # fmt: skip
 
 
 def _log_val(run: Run, logger: Logger, val: Ladder, looped: bool) -> dict:

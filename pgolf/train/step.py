@@ -22,6 +22,10 @@ from pgolf.train.config import TrainConfig
 from pgolf.train.loader import PackingLoader
 
 
+class TrainingAborted(PgolfError, RuntimeError):
+    """``train.abort_above``: the run scored worse than the threshold at the step; no weights are written."""
+
+
 class TrainingDiverged(PgolfError, RuntimeError):
     """A non-finite loss: training stops instead of writing garbage weights (the message names the step and the
     knobs to lower, so the stage prints it as one line)."""

@@ -18,7 +18,7 @@ from pgolf.config import read_params
 from pgolf.optim.schedule import lr_multiplier
 from pgolf.train import loop
 from pgolf.train.loader import Prefetcher
-from pgolf.train.step import StepOutcome
+from pgolf.train.step import StepOutcome, TrainingAborted
 from stages.train import resolve_model, train
 from tests.helpers.common import ROOT
 from tests.helpers.config import train_cfg
@@ -40,6 +40,18 @@ def test_tiny_run_writes_weights_meta_and_curves(data, tmp_path):
     live = json.loads((tmp_path / "live" / "metrics.json").read_text())
     assert "train" in live and "val" in live
     assert not (tmp_path / "resume").exists()
+
+
+def test_a_run_worse_than_abort_above_stops_at_its_step_and_writes_no_weights(data, tmp_path):
+    """train.abort_above: scored at step 3 (no val_every step), a toy model's val_bpb is far above 1.0, so training
+    stops there with one line naming the key and writes no weights; a threshold above the score lets it finish."""
+    cfg = train_cfg(val_every=0, abort_above={"step": 3, "val_bpb": 1.0})
+    with pytest.raises(TrainingAborted, match=r"val_bpb \d+\.\d+ at step 3 is above train.abort_above.val_bpb \(1.0\)"):
+        train(tiny_model(), cfg, SCORE, paths(data, tmp_path / "aborted"))
+    assert not list((tmp_path / "aborted" / "train").glob("*.safetensors"))
+    passed = train(tiny_model(), train_cfg(val_every=0, abort_above={"step": 3, "val_bpb": 100.0}), SCORE,
+                   paths(data, tmp_path / "kept"))  # fmt: skip
+    assert passed["steps"] == 8 and (tmp_path / "kept" / "train" / "raw.safetensors").is_file()
 
 
 @pytest.mark.slow
