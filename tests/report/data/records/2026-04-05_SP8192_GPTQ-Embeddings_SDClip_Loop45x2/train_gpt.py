@@ -1,0 +1,1 @@
+# Placeholder: the record's train_gpt.py is not copied (code from another repository); see ../SOURCE.md.
