@@ -23,22 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-PRESETS = ("record_1855", "frontier_2135")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def _modules(root: Path):
-    """(EvalForward, its extra keywords, LoRA TTT module) of the checkout at ``root``."""
-    sys.path.insert(0, str(root))
-    if (root / "pgolf" / "score").is_dir():
-        from pgolf.eval import lora_ttt
-        from pgolf.score.compile import EvalForward
-
-        return EvalForward, {"min_rows": 0}, lora_ttt, True
-    from pgolf.eval.compile import EvalForward
-
-    from pgolf.eval import ttt_lora
-
-    return EvalForward, {}, ttt_lora, False
+from bench.ttt_step import PRESETS, build  # noqa: E402
 
 
 def _peak_mib() -> float:
@@ -48,47 +36,19 @@ def _peak_mib() -> float:
 def child(root: Path, preset: str, rows: int) -> dict:
     import torch
 
-    EvalForward, extra, ttt, scored_only = _modules(root)
-    from pgolf.config import parse_section, read_params
-    from pgolf.model.config import ModelParams
-    from pgolf.model.gpt import GPT
-
     torch.set_num_threads(2)
-    params = read_params(root / "presets" / f"{preset}.yaml")
-    model_cfg = parse_section(params["model"], "model", ModelParams).resolve(vocab_size=8192, bos_id=1)
-    cfg = parse_section(params["eval"]["lora_ttt"], "eval.lora_ttt", ttt.LoraTttConfig)
-    torch.manual_seed(0)
-    model = GPT(model_cfg)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    width, chunk, tilt = cfg.context, cfg.chunk_size, cfg.ngram_tilt.enabled
-    cap = ttt.AsymSoftcap(model_cfg.logit_softcap) if cfg.asym_logit else None
-    forward = EvalForward(model, True, None, max_width=width, logit_cap=cap, hints=tilt, **extra)
-    lora = ttt._fresh_lora(model, cfg, rows, True, seed=0)
-    g = torch.Generator().manual_seed(1)
-    inputs = torch.randint(0, 8192, (rows, width), generator=g)
-    full_targets = torch.randint(0, 8192, (rows, width), generator=g)
-    hints_full = torch.randint(-1, 8192, (rows, width), generator=g)
-    cols = torch.arange(width - chunk, width).expand(rows, chunk).contiguous()
-    if scored_only:  # the head, soft-cap, tilt inputs and loss at the chunk's scored positions only
-        targets, hints, kw = full_targets[:, -chunk:], hints_full[:, -chunk:], {"cols": cols}
-    else:  # every position, the chunk's taken afterwards
-        targets, hints, kw = full_targets, hints_full, {}
+    step = build(root, preset, rows, torch.device("cpu"))
     before = _peak_mib()
     start = time.perf_counter()
-    with torch.enable_grad():
-        out = forward(inputs, targets, lora, hints, **kw) if tilt else forward(inputs, targets, lora, **kw)
-        nats = out[0] if tilt else out
-        loss = nats[:, -chunk:].float().mean()
-        loss.backward()
-    return {"preset": preset, "rows": rows, "width": width, "chunk": chunk, "tilt": tilt, "asym_logit": cap is not None,
-            "setup_peak_mib": round(before), "step_peak_mib": round(_peak_mib() - before),
+    loss = step.loss()
+    loss.backward()
+    return {**step.describe, "setup_peak_mib": round(before), "step_peak_mib": round(_peak_mib() - before),
             "seconds": round(time.perf_counter() - start, 1), "loss": float(loss)}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[1]), help="a pgolf checkout")
+    parser.add_argument("--root", default=str(ROOT), help="a pgolf checkout")
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--preset", choices=PRESETS, nargs="+", default=list(PRESETS))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
