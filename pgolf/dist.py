@@ -1,8 +1,9 @@
 """Process-group setup for torchrun, rank-0 printing and the few collectives the stages need.
 
-This is the only module that reads the environment: torchrun's RANK, WORLD_SIZE and LOCAL_RANK (and the copy
-handed to child processes). A run without torchrun is a single process of rank 0 and needs no process group;
-every helper here is then a no-op.
+This is the only module that reads or sets the environment: torchrun's RANK, WORLD_SIZE and LOCAL_RANK (and the
+copy handed to child processes), and the device lease's variables (:mod:`pgolf.lease`), which sets
+CUDA_VISIBLE_DEVICES for itself and its children through :func:`export_environment`. A run without torchrun is a
+single process of rank 0 and needs no process group; every helper here is then a no-op.
 """
 
 from __future__ import annotations
@@ -49,6 +50,21 @@ def dist_info() -> DistInfo:
 def subprocess_env(**overrides: str) -> dict[str, str]:
     """This process's environment with ``overrides``, for a child process (e.g. ``LRZIP=NOCONFIG`` for lrzip)."""
     return {**os.environ, **overrides}
+
+
+LEASE_VARIABLES = ("PGOLF_LEASE_DIR", "PGOLF_LEASE_DEVICES", "PGOLF_LEASE_SLOTS", "PGOLF_LEASE_HELD",
+                   "CUDA_VISIBLE_DEVICES", "LOCAL_RANK")  # fmt: skip
+"""What :mod:`pgolf.lease` reads: its settings, the devices already visible, and whether torchrun started us."""
+
+
+def lease_environment() -> dict[str, str]:
+    """The :data:`LEASE_VARIABLES` that are set, by name."""
+    return {name: os.environ[name] for name in LEASE_VARIABLES if name in os.environ}
+
+
+def export_environment(**values: str) -> None:
+    """Set variables for this process and every child it starts (the lease's CUDA_VISIBLE_DEVICES)."""
+    os.environ.update(values)
 
 
 def init(timeout_seconds: float | None = None) -> DistInfo:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf import artifacts, dist, tensorio
+from pgolf import artifacts, dist, lease, tensorio
 from pgolf.cli import parse_paths, run
 from pgolf.data import shards
 from pgolf.data.provenance import recorded_check
@@ -61,6 +61,7 @@ def calibrate(cfg: CalibrateConfig, paths: Paths) -> dict:
 
 def main() -> None:
     paths = parse_paths(Paths, __doc__)
+    lease.acquire(1)  # a device of a shared box (PGOLF_LEASE_DIR), before anything touches CUDA
     summary = calibrate(load_section("calibrate", paths.params), paths)
     dist.print0(f"calibrate: {summary['matrices']} Hessians from {summary['tokens']:,} training tokens "
                 f"(looped={summary['looped']}) in {summary['seconds']:.1f}s -> {paths.out}")  # fmt: skip

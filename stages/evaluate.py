@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf import dist
+from pgolf import dist, lease
 from pgolf.cli import parse_paths, run
 from pgolf.compress import submission
 from pgolf.compress.container import MODEL_BIN
@@ -131,6 +131,7 @@ def audit_failures(metrics: dict) -> list[str]:
 
 def main() -> None:
     paths = parse_paths(Paths, __doc__)
+    lease.acquire(1)  # a device of a shared box (PGOLF_LEASE_DIR), before anything touches CUDA
     score, cfg = load_section("score", paths.params), load_section("eval", paths.params)
     dist.init(load_section("train", paths.params).dist_timeout_seconds)  # the launch is train's (dvc.yaml)
     try:

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf import artifacts, tensorio
+from pgolf import artifacts, lease, tensorio
 from pgolf.cli import parse_paths, run
 from pgolf.dist import dist_info
 from pgolf.files import write_csv, write_json
@@ -63,6 +63,7 @@ def quantize(cfg: QuantizeConfig, score: ScoreConfig, paths: Paths) -> dict:
 
 def main() -> None:
     paths = parse_paths(Paths, __doc__)
+    lease.acquire(1)  # a device of a shared box (PGOLF_LEASE_DIR), before anything touches CUDA
     cfg: QuantizeConfig = load_section("quantize", paths.params)
     metrics = quantize(cfg, load_section("score", paths.params), paths)
     print(f"quantize: {cfg.method} -> {paths.out}; dequantized val_bpb {metrics['dequantized']['val_bpb']:.4f}; "
