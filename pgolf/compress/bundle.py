@@ -31,6 +31,8 @@ from pgolf.config import Section
 from pgolf.errors import PgolfError
 
 BUNDLE_FILE = "pgolf_code.py"
+PROGRAM_FILE = "train_gpt.py"
+"""The submission program a records folder holds (:mod:`pgolf.report.package`, ``stages/program.py``)."""
 ENTRIES = (
     "stages/train.py",
     "stages/export.py",
@@ -121,13 +123,14 @@ def _minify(source: str) -> str:
     )  # fmt: skip
 
 
-def build(root: Path, cfg: BundleConfig, files: list[str] | None = None) -> str:
-    """The bundle's text for ``files`` (default :func:`bundle_files`) under ``root``."""
+def build(root: Path, cfg: BundleConfig, files: list[str] | None = None, then: str = "") -> str:
+    """The bundle's text for ``files`` (default :func:`bundle_files`) under ``root``; ``then``: Python run after
+    the files are written (a packaged program's entry point)."""
     sources = {}
     for rel in files if files is not None else bundle_files(root):
         text = (root / rel).read_text(encoding="utf-8")
         sources[rel] = _minify(text) if cfg.minify and text.strip() else text
-    program = f"F={sources!r}\n{_WRITER}".encode()
+    program = f"F={sources!r}\n{_WRITER}{then}".encode()
     packed = lzma.compress(program, preset=9 | lzma.PRESET_EXTREME) if cfg.codec == "lzma" else (
         brotli.compress(program, quality=11))  # fmt: skip
     head, tail = _WRAPPERS[cfg.codec]

@@ -1,8 +1,12 @@
 """The embedded default trains to a step count, so the same seed gives the same model.bin bytes on every run:
 train -> export -> calibrate -> quantize -> compress twice, as DVC runs the stages, cut small; the outputs of train
-and calibrate carry no timings, so they are byte-identical too."""
+and calibrate carry no timings, so they are byte-identical too. The packaged program (train_gpt.py), run in an
+empty folder on the same files laid out as the challenge lays them out, gives the same model.bin and val_bpb."""
 
 import hashlib
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +15,7 @@ import pytest
 import yaml
 
 from pgolf.config import read_params
+from pgolf.report import package
 from tests.helpers.common import ROOT
 
 pytest.importorskip("dvclive")  # the train stage's curves
@@ -51,13 +56,57 @@ def _model_bin(run: Path, params: Path, tokenizer: Path, shards: Path) -> str:
     return {str(f.relative_to(run)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
+@pytest.fixture(scope="module")
+def first_run(built, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(the run's folder, its params, the sha256 of its outputs): the cut default through the stages once, shared
+    by the tests of this module (the long part of both)."""
+    _, tokenizer, shards = built
+    root = tmp_path_factory.mktemp("first_run")
+    params = _params(root, tokenizer)
+    return root / "one", params, _model_bin(root / "one", params, tokenizer, shards)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("built", [False], indirect=True, ids=["plain"])
-def test_two_runs_of_the_default_give_the_same_bytes(built, tmp_path):
+def test_two_runs_of_the_default_give_the_same_bytes(built, first_run, tmp_path):
     """model.bin, and the train and calibrate outputs it comes from (no timings inside them), so that a second
     machine's `dvc repro` finds every stage after train unchanged."""
-    docs, tokenizer, shards = built
-    params = _params(tmp_path, tokenizer)
-    first = _model_bin(tmp_path / "one", params, tokenizer, shards)
+    _, tokenizer, shards = built
+    _, params, first = first_run
     second = _model_bin(tmp_path / "two", params, tokenizer, shards)
     assert first == second and len(first) == 5  # raw, ema, meta.json, hessians, model.bin
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("built", [False], indirect=True, ids=["plain"])
+def test_the_packaged_program_gives_the_pipelines_model_bin_and_val_bpb(built, first_run, tmp_path):
+    """train_gpt.py of the same params, started in an empty folder holding only the run's shards and tokenizer
+    model in the challenge's layout (./data/datasets/<variant>/fineweb_*.bin, ./data/tokenizers/*.model), runs
+    tokenizer to evaluate in one process: the same model.bin bytes, the same dequantized val_bpb, the model.bin
+    rung equal to it, and the records' log lines."""
+    _, tokenizer, shards = built
+    run, params, first = first_run
+    packaged = package.packaged_params(yaml.safe_load(params.read_text()), "sp_test")
+    for mode in ("sliding", "lora_ttt", "chunk_sgd", "multi_phase"):  # the plain score is the model.bin rung
+        packaged["eval"][mode]["enabled"] = False
+    folder = tmp_path / "records"
+    code_bytes = package.write(folder, packaged)
+    data = folder / "data" / "datasets" / "sp_test"
+    data.mkdir(parents=True)
+    for shard in sorted(shards.glob("*_0*.bin")):
+        shutil.copy(shard, data / f"fineweb_{shard.name}")
+    (folder / "data" / "tokenizers").mkdir()
+    shutil.copy(tokenizer / "tokenizer.model", folder / "data" / "tokenizers" / "test.model")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "train_gpt.py"], cwd=folder, env=env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    model_bin = folder / "artifacts" / "submission" / "model.bin"
+    assert hashlib.sha256(model_bin.read_bytes()).hexdigest() == first["submission/model.bin"]
+    pipeline = json.loads((run / "quantize.json").read_text())["dequantized"]["val_bpb"]
+    assert json.loads((folder / "metrics" / "quantize.json").read_text())["dequantized"]["val_bpb"] == pipeline
+    assert json.loads((folder / "metrics" / "eval.json").read_text())["modes"]["plain"]["val_bpb"] == pipeline
+    log = (folder / "train.log").read_text().splitlines()
+    assert f"Code size: {code_bytes} bytes" in log and log[-1].endswith(f" val_bpb:{pipeline:.8f}")
+    assert f"Total submission size: {code_bytes + model_bin.stat().st_size} bytes" in log
+    assert (folder / "stages" / "program.py").is_file() and not (folder / "stages" / "bundle.py").exists()
