@@ -1,6 +1,7 @@
 """pgolf.cli: a stage ends with its wall time, a report does not; every entry point (the stages, pgolf.presets,
 pgolf.report.*) answers bad arguments and bad inputs with one ``error:`` line and exit status 1, never a traceback."""
 
+import functools
 import importlib
 import math
 import subprocess
@@ -33,7 +34,8 @@ def test_a_stage_ends_with_its_wall_time_and_a_report_does_not(tmp_path):
 
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = sorted(p.stem for p in (ROOT / "stages").glob("*.py") if p.stem != "__init__")
+STAGES = sorted(p.stem for p in (ROOT / "stages").glob("*.py") if p.stem not in ("__init__", "program"))
+"""The stage scripts (program.py runs them all: its own test below)."""
 NOWHERE = "/nonexistent/pgolf"
 
 # For each stage: a numeric key of a section it loads, and a flag that points at an input it needs.
@@ -99,6 +101,19 @@ def test_a_stage_answers_bad_arguments_and_inputs_with_one_line(stage, tmp_path,
             one_error(*call(monkeypatch, capsys, module, ["--params", path])[::2], key[1])
     if missing is not None:
         one_error(*call(monkeypatch, capsys, module, [*missing])[::2])
+
+
+def test_the_submission_program_answers_bad_arguments_and_missing_files_with_one_line(tmp_path, monkeypatch, capsys):
+    """train_gpt.py's entry (stages/program.py) in a folder without the challenge's files."""
+    from stages import program
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(program, "main", functools.partial(program.main, (ROOT / "params.yaml").read_text()))
+    one_error(*call(monkeypatch, capsys, "stages.program", ["--nope", "1"])[::2], "unrecognized arguments: --nope")
+    one_error(*call(monkeypatch, capsys, "stages.program", [])[::2], "data/tokenizers: 0 *.model files")
+    (tmp_path / "t.model").write_bytes(b"")
+    one_error(*call(monkeypatch, capsys, "stages.program", ["--tokenizer-path", "t.model"])[::2],
+              "data/datasets/sp8192: needs fineweb_train_*.bin and fineweb_val_*.bin")  # fmt: skip
 
 
 REPORTS = {
