@@ -32,10 +32,14 @@ class DistInfo:
         return self.rank == 0
 
     @property
+    def device_name(self) -> str:
+        """The device this process computes on, e.g. ``NVIDIA H100 80GB HBM3`` or ``cpu``."""
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+
+    @property
     def hardware(self) -> str:
         """What the job runs on, e.g. ``8x NVIDIA H100 80GB HBM3`` or ``1x cpu``."""
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return f"{self.world_size}x {name}"
+        return f"{self.world_size}x {self.device_name}"
 
 
 def dist_info() -> DistInfo:

@@ -17,6 +17,7 @@ from pgolf.data.provenance import recorded_check
 from pgolf.files import write_json
 from pgolf.params import load_section
 from pgolf.quant.hessian import CalibrateConfig, calibration_windows, collect_hessians, reduce_hessians
+from pgolf.runcard import run_card
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ def calibrate(cfg: CalibrateConfig, paths: Paths) -> dict:
         summary = {"tokens": tokens, "batches": cfg.batches, "looped": looped, "doc_isolated": cfg.doc_isolated,
                    "matrices": len(hessians), "seconds": round(time.perf_counter() - start, 2),
                    "world_size": info.world_size, "hardware": info.hardware, "provenance": provenance}  # fmt: skip
+        summary["run"] = run_card(check_start, info)
         if info.is_main:
             tensorio.save_tensors(paths.out / artifacts.HESSIANS_FILE, hessians, {k: summary[k] for k in KEPT})
             write_json(paths.metrics, summary)

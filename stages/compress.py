@@ -17,6 +17,7 @@ from pgolf.compress.pergroup import CompressConfig
 from pgolf.files import write_json
 from pgolf.params import load_section
 from pgolf.quant import formats
+from pgolf.runcard import run_card
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Paths:
 def compress(cfg: CompressConfig, paths: Paths, workers: int | None = None) -> dict:
     """Write model.bin into ``paths.out`` and its metrics; ``workers``: threads that code, and then read back, the
     streams (None: one per stream, up to the CPUs). Returns the metrics."""
+    started = time.perf_counter()
     entries, meta = formats.load_quantized(paths.quant)
     start = time.perf_counter()
     blob, streams = submission.pack_model(entries, meta, cfg, workers)
@@ -43,7 +45,7 @@ def compress(cfg: CompressConfig, paths: Paths, workers: int | None = None) -> d
     submission.check_identical(entries, restored)
     metrics = submission.stream_metrics(blob, streams)
     metrics.update(compress_seconds=round(compress_seconds, 3), decompress_seconds=round(decompress_seconds, 3),
-                   workers=submission.pool_size(streams, workers))  # fmt: skip
+                   workers=submission.pool_size(streams, workers), run=run_card(started))  # fmt: skip
     write_json(paths.metrics, metrics)
     return metrics
 

@@ -26,6 +26,7 @@ from pgolf.eval.modes import MODES, EvalConfig, context, enabled_modes, run_mode
 from pgolf.files import write_csv, write_json
 from pgolf.model.gpt import GPT
 from pgolf.params import load_section
+from pgolf.runcard import run_card
 from pgolf.score.bpb import ValData, load_val
 from pgolf.score.documents import Document
 from pgolf.score.scorer import ScoreConfig, document_set, scored_documents
@@ -115,7 +116,8 @@ def evaluate(score: ScoreConfig, cfg: EvalConfig, paths: Paths) -> dict:
     ctx = context(model, cfg, looped)
     modes = {name: evaluate_mode(name, model, val, docs, score, cfg, ctx, expected, decompress, paths)
              for name in enabled_modes(cfg)}  # fmt: skip
-    metrics = {"documents": document_set(val, docs), "looped": looped, "byte_count": val.byte_count, "modes": modes}
+    metrics = {"documents": document_set(val, docs), "looped": looped, "byte_count": val.byte_count, "modes": modes,
+               "run": run_card(start, dist.dist_info())}  # fmt: skip
     if dist.dist_info().is_main:
         write_json(paths.metrics, metrics)
         write_csv(paths.phases, PHASE_COLUMNS, phase_rows(metrics))

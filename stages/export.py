@@ -6,6 +6,7 @@ The model is rebuilt from the configuration stored with the checkpoint, never fr
 the layer schedule it finished training with (recurrence on if it was switched on).
 """
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pgolf import artifacts, dist, tensorio
 from pgolf.cli import parse_paths, run
 from pgolf.files import write_json
 from pgolf.params import load_section
+from pgolf.runcard import run_card
 from pgolf.score.scorer import Ladder, ScoreConfig
 from pgolf.score.unigram import unigram_rung
 from pgolf.train.export import ExportConfig, cast_final
@@ -31,6 +33,7 @@ class Paths:
 def export(cfg: ExportConfig, score: ScoreConfig, paths: Paths) -> dict:
     """Write the chosen weights + meta into ``paths.out`` and the pre-quantization rungs into ``paths.metrics``;
     returns the metrics."""
+    started = time.perf_counter()
     info = dist.dist_info()
     chosen, meta = artifacts.load_trained(paths.train, cfg.weights)
     chosen = cast_final(chosen, cfg)
@@ -43,6 +46,7 @@ def export(cfg: ExportConfig, score: ScoreConfig, paths: Paths) -> dict:
         raw = artifacts.load_trained(paths.train, "raw")[0]
         metrics["prequant_raw"] = ladder.rung(raw.to(info.device), looped, "raw", info.is_main)
     metrics["unigram_baseline"] = unigram_rung(ladder, paths.shards, chosen.cfg.vocab_size, info.device)
+    metrics["run"] = run_card(started, info)
     if info.is_main:
         export_meta = {**meta, "weights": cfg.weights, "dtype": cfg.dtype, "embedding_dtype": cfg.embedding_dtype}
         tensorio.save_tensors(paths.out / artifacts.MODEL_FILE, chosen.state_dict(), export_meta)

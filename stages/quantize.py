@@ -15,6 +15,7 @@ from pgolf.quant import formats
 from pgolf.quant.hessian import hessian_rows
 from pgolf.quant.policy import QuantizeConfig, decide
 from pgolf.quant.quantize import dequantized_model, quantize_state
+from pgolf.runcard import run_card
 from pgolf.score.scorer import Ladder, ScoreConfig
 
 
@@ -55,7 +56,7 @@ def quantize(cfg: QuantizeConfig, score: ScoreConfig, paths: Paths) -> dict:
                                                        if r["awq"]},
                "quantize_seconds": round(seconds, 2),
                "mean_rel_error": sum(r["rel_error"] for r in reports) / max(len(reports), 1),
-               "total_h_error": sum(r["h_error"] for r in reports)}  # fmt: skip
+               "total_h_error": sum(r["h_error"] for r in reports), "run": run_card(start, info)}  # fmt: skip
     write_json(paths.metrics, metrics)
     write_csv(paths.tensors, TENSOR_COLUMNS, reports)
     return {**metrics, "tensors": reports}

@@ -1,6 +1,7 @@
 """Stage size: sum the bytes of the files in artifacts/submission/ -> metrics/size.json (written first), then fail
 over the 16,000,000-byte limit unless artifact.enforce is false."""
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from pgolf.cli import parse_paths, run
 from pgolf.compress.size import SizeConfig, check, measure
 from pgolf.files import write_json
 from pgolf.params import load_section
+from pgolf.runcard import run_card
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,8 @@ class Paths:
 
 def size(cfg: SizeConfig, paths: Paths) -> dict:
     """Measure the submission, write the metrics, then raise when it is over the limit and ``enforce`` is set."""
-    metrics = measure(paths.submission, cfg.limit_bytes)
+    started = time.perf_counter()
+    metrics = {**measure(paths.submission, cfg.limit_bytes), "run": run_card(started)}
     write_json(paths.metrics, metrics)
     return metrics
 

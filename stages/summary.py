@@ -1,6 +1,7 @@
 """Stage summary: the run at a glance from the stages' metrics -- the score ladder on one document set, the
 bytes, and the measured compliance (train + Hessian seconds, evaluation seconds per mode, artifact bytes, data
-provenance, audits) -> metrics/summary.json, metrics/headline.json (the DVC metrics) and metrics/ladder.csv."""
+provenance, audits), the device time and its cost -> metrics/summary.json, metrics/headline.json (the DVC
+metrics) and metrics/ladder.csv."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,9 @@ def main() -> None:
           f"{c['train']['total_seconds']:.1f}s on {c['train']['hardware']}; {c['reported_mode']} evaluation "
           f"{reported['practice_seconds']:.1f}s scoring + TTT ({reported['strict_seconds']:.1f}s strict), audit "
           f"{reported['audit']}; compliant {c['compliant']}{timing}")  # fmt: skip
+    if (d := summary["device_time"])["device_seconds"] is not None:
+        cost = f", cost {d['cost']:.2f} at {d['device_hour_price']} per device-hour" if "cost" in d else ""
+        print(f"summary: {d['device_seconds']:.1f} device-seconds ({d['device_hours']:.3f} device-hours){cost}")
     if not summary["model_bin_equals_dequantized"]:
         print("summary: WARNING the model.bin rung differs from the dequantized rung (same weights and scorer: a "
               "decode or scoring bug, or a multi-rank sum order)")  # fmt: skip

@@ -7,6 +7,7 @@ training document is checked against the validation documents' hashes.
 """
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from pgolf.data.provenance import recorded_check
 from pgolf.files import write_json
 from pgolf.model.config import ModelConfig, ModelParams
 from pgolf.params import load_section
-from pgolf.runcard import code_version
+from pgolf.runcard import code_version, run_card
 from pgolf.score.scorer import Ladder, ScoreConfig
 from pgolf.train import loop
 from pgolf.train.config import TrainConfig
@@ -61,6 +62,7 @@ def write_weights(run: loop.Run, out_dir: Path, summary: dict) -> None:
 def train(params: ModelParams, cfg: TrainConfig, score: ScoreConfig, paths: Paths) -> dict:
     """Check that no training document is a validation document, train, write raw + averaged weights, meta.json
     and metrics/train.json; a finished run removes its resume checkpoint. Returns the summary."""
+    started = time.perf_counter()
     model_cfg = resolve_model(params, paths.tokenizer)
     manifest = shards.read_manifest(paths.shards)
     provenance = recorded_check(paths.shards, manifest, what="train")
@@ -70,7 +72,8 @@ def train(params: ModelParams, cfg: TrainConfig, score: ScoreConfig, paths: Path
         ladder = Ladder.load(score, paths.shards, paths.tokenizer, model_cfg.bos_id)
         summary = loop.train(run_, val=ladder, resume_dir=paths.resume, live_dir=paths.live)
         summary.update(hardware=info.hardware, provenance=provenance, final_val_documents=ladder.documents,
-                       data_fingerprint=manifest.get("fingerprint"), commit=code_version())  # fmt: skip
+                       data_fingerprint=manifest.get("fingerprint"), commit=code_version(),
+                       run=run_card(started, info))  # fmt: skip
         if info.is_main:
             write_weights(run_, paths.out, summary)
             write_json(paths.metrics, summary)

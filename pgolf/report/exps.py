@@ -6,7 +6,9 @@ with ``--json FILE``, and prints one row per workspace, baseline commit and expe
 
 * the metrics of ``metrics/headline.json`` (the pipeline's one DVC metrics file): the ladder rungs present in some
   row (raw, ema or swa, deq, bin, slide, ttt, csgd, mphase; val_bpb to 4 decimals), ``bytes.total`` (bytes),
-  ``bytes.fits`` (fits) and ``compliance.compliant`` (ok); ``-`` where a row has no such value;
+  ``bytes.fits`` (fits) and ``compliance.compliant`` (ok), then, when some row has them, the run's device-hours
+  (dev-h: GPU-hours on GPUs, 3 decimals) and its cost at ``compliance.device_hour_price`` (cost, 2 decimals);
+  ``-`` where a row has no such value;
 * the params of ``params.yaml`` whose values differ between the rows shown, headed by their dotted key (shortened
   from the left, ``…lqer.rank``). When they do not fit the width, they go as ``key=value`` pairs on a line under
   each row. Numbers are never cut.
@@ -44,6 +46,8 @@ RUNGS = {  # ladder key -> header, in pipeline order
     "multi_phase": "mphase",
 }
 TOTALS = {"bytes.total": "bytes", "bytes.fits": "fits", "compliance.compliant": "ok"}
+DEVICE_TIME = {"device_time.device_hours": ("dev-h", 3), "device_time.cost": ("cost", 2)}
+"""Shown when some row has them: headline key -> (header, decimals)."""
 PARAM_HEADER = 12  # param headers longer than this (and than their values) lose dotted parts from the left
 GAP = "  "
 NO_FORMAT_FLAGS = ("--csv", "--md")  # dvc exp show options that replace the JSON this command reads
@@ -137,6 +141,10 @@ def _bytes(v: object) -> str:
     return f"{v:,}" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
 
 
+def _number(v: object, decimals: int) -> str:
+    return f"{v:.{decimals}f}" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
+
+
 def _yes_no(v: object) -> str:
     return ("yes" if v else "no") if isinstance(v, bool) else "-"
 
@@ -150,12 +158,15 @@ def _param(v: object) -> str:
 
 
 def metric_columns(rows: list[Row]) -> list[tuple[str, list[str]]]:
-    """(header, cells) of the ladder rungs present in some row, then bytes, fits and ok."""
+    """(header, cells) of the ladder rungs present in some row, then bytes, fits and ok, then the device-hours and
+    the cost present in some row."""
     present = {k for r in rows if r.metrics for k in r.metrics}
     cols = [(h, [_bpb((r.metrics or {}).get(f"ladder.{k}")) for r in rows]) for k, h in RUNGS.items()
             if f"ladder.{k}" in present]  # fmt: skip
     fmt = {"bytes.total": _bytes, "bytes.fits": _yes_no, "compliance.compliant": _yes_no}
-    return cols + [(h, [fmt[k]((r.metrics or {}).get(k)) for r in rows]) for k, h in TOTALS.items()]
+    cols += [(h, [fmt[k]((r.metrics or {}).get(k)) for r in rows]) for k, h in TOTALS.items()]
+    return cols + [(h, [_number((r.metrics or {}).get(k), digits) for r in rows])
+                   for k, (h, digits) in DEVICE_TIME.items() if k in present]  # fmt: skip
 
 
 def differing_params(rows: list[Row]) -> dict[str, list[str]]:

@@ -22,13 +22,19 @@ and ``dvc exp show`` print) and ``metrics/ladder.csv`` (one row per rung: the ``
   with what ``train`` measured), training + Hessians and the reported mode's ``practice`` clock are within their
   budgets. Elsewhere (a CPU, one GPU) the clocks are shown as informative (``timing_applies: false``): a 2-core
   CPU's minutes say nothing about 8xH100 seconds.
+* **device time** (``device_time``), from each stage's run card (:mod:`pgolf.runcard`): per stage its wall
+  seconds times the devices it computed on (a torchrun job's world size; 1 for a single process, the CPU counted
+  as one device), their total and device-hours, and, when ``compliance.device_hour_price`` is above 0, the cost at
+  that price per device-hour. The stages counted are those with metrics (train to size; the data stages are shared
+  by every experiment and DVC restores them); a metrics file written without a run card leaves its stage and the
+  total ``null``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pgolf.config import Positive, Section
+from pgolf.config import NonNegative, Positive, Section
 from pgolf.errors import PgolfError
 from pgolf.files import read_json
 
@@ -41,6 +47,13 @@ class ComplianceConfig(Section):
     hardware: str  # the hardware the budgets hold for (the challenge: 8xH100)
     train_budget_seconds: Positive  # training + Hessian collection (the challenge: 600)
     eval_budget_seconds: Positive  # decompress + warm-up + scoring + TTT (the challenge: 600)
+    device_hour_price: NonNegative  # the price of one device-hour, for the run's cost (0: no cost shown)
+
+
+STAGE_METRICS = {"train": "train.json", "export": "export.json", "calibrate": "calibrate.json",
+                 "quantize": "quantize.json", "compress": "compress.json", "evaluate": "eval.json",
+                 "size": "size.json"}  # fmt: skip
+"""The stages whose run cards the device time adds up, and their metrics files, in pipeline order."""
 
 
 def _same_documents(sets: dict[str, dict]) -> dict:
@@ -112,6 +125,28 @@ def compliance(cfg: ComplianceConfig, train: dict, calibrate: dict, size: dict, 
     return out
 
 
+def stage_device_time(card: dict | None) -> dict | None:
+    """One stage's device time from its run card: its device, how many, wall seconds and their product."""
+    if card is None:
+        return None
+    hw, wall = card["hardware"], float(card["wall_seconds"])
+    return {"device": hw["device"], "devices": hw["devices"], "wall_seconds": wall,
+            "device_seconds": round(wall * hw["devices"], 3)}  # fmt: skip
+
+
+def device_time(cards: dict[str, dict | None], price: float) -> dict:
+    """Device-seconds per stage and in total (None unless every stage has its run card), device-hours, and the cost
+    at ``price`` per device-hour when ``price`` is above 0."""
+    stages = {name: stage_device_time(card) for name, card in cards.items()}
+    known = [s["device_seconds"] for s in stages.values() if s is not None]
+    total = round(sum(known), 3) if len(known) == len(stages) else None
+    out = {"stages": stages, "device_seconds": total, "device_hours": None if total is None else round(total / 3600, 4)}
+    if price > 0:
+        out["device_hour_price"] = price
+        out["cost"] = None if total is None else round(total / 3600 * price, 4)
+    return out
+
+
 LADDER_COLUMNS = ["rung", "val_bpb"]
 
 
@@ -128,6 +163,8 @@ def build(cfg: ComplianceConfig, metrics: Path) -> dict:
     size = read_json(metrics / "size.json", "size")
     train = read_json(metrics / "train.json", "train")
     calibrate = read_json(metrics / "calibrate.json", "calibrate")
+    loaded = {"train": train, "export": export, "calibrate": calibrate, "quantize": quantize, "size": size,
+              "evaluate": evaluate, "compress": read_json(metrics / "compress.json", "compress")}  # fmt: skip
     docs = _same_documents({"metrics/train.json": train["final_val_documents"],
                             "metrics/export.json": export["documents"],
                             "metrics/quantize.json": quantize["documents"],
@@ -141,18 +178,21 @@ def build(cfg: ComplianceConfig, metrics: Path) -> dict:
         "bytes": {"model": size["model_bytes"], "code": size["code_bytes"], "total": size["total_bytes"],
                   "limit": size["limit_bytes"], "fits": size["fits"]},
         "compliance": compliance(cfg, train, calibrate, size, evaluate),
+        "device_time": device_time({name: loaded[name].get("run") for name in STAGE_METRICS}, cfg.device_hour_price),
     }  # fmt: skip
 
 
 def headline(summary: dict) -> dict:
-    """The few figures ``dvc metrics show`` and ``dvc exp show`` carry (about 17 columns): the document set, the
-    ladder, whether the decoded rung is the dequantized one, the bytes, and the compliance verdict with the two
-    clocks; the full detail stays in metrics/summary.json."""
-    c = summary["compliance"]
+    """The few figures ``dvc metrics show`` and ``dvc exp show`` carry (about 18 columns): the document set, the
+    ladder, whether the decoded rung is the dequantized one, the bytes, the compliance verdict with the two
+    clocks, and the device-hours (with the cost when priced); the full detail stays in metrics/summary.json."""
+    c, d = summary["compliance"], summary["device_time"]
+    run = {"device_hours": d["device_hours"], **({"cost": d["cost"]} if "cost" in d else {})}
     reported = c["eval"][c["reported_mode"]]
     return {"documents": {"count": summary["documents"]["count"], "sha256": summary["documents"]["sha256"][:16]},
             "ladder": summary["ladder"], "model_bin_equals_dequantized": summary["model_bin_equals_dequantized"],
             "bytes": {"total": summary["bytes"]["total"], "fits": summary["bytes"]["fits"]},
             "compliance": {"compliant": c["compliant"], "timing_applies": c["timing_applies"],
                            "train_seconds": c["train"]["total_seconds"], "eval_seconds": reported["practice_seconds"],
-                           "eval_strict_seconds": reported["strict_seconds"], "audit": reported["audit"]}}  # fmt: skip
+                           "eval_strict_seconds": reported["strict_seconds"], "audit": reported["audit"]},
+            "device_time": run}  # fmt: skip

@@ -350,3 +350,16 @@ def test_main_reads_saved_json(tmp_path, capsys):
     exps.main(["--json", str(tmp_path / "show.json"), "--width", "100"])
     out = capsys.readouterr().out
     assert out.startswith("experiment") and max(map(len, out.splitlines())) <= 100
+
+
+def test_device_hours_and_cost_columns_when_some_row_has_them():
+    rows = _subset("too-big", "lr-up")
+    assert "dev-h" not in exps.table(rows) and "cost" not in exps.table(rows)  # headlines before the run card
+    headline = lambda entry: entry["data"]["metrics"]["metrics/headline.json"]["data"]  # noqa: E731
+    headline(rows[0])["device_time"] = {"device_hours": 2.02778, "cost": 6.0833}
+    headline(rows[0]["experiments"][0]["revs"][0])["device_time"] = {"device_hours": 0.5}  # too-big: no price
+    text = exps.table(rows)
+    assert text.splitlines()[0].split()[-4:] == ["fits", "ok", "dev-h", "cost"]
+    cells = table_cells(text, ["master", "├─ too-big", "└─ lr-up"])
+    assert cells["master"][-2:] == ["2.028", "6.08"] and cells["├─ too-big"][-2:] == ["0.500", "-"]
+    assert cells["└─ lr-up"][-2:] == ["-", "-"]

@@ -85,3 +85,36 @@ def test_the_data_fingerprint_reaches_the_compliance_section(tmp_path):
              "val_sha256": "ab" * 32}  # fmt: skip
     summary = build(COMPLIANCE, summary_metrics(tmp_path, train={"data_fingerprint": found}))
     assert summary["compliance"]["data"]["fingerprint"] == found
+
+
+def _card(wall: float, devices: int = 1, device: str = "NVIDIA H100 80GB HBM3") -> dict:
+    return {"run": {"hardware": {"device": device, "devices": devices, "cpus": 208}, "wall_seconds": wall}}
+
+
+def _carded(tmp_path, **change):
+    """Every stage's metrics with a run card: train on 8 devices for 900 s, the others on one, 100 s in all."""
+    cards = {"train": _card(900.0, 8), "export": _card(30.0), "calibrate": _card(10.0), "quantize": _card(25.0),
+             "compress": _card(20.0, device="cpu"), "eval": _card(14.5), "size": _card(0.5, device="cpu")}  # fmt: skip
+    return summary_metrics(tmp_path, **{**cards, **change})
+
+
+def test_device_time_is_each_stages_wall_seconds_times_its_devices_and_priced_only_when_asked(tmp_path):
+    summary = build(COMPLIANCE, _carded(tmp_path))
+    d = summary["device_time"]
+    assert d["stages"]["train"] == {"device": "NVIDIA H100 80GB HBM3", "devices": 8, "wall_seconds": 900.0,
+                                    "device_seconds": 7200.0}  # fmt: skip
+    assert list(d["stages"]) == ["train", "export", "calibrate", "quantize", "compress", "evaluate", "size"]
+    assert (d["device_seconds"], d["device_hours"]) == (7300.0, 2.0278) and "cost" not in d
+    assert headline(summary)["device_time"] == {"device_hours": 2.0278}  # price 0: no cost column
+    priced = build(COMPLIANCE.model_copy(update={"device_hour_price": 3.0}), tmp_path)["device_time"]
+    assert (priced["device_hour_price"], priced["cost"]) == (3.0, 6.0833)
+    assert headline({**summary, "device_time": priced})["device_time"] == {"device_hours": 2.0278, "cost": 6.0833}
+
+
+def test_a_stage_without_its_run_card_leaves_the_total_unknown(tmp_path):
+    priced = COMPLIANCE.model_copy(update={"device_hour_price": 3.0})
+    summary = build(priced, _carded(tmp_path, quantize={"run": None}))
+    d = summary["device_time"]
+    assert d["stages"]["quantize"] is None and d["stages"]["train"]["device_seconds"] == 7200.0
+    assert (d["device_seconds"], d["device_hours"], d["cost"]) == (None, None, None)
+    assert headline(summary)["device_time"] == {"device_hours": None, "cost": None}

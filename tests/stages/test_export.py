@@ -39,6 +39,9 @@ def test_export_scores_raw_and_ema_on_the_training_validation_documents_and_cast
     assert metrics["prequant_raw"]["tokens"] == metrics["documents"]["targets"]
     tensors, meta = tensorio.load_tensors(tmp_path / "export" / "model.safetensors")
     assert tensors["tok_emb.weight"].dtype == torch.bfloat16 and meta["weights"] == "ema"
+    # the run card (pgolf.runcard) is in both stages' metrics, in no artifact: the same seed gives the same bytes
+    assert summary["run"]["hardware"]["devices"] == metrics["run"]["hardware"]["devices"] == 1
+    assert "run" not in meta and "run" not in tensorio.load_tensors(tmp_path / "train" / "raw.safetensors")[1]
     with pytest.raises(Exception, match="export.weights=swa but training kept ema"):
         export(parse_section({**raw, "weights": "swa"}, "export", ExportConfig), SCORE,
                _export_paths(data, tmp_path, tmp_path / "x"))  # fmt: skip

@@ -41,3 +41,4 @@ def test_size_stage_fails_over_the_limit_after_writing_its_metrics(submission_di
     code, _, metrics = _size_stage(tmp_path, submission_dir, total, enforce=True)
     assert code == 0 and metrics["fits"] is True and metrics["margin_bytes"] == 0
     assert metrics["model_bytes"] + metrics["code_bytes"] == total
+    assert metrics["run"]["hardware"]["device"] == "cpu" and metrics["run"]["wall_seconds"] >= 0  # its run card
