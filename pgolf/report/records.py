@@ -6,12 +6,14 @@ The layout follows openai/parameter-golf ``records/track_10min_16mb/<date>_<name
 measured (wall-clock budgets, the score-first audit, the artifact limit, train/val overlap) and the timings, each
 counted once. The other fields are the identity ones of the merged records (e.g.
 2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT: author, github_id, name, date, track, hardware,
-pytorch_version, seeds, technique_summary), given on the command line. Here the code is the self-extracting bundle
-``pgolf_code.py`` and the artifact is ``model.bin``, both copied from ``artifacts/submission/``; the logs are the
-run's ``metrics/`` files and its ``params.yaml``.
+pytorch_version, seeds, technique_summary), given on the command line. The code is ``train_gpt.py``, the submission
+program of :mod:`pgolf.report.package` (checked to be the code each run was scored with), with ``requirements.txt``;
+the artifact is the first seed's ``model.bin``; each seed gets ``train_seed<N>.log`` (the records' log lines) and
+its ``metrics/`` files under ``logs/seed<N>/``.
 
-The run is the workspace by default, or any git revision / DVC experiment (``--exp``), read through
-``dvc.api.DVCFileSystem`` (metrics from git, ``artifacts/submission`` from the local DVC cache).
+The runs are the workspace by default, or git revisions / DVC experiments (``--exp a b c``: one per seed of one
+configuration), read through ``dvc.api.DVCFileSystem`` (metrics from git, ``artifacts/submission`` from the local
+DVC cache); their mean and sample std are the reported val_bpb and val_bpb_std.
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ import datetime
 import importlib.metadata
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import yaml
 
 from pgolf.cli import Parser, run
+from pgolf.compress.bundle import BUNDLE_FILE, PROGRAM_FILE, BundleConfig, build, bundle_files
 from pgolf.errors import PgolfError
-from pgolf.report import optional_import
+from pgolf.report import optional_import, package
 
-SUBMISSION_FILES = ("model.bin", "pgolf_code.py")
 LOG_PATTERNS = ("metrics/*.json", "metrics/*.csv", "metrics/train/*.json", "metrics/train/plots/**/*.tsv")
 KEY_PARAMS = (
     "data.source",
@@ -138,8 +141,28 @@ def read_summary(src: RunSource) -> dict:
 
 
 def collect(src: RunSource) -> dict:
-    """The run's params and its measurements (metrics/summary.json)."""
-    return {"params": yaml.safe_load(src.read_bytes("params.yaml")), "summary": read_summary(src)}
+    """The run's params, its measurements (metrics/summary.json; eval and train metrics when present) and its
+    counted code (the bundle it was scored with)."""
+    optional = {name: src.json(f"metrics/{name}.json") if src.exists(f"metrics/{name}.json") else {}
+                for name in ("eval", "train")}  # fmt: skip
+    return {"params": yaml.safe_load(src.read_bytes("params.yaml")), "summary": read_summary(src), **optional,
+            "code": src.read_bytes(f"artifacts/submission/{BUNDLE_FILE}"), "rev": src.rev}  # fmt: skip
+
+
+def one_configuration(infos: list[dict]) -> None:
+    """The seeds of a submission are runs of one configuration: params equal but for ``train.seed``, each seed
+    once (the practice: 3 seeds, #2124)."""
+    seeds = [_get(i["params"], "train.seed") for i in infos]
+    if len(set(seeds)) != len(seeds):
+        raise PgolfError(f"--exp: the runs share a seed ({seeds}); a records folder needs one run per seed")
+    base = {**infos[0]["params"], "train": {**infos[0]["params"].get("train", {}), "seed": None}}
+    for info in infos[1:]:
+        other = {**info["params"], "train": {**info["params"].get("train", {}), "seed": None}}
+        if other != base:
+            keys = sorted({k for k in base.keys() | other.keys() if base.get(k) != other.get(k)})
+            first = infos[0]["rev"] or "the workspace"
+            raise PgolfError(f"--exp {info['rev']}: its params differ from {first}'s beyond train.seed (sections "
+                             f"{', '.join(keys)}); the seeds must be one configuration")  # fmt: skip
 
 
 def reported_rung(ladder: dict[str, float]) -> str:
@@ -188,35 +211,57 @@ def hardware_label(measured: str, label: str) -> str:
     return label
 
 
-def submission_json(info: dict, meta: dict) -> dict:
-    """submission.json: the measured fields of metrics/summary.json and the identity fields of ``meta``."""
-    summary = info["summary"]
-    ladder, size = summary["ladder"], summary["bytes"]
-    mode, seed = reported_rung(ladder), _get(info["params"], "train.seed")
-    val_bpb = round(ladder[mode], 8)
-    failed = failed_checks(summary, mode)
-    return {
-        "author": meta["author"],
-        "github_id": meta["github_id"],
-        "name": meta["name"],
-        "date": meta["date"],
-        "track": meta["track"],
-        "val_bpb": val_bpb,
+def seed_result(info: dict, mode: str, code_bytes: int) -> dict:
+    """One seed's entry of ``seed_results``: its score, its artifact (its model.bin + train_gpt.py), its steps and
+    clocks, as the run measured them."""
+    summary, clock = info["summary"], info["summary"]["compliance"]["train"]
+    out = {"val_bpb": round(summary["ladder"][mode], 8), "artifact_bytes": summary["bytes"]["model"] + code_bytes}
+    if (loss := _get(info["eval"], f"modes.{mode}.val_loss")) is not None:
+        out["val_loss"] = round(loss, 8)
+    if steps := info["train"].get("steps"):
+        out |= {"steps": steps, "step_avg_ms": round(1000 * clock["train_seconds"] / steps, 2)}
+    out["train_wallclock_ms"] = round(1000 * clock["train_seconds"])
+    if (evaluation := summary["compliance"]["eval"].get(mode)) is not None:
+        out["eval_time_s"] = evaluation["practice_seconds"]
+    return out
+
+
+def submission_json(infos: list[dict], meta: dict, code_bytes: int) -> dict:
+    """submission.json: the measured fields of each seed's run (metrics/summary.json, eval and train metrics), the
+    code bytes of train_gpt.py, and the identity fields of ``meta``; the mean and sample std over the seeds."""
+    first = infos[0]["summary"]
+    mode = reported_rung(first["ladder"])
+    results = {str(_get(i["params"], "train.seed")): seed_result(i, mode, code_bytes) for i in infos}
+    bpbs = [r["val_bpb"] for r in results.values()]
+    failed = [f"seed {seed}: {check}" if len(infos) > 1 else check
+              for seed, info in zip(results, infos, strict=True)
+              for check in failed_checks(info["summary"], mode)]  # fmt: skip
+    total, limit = max(r["artifact_bytes"] for r in results.values()), first["compliance"]["artifact"]["limit"]
+    if total > limit:
+        failed.append(f"artifact: model.bin + train_gpt.py = {total:,} bytes > {limit:,}")
+    out = {"author": meta["author"], "github_id": meta["github_id"], "name": meta["name"], "date": meta["date"],
+           "track": meta["track"], "val_bpb": round(statistics.fmean(bpbs), 8)}  # fmt: skip
+    if len(bpbs) > 1:
+        out["val_bpb_std"] = round(statistics.stdev(bpbs), 8)
+    if all("val_loss" in r for r in results.values()):
+        out["val_loss"] = round(statistics.fmean(r["val_loss"] for r in results.values()), 8)
+    return out | {
         "eval_mode": mode,
-        "eval_documents": summary["documents"]["count"],
-        "ladder": {rung: round(bpb, 8) for rung, bpb in ladder.items()},
-        "seeds": [seed],
-        "seed_results": {str(seed): {"val_bpb": val_bpb, "artifact_bytes": size["total"]}},
-        "bytes_total": size["total"],
-        "bytes_model": size["model"],
-        "bytes_code": size["code"],
-        "hardware": hardware_label(summary["compliance"]["train"]["hardware"], meta["hardware"]),
+        "eval_documents": first["documents"]["count"],
+        "ladder": {rung: round(bpb, 8) for rung, bpb in first["ladder"].items()},
+        "seeds": [int(seed) for seed in results],
+        "seed_results": results,
+        "bytes_total": total,
+        "bytes_model": max(i["summary"]["bytes"]["model"] for i in infos),
+        "bytes_code": code_bytes,
+        "code_file": PROGRAM_FILE,
+        "hardware": hardware_label(first["compliance"]["train"]["hardware"], meta["hardware"]),
         "pytorch_version": _torch_version(),
         "technique_summary": meta["summary"] or f"pgolf (PR #1855 recipe as a DVC pipeline), scored by {mode}",
         "compliant": not failed,
         "failed_checks": failed,
-        "compliance": summary["compliance"],
-        "timings": timings(summary),
+        "compliance": first["compliance"],
+        "timings": timings(first),
     }
 
 
@@ -243,6 +288,7 @@ def _compliance_rows(c: dict) -> list[str]:
 
 
 def readme(info: dict, sub: dict, rev: str | None) -> str:
+    # ``rev``: the run's revision, or the seeds' revisions joined
     """README.md: what ran, the ladder, the bytes, the compliance checks, the timings and how to reproduce it."""
     verdict = "yes" if sub["compliant"] else "no (" + ", ".join(sub["failed_checks"]) + ")"
     lines = [
@@ -262,7 +308,7 @@ def readme(info: dict, sub: dict, rev: str | None) -> str:
         "",
         "## Bytes",
         "",
-        "| model.bin | pgolf_code.py | total |",
+        f"| model.bin (largest seed) | {PROGRAM_FILE} | total |",
         "|---|---|---|",
         f"| {sub['bytes_model']:,} | {sub['bytes_code']:,} | {sub['bytes_total']:,} |",
         "",
@@ -284,35 +330,88 @@ def readme(info: dict, sub: dict, rev: str | None) -> str:
     lines += ["", "## Key parameters", "", "| key | value |", "|---|---|"]
     lines += [f"| `{k}` | `{v}` |" for k in KEY_PARAMS if (v := _get(info["params"], k)) is not None]
     lines += ["", "The full parameters are in `params.yaml`; the metrics and training curves in `logs/`.", ""]
-    lines += ["## Reproduce", "", "```bash"]
-    lines += ["dvc repro"] if rev is None else [f"dvc exp apply {rev}  # or: git checkout {rev}", "dvc repro"]
+    seeds = ", ".join(map(str, sub["seeds"]))
+    lines += ["## Reproduce", "", f"Seeds {seeds}. With the challenge's data beside it:", "", "```bash"]
+    lines += [f"python {PROGRAM_FILE}   # or: torchrun is not yet supported by the packaged program",
+              "cat train.log           # the lines of train_seed*.log", "```", "",
+              "Or, in the pgolf repository:", "", "```bash"]  # fmt: skip
+    lines += ["dvc repro"] if rev is None else [f"dvc exp apply {rev.split()[0]}  # or: git checkout; per seed",
+                                                "dvc repro"]  # fmt: skip
     lines += [
         "dvc metrics show",
         "```",
         "",
-        "The code of this folder unpacks itself: `python pgolf_code.py` in an "
-        "empty folder writes back `pgolf/` and `stages/`, the sources training and evaluation import.",
+        f"`{PROGRAM_FILE}` unpacks itself (`pgolf/`, `stages/`) and runs every stage from the tokenizer's adoption to "
+        "the evaluation in one process; its bytes are the counted code.",
         "",
     ]
     return "\n".join(lines)
 
 
-def write_folder(src: RunSource, out: Path, meta: dict, force: bool = False) -> list[str]:
-    """Write the records folder; returns the relative paths written."""
+REQUIREMENTS = {"brotli": "brotli>=1.1", "zstd": "zstandard>=0.22", "ans": "constriction>=0.4"}
+"""The package a codec needs beyond torch, numpy, pydantic, PyYAML and SentencePiece (lrzip is a system binary)."""
+
+
+def requirements(params: dict) -> str:
+    """requirements.txt of the packaged program for the run's codecs."""
+    lines = ["pydantic>=2.7", "pyyaml>=6", "sentencepiece>=0.2", "brotli>=1.1"]  # brotli: the wrapper, the rest
+    codecs = {_get(params, "compress.codec"), _get(params, "compress.rest_codec"), _get(params, "bundle.codec")}
+    lines += sorted({REQUIREMENTS[c] for c in codecs if c in REQUIREMENTS} - set(lines))
+    if "lrzip" in codecs:
+        lines.append("# and the lrzip binary: apt-get install lrzip")
+    return "\n".join(lines) + "\n"
+
+
+def checked_program(infos: list[dict], root: Path = package.ROOT) -> str:
+    """train_gpt.py of the runs' configuration, after checking that this checkout's code is the code each run was
+    scored with (its counted bundle rebuilt from these sources, byte for byte)."""
+    params = infos[0]["params"]
+    cfg = BundleConfig.model_validate(params["bundle"])
+    now = build(root, cfg, bundle_files(root))
+    for info in infos:
+        if info["code"] != now.encode("ascii"):
+            where = info["rev"] or "the workspace's artifacts"
+            raise PgolfError(f"{where}: its {BUNDLE_FILE} is not this checkout's code; check out the commit "
+                             "the run was trained at (metrics/train.json: commit), so that train_gpt.py is the "
+                             "code that ran")  # fmt: skip
+    return package.program(package.packaged_params(params))
+
+
+def seed_log(info: dict, sub: dict) -> str:
+    """A seed's log lines, as the records' logs print them."""
+    seed = _get(info["params"], "train.seed")
+    result = sub["seed_results"][str(seed)]
+    loss = f"val_loss:{result['val_loss']:.8f} " if "val_loss" in result else ""
+    lines = [f"seed: {seed}", f"Code size: {sub['bytes_code']} bytes",
+             f"Total submission size: {result['artifact_bytes']} bytes",
+             f"train_time: {result['train_wallclock_ms']}ms",
+             f"final {sub['eval_mode']} {loss}val_bpb:{result['val_bpb']:.8f}"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_folder(srcs: list[RunSource], out: Path, meta: dict, force: bool = False) -> list[str]:
+    """Write the records folder of one run per seed (one configuration); returns the relative paths written."""
     if out.exists() and any(out.iterdir()) and not force:
         raise PgolfError(f"{out} exists and is not empty; pass --force to overwrite")
-    info = collect(src)
-    sub = submission_json(info, meta)
+    infos = [collect(src) for src in srcs]
+    one_configuration(infos)
+    program = checked_program(infos)
+    sub = submission_json(infos, meta, len(program))
+    revs = None if srcs[0].rev is None else " ".join(str(s.rev) for s in srcs)
     files = {
         "submission.json": (json.dumps(sub, indent=2) + "\n").encode(),
-        "README.md": readme(info, sub, src.rev).encode(),
-        "params.yaml": src.read_bytes("params.yaml"),
+        "README.md": readme(infos[0], sub, revs).encode(),
+        "params.yaml": srcs[0].read_bytes("params.yaml"),
+        PROGRAM_FILE: program.encode("ascii"),
+        "requirements.txt": requirements(infos[0]["params"]).encode(),
+        "model.bin": srcs[0].read_bytes("artifacts/submission/model.bin"),
     }
-    for name in SUBMISSION_FILES:
-        files[name] = src.read_bytes(f"artifacts/submission/{name}")
-    for pattern in LOG_PATTERNS:
-        for rel in src.glob(pattern):
-            files[f"logs/{rel}"] = src.read_bytes(rel)
+    for src, info in zip(srcs, infos, strict=True):
+        seed = _get(info["params"], "train.seed")
+        files[f"train_seed{seed}.log"] = seed_log(info, sub).encode()
+        for pattern in LOG_PATTERNS:
+            for rel in src.glob(pattern):
+                files[f"logs/seed{seed}/{rel}"] = src.read_bytes(rel)
     if out.exists() and force:
         shutil.rmtree(out)
     for rel, data in files.items():
@@ -324,7 +423,11 @@ def write_folder(src: RunSource, out: Path, meta: dict, force: bool = False) -> 
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="the folder to write, e.g. records/2026-05-01_my_run")
-    parser.add_argument("--exp", help="git revision or DVC experiment (default: the workspace)")
+    parser.add_argument(
+        "--exp",
+        nargs="+",
+        help="git revisions or DVC experiments, one per seed of one configuration (default: the workspace)",
+    )
     parser.add_argument("--repo", default=".", help="the pgolf repository (default: %(default)s)")
     parser.add_argument("--name", help="submission name (default: the folder name)")
     parser.add_argument("--author", default="", help="author's name")
@@ -346,7 +449,8 @@ def main(argv: list[str] | None = None) -> None:
         "summary": args.summary,
         "date": args.date,
     }
-    written = write_folder(RunSource(Path(args.repo), args.exp), out, meta, force=args.force)
+    sources = [RunSource(Path(args.repo), rev) for rev in args.exp or [None]]
+    written = write_folder(sources, out, meta, force=args.force)
     print(f"records: wrote {len(written)} files to {out}: " + ", ".join(w for w in written if "/" not in w))
 
 

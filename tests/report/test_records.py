@@ -2,6 +2,7 @@
 measured, the reported rung."""
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import yaml
 from pgolf.config import read_params
 from pgolf.errors import PgolfError
 from pgolf.report import records
+from tests.helpers.common import ROOT
+from tests.helpers.report import records_summary, records_workspace
 
 pytest.importorskip("scipy.stats")  # the guards of its former file (tests/test_report.py)
 pytest.importorskip("vl_convert")
@@ -27,91 +30,81 @@ META = {
 }
 
 
-def _summary() -> dict:
-    """metrics/summary.json of a run that passes every check (the summary stage's shape: each mode's clock as
-    scoring with TTT, ``practice``, and with decompression and warm-up, ``strict``)."""
-
-    def mode(parts: tuple[float, float, float]) -> dict:
-        names = ("decompress_seconds", "warmup_seconds", "scoring_seconds")
-        return {**dict(zip(names, parts, strict=True)), "practice_seconds": parts[2], "strict_seconds": sum(parts),
-                "budget_seconds": 600.0, "within": True, "within_strict": sum(parts) <= 600.0,
-                "audit": "compliant"}  # fmt: skip
-
-    return {
-        "documents": {"count": 50000, "targets": 40_000_000, "bytes": 151_000_000, "sha256": "ab" * 32},
-        "ladder": {
-            "prequant_ema": 1.09,
-            "dequantized": 1.1,
-            "model_bin": 1.1,
-            "sliding": 1.08,
-            "lora_ttt": 1.06,
-            "chunk_sgd": 1.07,
-        },
-        "bytes": {"model": 15_880_000, "code": 20_000, "total": 15_900_000, "limit": 16_000_000, "fits": True},
-        "compliance": {
-            "train": {
-                "hardware": "8x NVIDIA H100 80GB HBM3",
-                "train_seconds": 588.0,
-                "calibrate_seconds": 9.5,
-                "total_seconds": 597.5,
-                "budget_seconds": 600.0,
-                "within": True,
-            },
-            "eval": {"sliding": mode((3.0, 0.0, 30.0)), "lora_ttt": mode((20.0, 5.0, 470.0))},
-            "artifact": {"bytes": 15_900_000, "limit": 16_000_000, "within": True},
-            "data": {"val_documents": 50000, "train_documents": 3000, "overlap": 0, "passed": True},
-        },
-    }
-
-
-def _fake_workspace(root):
-    (root / "metrics/train/plots/metrics/train").mkdir(parents=True)
-    (root / "artifacts/submission").mkdir(parents=True)
-    (root / "params.yaml").write_text(yaml.safe_dump({"train": {"seed": 42}, "model": {"num_layers": 11}}))
-    (root / "metrics/summary.json").write_text(json.dumps(_summary()))
-    (root / "metrics/quantize_tensors.csv").write_text("name,layer,rel_error\nw,0,0.1\n")
-    (root / "metrics/train/plots/metrics/train/loss.tsv").write_text("step\tloss\n1\t7.0\n2\t6.0\n")
-    (root / "artifacts/submission/model.bin").write_bytes(b"PGOLF\x00model")
-    (root / "artifacts/submission/pgolf_code.py").write_text("exec('')\n")
+def _info(summary: dict) -> dict:
+    return {"params": {"train": {"seed": 42}}, "summary": summary, "eval": {}, "train": {}, "rev": None}
 
 
 def test_records_folder(tmp_path):
-    ws, out = tmp_path / "ws", tmp_path / "records/run"
-    _fake_workspace(ws)
-    written = records.write_folder(records.RunSource(ws, None), out, META)
-    assert {"README.md", "submission.json", "model.bin", "pgolf_code.py", "params.yaml"} <= set(written)
-    assert "logs/metrics/train/plots/metrics/train/loss.tsv" in written and "logs/metrics/summary.json" in written
+    ws, out = records_workspace(tmp_path / "ws"), tmp_path / "records/run"
+    written = records.write_folder([records.RunSource(ws, None)], out, META)
+    assert {"README.md", "submission.json", "model.bin", "train_gpt.py", "requirements.txt", "params.yaml",
+            "train_seed42.log"} <= set(written)  # fmt: skip
+    assert "logs/seed42/metrics/train/plots/metrics/train/loss.tsv" in written
     sub = json.loads((out / "submission.json").read_text())
     identity = {k: sub[k] for k in ("author", "github_id", "name", "date", "track", "hardware", "pytorch_version")}
     assert identity == {"author": "A", "github_id": "a", "name": "run", "date": "2026-05-01", "track": "10min_16mb",
                         "hardware": "8xH100", "pytorch_version": records._torch_version()}  # fmt: skip
     assert sub["technique_summary"].endswith("scored by lora_ttt")
-    info = records.collect(records.RunSource(ws, None))
-    assert records.submission_json(info, {**META, "hardware": ""})["hardware"] == "8x NVIDIA H100 80GB HBM3"
-    assert sub["val_bpb"] == 1.06 and sub["eval_mode"] == "lora_ttt" and sub["ladder"] == _summary()["ladder"]
-    assert sub["seeds"] == [42] and sub["seed_results"] == {"42": {"val_bpb": 1.06, "artifact_bytes": 15_900_000}}
-    assert (sub["bytes_total"], sub["bytes_model"], sub["bytes_code"]) == (15_900_000, 15_880_000, 20_000)
-    assert sub["compliant"] is True and sub["compliance"] == _summary()["compliance"]
-    assert not {"val_bpb_std", "val_loss"} & set(sub)  # not measured by the summary: not written
+    code = (out / "train_gpt.py").stat().st_size
+    assert sub["val_bpb"] == 1.06 and sub["eval_mode"] == "lora_ttt" and sub["ladder"] == records_summary()["ladder"]
+    assert sub["seeds"] == [42] and sub["code_file"] == "train_gpt.py" and sub["bytes_code"] == code
+    assert sub["seed_results"] == {"42": {"val_bpb": 1.06, "artifact_bytes": 15_880_000 + code, "val_loss": 2.226,
+                                          "steps": 4900, "step_avg_ms": 120.0, "train_wallclock_ms": 588_000,
+                                          "eval_time_s": 470.0}}  # fmt: skip
+    assert (sub["bytes_total"], sub["bytes_model"]) == (15_880_000 + code, 15_880_000) and sub["val_loss"] == 2.226
+    assert (
+        sub["compliant"] is True and sub["compliance"] == records_summary()["compliance"] and "val_bpb_std" not in sub
+    )
     assert (out / "model.bin").read_bytes() == b"PGOLF\x00model"
+    assert (out / "train_seed42.log").read_text().splitlines()[
+        -1
+    ] == "final lora_ttt val_loss:2.22600000 val_bpb:1.06000000"
+    assert "brotli>=1.1" in (out / "requirements.txt").read_text() and "lrzip" in (out / "requirements.txt").read_text()
     text = (out / "README.md").read_text()
-    assert "1.06000000" in text and "15,900,000" in text and "`model.num_layers` | `11`" in text and "dvc repro" in text
+    layers = f"`model.num_layers` | `{read_params(ROOT / 'params.yaml')['model']['num_layers']}`"
+    assert "1.06000000" in text and layers in text and "python train_gpt.py" in text
     assert "Compliant: **yes**" in text
     with pytest.raises(PgolfError, match="--force"):
-        records.write_folder(records.RunSource(ws, None), out, META)
-    (ws / "metrics/summary.json").write_text(json.dumps({**_summary(), "bytes": {"model": 1, "code": 1}}))
+        records.write_folder([records.RunSource(ws, None)], out, META)
+    (ws / "metrics/summary.json").write_text(json.dumps({**records_summary(), "bytes": {"model": 1, "code": 1}}))
     with pytest.raises(PgolfError, match=r"metrics/summary.json has no bytes.total .*`dvc repro summary`"):
-        records.write_folder(records.RunSource(ws, None), tmp_path / "other", META)
+        records.write_folder([records.RunSource(ws, None)], tmp_path / "other", META)
     (ws / "metrics/summary.json").unlink()
     with pytest.raises(PgolfError, match=r"metrics/summary.json is missing in .*`dvc repro summary`"):
-        records.write_folder(records.RunSource(ws, None), tmp_path / "other", META)
+        records.write_folder([records.RunSource(ws, None)], tmp_path / "other", META)
+
+
+def test_three_seeds_give_their_mean_and_sample_std_and_the_largest_artifact(tmp_path):
+    runs = [
+        records_workspace(tmp_path / f"s{seed}", seed, shift) for seed, shift in ((1, 0.0), (2, 0.002), (3, -0.001))
+    ]
+    sub = records.submission_json([records.collect(records.RunSource(r, None)) for r in runs], META, 99_000)
+    bpbs = [1.06, 1.062, 1.059]
+    assert sub["seeds"] == [1, 2, 3] and [r["val_bpb"] for r in sub["seed_results"].values()] == bpbs
+    assert sub["val_bpb"] == round(statistics.fmean(bpbs), 8) and sub["val_bpb_std"] == round(statistics.stdev(bpbs), 8)
+    assert sub["bytes_total"] == 15_880_000 + 99_000 and sub["compliant"]
+
+
+def test_the_seeds_must_be_one_configuration_of_this_code(tmp_path):
+    one, two = records_workspace(tmp_path / "a", 1), records_workspace(tmp_path / "b", 1, 0.001)
+    with pytest.raises(PgolfError, match=r"the runs share a seed \(\[1, 1\]\)"):
+        records.write_folder([records.RunSource(one, None), records.RunSource(two, None)], tmp_path / "o", META)
+    other = records_workspace(tmp_path / "c", 2)
+    params = yaml.safe_load((other / "params.yaml").read_text())
+    params["model"]["num_layers"] += 1
+    (other / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(PgolfError, match=r"params differ .* beyond train.seed \(sections model\)"):
+        records.write_folder([records.RunSource(one, None), records.RunSource(other, None)], tmp_path / "o", META)
+    (one / "artifacts/submission/pgolf_code.py").write_text("exec('')\n")
+    with pytest.raises(PgolfError, match=r"pgolf_code.py is not this checkout's code; check out the commit"):
+        records.write_folder([records.RunSource(one, None)], tmp_path / "o", META)
 
 
 def test_records_timings_count_each_part_once(tmp_path):
     """Each eval mode's clock both ways, labelled (scoring with TTT; + decompression and warm-up); train and
     calibrate as measured, not added."""
-    _fake_workspace(tmp_path / "ws")
-    records.write_folder(records.RunSource(tmp_path / "ws", None), tmp_path / "out", META)
+    records_workspace(tmp_path / "ws")
+    records.write_folder([records.RunSource(tmp_path / "ws", None)], tmp_path / "out", META)
     sub = json.loads((tmp_path / "out/submission.json").read_text())
     assert sub["timings"] == {"train_seconds": 588.0, "calibrate_seconds": 9.5,
                               "eval_seconds": {"sliding": 30.0, "lora_ttt": 470.0},
@@ -123,7 +116,7 @@ def test_records_timings_count_each_part_once(tmp_path):
 
 
 def _with(path: str, value) -> dict:
-    summary = _summary()
+    summary = records_summary()
     *parents, key = path.split(".")
     node = summary
     for part in parents:
@@ -145,10 +138,10 @@ def _with(path: str, value) -> dict:
     ],
 )
 def test_records_compliance_is_the_measured_checks(path, value, failed):
-    info = {"params": {"train": {"seed": 42}}, "summary": _with(path, value)}
-    sub = records.submission_json(info, META)
+    info = _info(_with(path, value))
+    sub = records.submission_json([info], META, 20_000)
     assert sub["failed_checks"] == failed and sub["compliant"] is (not failed)
-    assert _summary()["compliance"] != sub["compliance"]  # written as measured, the failing value included
+    assert records_summary()["compliance"] != sub["compliance"]  # written as measured, the failing value included
     assert ("Compliant: **yes**" in records.readme(info, sub, None)) is (not failed)
 
 
@@ -158,7 +151,7 @@ def test_records_report_lora_ttt_else_the_last_rung():
     with pytest.raises(PgolfError, match="empty ladder"):
         records.reported_rung({})
     summary = _with("ladder", {"dequantized": 1.3, "model_bin": 1.3})  # no eval mode ran: nothing audited the score
-    sub = records.submission_json({"params": {}, "summary": summary}, META)
+    sub = records.submission_json([_info(summary)], META, 20_000)
     assert sub["val_bpb"] == 1.3 and sub["failed_checks"] == ["eval.model_bin.audit: none"] and not sub["compliant"]
 
 
