@@ -101,9 +101,20 @@ def _state(entry: dict, name: str, executor: dict) -> tuple[str, str]:
     if state == "failed":
         code, log = local.get("returncode"), local.get("log")
         exit_code = f" (exit {code})" if code is not None else ""
-        return state, f"{name}: failed{exit_code}" + (f", log {log}" if log else "")
+        why = _last_error(log)
+        return state, f"{name}: failed{exit_code}" + (f": {why}" if why else f", log {log}" if log else "")
     error = (entry.get("error") or {}).get("msg", "")
     return (state or "error", f"{name}: {error}") if error else (state, "")
+
+
+def _last_error(log: str | None) -> str:
+    """The last ``error:`` line of a failed experiment's queue log (a stage's one-line error, e.g. the one of
+    ``train.abort_above``), or "" when there is none or the log is gone."""
+    try:
+        lines = Path(log).read_text(errors="replace").splitlines() if log else []
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.startswith("error:")), "")
 
 
 def _file_data(files: dict | None, name: str) -> tuple[dict | None, dict | None]:

@@ -327,6 +327,21 @@ def test_missing_metrics_and_failed_experiment():
     assert "no row has metrics/headline.json" in exps.table(none)
 
 
+def test_a_failed_experiment_says_why_from_its_queue_log(tmp_path):
+    """The row of an experiment stopped by a stage's one-line error (e.g. train.abort_above) carries that line."""
+    rows = copy.deepcopy(REAL)
+    failed = next(e for e in rows[1]["experiments"] if e["executor"] and e["executor"]["state"] == "failed")
+    log = tmp_path / "run.out"
+    log.write_text("Reproducing experiment 'seed99'\nRunning stage 'train':\nerror: train: val_bpb 2.4568 at step 20 "
+                   "is above train.abort_above.val_bpb (1.0); stopped early, no weights written\nERROR: failed to "
+                   "reproduce 'train'\n")  # fmt: skip
+    failed["executor"]["local"]["log"] = str(log)
+    text = exps.table(rows, 200)
+    assert "seed99: failed (exit 255): error: train: val_bpb 2.4568 at step 20 is above train.abort_above" in text
+    log.unlink()  # the log is gone: its path, as before
+    assert f"seed99: failed (exit 255), log {log}" in exps.table(rows, 200)
+
+
 def test_errors(tmp_path, monkeypatch):
     with pytest.raises(PgolfError, match="is not a DVC repository"):
         exps.exp_show(tmp_path, [])
