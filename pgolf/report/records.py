@@ -287,9 +287,28 @@ def _compliance_rows(c: dict) -> list[str]:
     return rows
 
 
+def _reproduce(sub: dict, rev: str | None) -> list[str]:
+    """The README's last section: the packaged program, or the pipeline at the runs' revisions."""
+    seeds = ", ".join(map(str, sub["seeds"]))
+    lines = ["## Reproduce", "", f"Seeds {seeds}. With the challenge's data beside it:", "", "```bash"]
+    lines += [f"python {PROGRAM_FILE}   # or: torchrun is not yet supported by the packaged program",
+              "cat train.log           # the lines of train_seed*.log", "```", "",
+              "Or, in the pgolf repository:", "", "```bash"]  # fmt: skip
+    lines += ["dvc repro"] if rev is None else [f"dvc exp apply {rev.split()[0]}  # or: git checkout; per seed",
+                                                "dvc repro"]  # fmt: skip
+    return lines + [
+        "dvc metrics show",
+        "```",
+        "",
+        f"`{PROGRAM_FILE}` unpacks itself (`pgolf/`, `stages/`) and runs every stage from the tokenizer's adoption to "
+        "the evaluation in one process; its bytes are the counted code.",
+        "",
+    ]
+
+
 def readme(info: dict, sub: dict, rev: str | None) -> str:
-    # ``rev``: the run's revision, or the seeds' revisions joined
-    """README.md: what ran, the ladder, the bytes, the compliance checks, the timings and how to reproduce it."""
+    """README.md: what ran, the ladder, the bytes, the compliance checks, the timings and how to reproduce it
+    (``rev``: the run's revision, or the seeds' revisions joined by spaces; None: the workspace)."""
     verdict = "yes" if sub["compliant"] else "no (" + ", ".join(sub["failed_checks"]) + ")"
     lines = [
         f"# {sub['name']}",
@@ -330,21 +349,7 @@ def readme(info: dict, sub: dict, rev: str | None) -> str:
     lines += ["", "## Key parameters", "", "| key | value |", "|---|---|"]
     lines += [f"| `{k}` | `{v}` |" for k in KEY_PARAMS if (v := _get(info["params"], k)) is not None]
     lines += ["", "The full parameters are in `params.yaml`; the metrics and training curves in `logs/`.", ""]
-    seeds = ", ".join(map(str, sub["seeds"]))
-    lines += ["## Reproduce", "", f"Seeds {seeds}. With the challenge's data beside it:", "", "```bash"]
-    lines += [f"python {PROGRAM_FILE}   # or: torchrun is not yet supported by the packaged program",
-              "cat train.log           # the lines of train_seed*.log", "```", "",
-              "Or, in the pgolf repository:", "", "```bash"]  # fmt: skip
-    lines += ["dvc repro"] if rev is None else [f"dvc exp apply {rev.split()[0]}  # or: git checkout; per seed",
-                                                "dvc repro"]  # fmt: skip
-    lines += [
-        "dvc metrics show",
-        "```",
-        "",
-        f"`{PROGRAM_FILE}` unpacks itself (`pgolf/`, `stages/`) and runs every stage from the tokenizer's adoption to "
-        "the evaluation in one process; its bytes are the counted code.",
-        "",
-    ]
+    lines += _reproduce(sub, rev)
     return "\n".join(lines)
 
 
