@@ -19,8 +19,9 @@ from pathlib import Path
 import yaml
 
 from pgolf.cli import Parser, run
-from pgolf.compress.bundle import ENTRIES, PROGRAM_FILE, BundleConfig, build, bundle_files
+from pgolf.compress.bundle import BUNDLE_FILE, ENTRIES, PROGRAM_FILE, BundleConfig, build, bundle_files
 from pgolf.config import read_params
+from pgolf.errors import PgolfError
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGED = ("stages/program.py", "stages/tokenizer.py", "stages/tokenize.py", *ENTRIES)
@@ -43,6 +44,32 @@ def program(params: dict, root: Path = ROOT) -> str:
         f"from pgolf.cli import run\nfrom stages.program import main\nrun(lambda:main({text!r}))\n"
     )
     return build(root, cfg, bundle_files(root, PACKAGED), then=then)
+
+
+def checked_program(params: dict, bundles: dict[str, bytes], root: Path = ROOT) -> str:
+    """:func:`program` of ``params``, after checking that this checkout's code is the code each run was scored
+    with: ``bundles`` (where -> the run's counted bundle) rebuilt from these sources, byte for byte."""
+    now = build(root, BundleConfig.model_validate(params["bundle"]), bundle_files(root)).encode("ascii")
+    for where, bundle in bundles.items():
+        if bundle != now:
+            raise PgolfError(f"{where}: its {BUNDLE_FILE} is not this checkout's code; check out the commit "
+                             "the run was trained at (metrics/train.json: commit), so that train_gpt.py is the "
+                             "code that ran")  # fmt: skip
+    return program(packaged_params(params), root)
+
+
+REQUIREMENTS = {"brotli": "brotli>=1.1", "zstd": "zstandard>=0.22", "ans": "constriction>=0.4"}
+"""The package a codec needs beyond torch, numpy, pydantic, PyYAML and SentencePiece (lrzip is a system binary)."""
+
+
+def requirements(params: dict) -> str:
+    """requirements.txt of the packaged program for the run's codecs."""
+    lines = ["pydantic>=2.7", "pyyaml>=6", "sentencepiece>=0.2", "brotli>=1.1"]  # brotli: the wrapper, the rest
+    codecs = {params["compress"]["codec"], params["compress"]["rest_codec"], params["bundle"]["codec"]}
+    lines += sorted({REQUIREMENTS[c] for c in codecs if c in REQUIREMENTS} - set(lines))
+    if "lrzip" in codecs:
+        lines.append("# and the lrzip binary: apt-get install lrzip")
+    return "\n".join(lines) + "\n"
 
 
 def write(out: Path, params: dict) -> int:

@@ -28,9 +28,10 @@ from pathlib import Path
 import yaml
 
 from pgolf.cli import Parser, run
-from pgolf.compress.bundle import BUNDLE_FILE, PROGRAM_FILE, BundleConfig, build, bundle_files
+from pgolf.compress.bundle import BUNDLE_FILE, PROGRAM_FILE
 from pgolf.errors import PgolfError
 from pgolf.report import optional_import, package
+from pgolf.report.summary import on_budget_hardware
 
 LOG_PATTERNS = ("metrics/*.json", "metrics/*.csv", "metrics/train/*.json", "metrics/train/plots/**/*.tsv")
 KEY_PARAMS = (
@@ -203,9 +204,7 @@ def hardware_label(measured: str, label: str) -> str:
     if not label:
         return measured
     count, _, name = label.partition("x")
-    got, _, device = measured.partition("x")
-    model = name.split()[0].lower() if name.split() else ""
-    if count.strip() != got.strip() or not model or model not in device.lower():
+    if not name.split() or not on_budget_hardware(measured, f"{count}x{name.split()[0]}"):  # device count and name
         raise PgolfError(f"--hardware {label!r} contradicts the hardware the run measured ({measured!r}); "
                          "leave it out to write the measured one")  # fmt: skip
     return label
@@ -353,35 +352,6 @@ def readme(info: dict, sub: dict, rev: str | None) -> str:
     return "\n".join(lines)
 
 
-REQUIREMENTS = {"brotli": "brotli>=1.1", "zstd": "zstandard>=0.22", "ans": "constriction>=0.4"}
-"""The package a codec needs beyond torch, numpy, pydantic, PyYAML and SentencePiece (lrzip is a system binary)."""
-
-
-def requirements(params: dict) -> str:
-    """requirements.txt of the packaged program for the run's codecs."""
-    lines = ["pydantic>=2.7", "pyyaml>=6", "sentencepiece>=0.2", "brotli>=1.1"]  # brotli: the wrapper, the rest
-    codecs = {_get(params, "compress.codec"), _get(params, "compress.rest_codec"), _get(params, "bundle.codec")}
-    lines += sorted({REQUIREMENTS[c] for c in codecs if c in REQUIREMENTS} - set(lines))
-    if "lrzip" in codecs:
-        lines.append("# and the lrzip binary: apt-get install lrzip")
-    return "\n".join(lines) + "\n"
-
-
-def checked_program(infos: list[dict], root: Path = package.ROOT) -> str:
-    """train_gpt.py of the runs' configuration, after checking that this checkout's code is the code each run was
-    scored with (its counted bundle rebuilt from these sources, byte for byte)."""
-    params = infos[0]["params"]
-    cfg = BundleConfig.model_validate(params["bundle"])
-    now = build(root, cfg, bundle_files(root))
-    for info in infos:
-        if info["code"] != now.encode("ascii"):
-            where = info["rev"] or "the workspace's artifacts"
-            raise PgolfError(f"{where}: its {BUNDLE_FILE} is not this checkout's code; check out the commit "
-                             "the run was trained at (metrics/train.json: commit), so that train_gpt.py is the "
-                             "code that ran")  # fmt: skip
-    return package.program(package.packaged_params(params))
-
-
 def seed_log(info: dict, sub: dict) -> str:
     """A seed's log lines, as the records' logs print them."""
     seed = _get(info["params"], "train.seed")
@@ -400,7 +370,8 @@ def write_folder(srcs: list[RunSource], out: Path, meta: dict, force: bool = Fal
         raise PgolfError(f"{out} exists and is not empty; pass --force to overwrite")
     infos = [collect(src) for src in srcs]
     one_configuration(infos)
-    program = checked_program(infos)
+    bundles = {info["rev"] or "the workspace's artifacts": info["code"] for info in infos}
+    program = package.checked_program(infos[0]["params"], bundles)
     sub = submission_json(infos, meta, len(program))
     revs = None if srcs[0].rev is None else " ".join(str(s.rev) for s in srcs)
     files = {
@@ -408,7 +379,7 @@ def write_folder(srcs: list[RunSource], out: Path, meta: dict, force: bool = Fal
         "README.md": readme(infos[0], sub, revs).encode(),
         "params.yaml": srcs[0].read_bytes("params.yaml"),
         PROGRAM_FILE: program.encode("ascii"),
-        "requirements.txt": requirements(infos[0]["params"]).encode(),
+        "requirements.txt": package.requirements(infos[0]["params"]).encode(),
         "model.bin": srcs[0].read_bytes("artifacts/submission/model.bin"),
     }
     for src, info in zip(srcs, infos, strict=True):

@@ -188,16 +188,27 @@ def _group_dict(g: Group) -> dict:
 # Reading seed results
 
 
-def _read_rev(rev: str, metric: str, metrics_file: str, repo: str) -> tuple[float, float | None]:
-    """(metric, bytes per token or None) of ``metrics_file`` at git revision or experiment ``rev``."""
+def _not_a_revision(rev: str, err: Exception) -> PgolfError:
+    return PgolfError(f"{rev!r} is neither a number nor a readable git revision / DVC experiment: {err}")
+
+
+def _revision(rev: str, repo: str):
+    """The files of git revision or experiment ``rev`` (``workspace``: the working tree), through DVC."""
     dvc_api = optional_import("dvc.api", "dvc>=3.60", "pipeline")
     try:
-        fs = dvc_api.DVCFileSystem(repo, rev=None if rev == "workspace" else rev)
+        return dvc_api.DVCFileSystem(repo, rev=None if rev == "workspace" else rev)
+    except Exception as err:  # dvc/scmrepo raise several types for an unknown revision
+        raise _not_a_revision(rev, err) from err
+
+
+def _read_rev(fs, rev: str, metric: str, metrics_file: str) -> tuple[float, float | None]:
+    """(metric, bytes per token or None) of ``metrics_file`` in ``fs``, the files of revision ``rev``."""
+    try:
         text = fs.read_text(metrics_file)
     except FileNotFoundError as err:
         raise PgolfError(f"{rev}: no {metrics_file} there; run the pipeline through evaluate first") from err
     except Exception as err:  # dvc/scmrepo raise several types for an unknown revision
-        raise PgolfError(f"{rev!r} is neither a number nor a readable git revision / DVC experiment: {err}") from err
+        raise _not_a_revision(rev, err) from err
     flat = _flatten(json.loads(text))
     if metric not in flat:
         keys = ", ".join(sorted(k for k in flat if k.endswith("val_bpb"))) or "none"
@@ -218,13 +229,11 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _seed_of(rev: str, repo: str) -> int | None:
-    """``train.seed`` of the params at ``rev`` (None when it cannot be read)."""
-    dvc_api = optional_import("dvc.api", "dvc>=3.60", "pipeline")
+def _seed_of(fs) -> int | None:
+    """``train.seed`` of the params in ``fs``, a revision's files (None when it cannot be read)."""
     try:
         import yaml
 
-        fs = dvc_api.DVCFileSystem(repo, rev=None if rev == "workspace" else rev)
         return int(yaml.safe_load(fs.read_text("params.yaml"))["train"]["seed"])
     except Exception:  # a revision without params.yaml or a seed: nothing to compare
         return None
@@ -258,9 +267,10 @@ def resolve(name: str, items: list[str], metric: str, metrics_file: str, repo: s
             continue
         except ValueError:
             pass
-        value, bpt = _read_rev(item, metric, metrics_file, repo)
+        fs = _revision(item, repo)
+        value, bpt = _read_rev(fs, item, metric, metrics_file)
         values.append(value)
-        seeds[item] = _seed_of(item, repo)
+        seeds[item] = _seed_of(fs)
         if bpt is not None:
             ratios.append(bpt)
     group = Group(name, tuple(values))  # refuses NaN and infinities
