@@ -28,8 +28,8 @@ import yaml
 
 from pgolf.cli import Parser
 from pgolf.compress.bundle import PROGRAM_FILE
-from pgolf.data import docs, shards
-from pgolf.data.sources import CACHED_SHARD_DIR, CACHED_TOKENIZER_DIR, link_or_copy
+from pgolf.data import docs
+from pgolf.data.sources import CACHED_TOKENIZER_FILE, link_or_copy, link_shards
 from pgolf.errors import PgolfError
 from pgolf.files import fresh_dir
 
@@ -61,13 +61,9 @@ def adopt(data: Path, tokenizer: Path, params: dict, out: Path = Path("data/docs
         raise PgolfError(f"{data}: needs fineweb_train_*.bin and fineweb_val_*.bin shards (found {sorted(kinds)})")
     if not tokenizer.is_file():
         raise PgolfError(f"{tokenizer}: no tokenizer model; give --tokenizer-path")
-    fresh_dir(out)
-    counts = dict.fromkeys(("train", "val", "val_bytes"), 0)
-    for kind, index, path in found:
-        link_or_copy(path, out / CACHED_SHARD_DIR / shards.shard_name(kind, index))
-        counts[kind] += shards.read_header(path)
-    link_or_copy(tokenizer, out / CACHED_TOKENIZER_DIR / "tokenizer.model")
-    model = {"name": tokenizer.name, "file": f"{CACHED_TOKENIZER_DIR}/tokenizer.model"}
+    counts = link_shards(found, fresh_dir(out))
+    link_or_copy(tokenizer, out / CACHED_TOKENIZER_FILE)
+    model = {"name": tokenizer.name, "file": CACHED_TOKENIZER_FILE}
     manifest = {"source": "fineweb_cached", "repo": "local", "variant": params["data"]["variant"],
                 "dataset": str(data), "tokenizer": model, "caseops": params["tokenizer"]["caseops"],
                 "tokens": counts}  # fmt: skip

@@ -57,8 +57,7 @@ def tokenize(cfg: DataConfig, paths: Paths) -> dict:
         "val_hashes": val_hashes,
         "sha256": {path.name: docs.sha256_file(path) for path in sorted(out.glob("*.bin"))},
     }
-    docs.write_manifest(out, manifest)  # the check below reads the val hashes through it
-    manifest["provenance"] = provenance.check_once(out, meta["bos_id"], progress=True)
+    manifest["provenance"] = provenance.check_once(out, meta["bos_id"], val_hashes, progress=True)
     manifest["fingerprint"] = fingerprint.fingerprint(out)
     if (check := fingerprint.published_check(manifest["fingerprint"], source.get("variant", ""))) is not None:
         manifest["fingerprint"]["published"] = check

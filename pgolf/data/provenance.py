@@ -124,16 +124,18 @@ def write_val_hashes(shard_dir: Path, bos_id: int) -> dict:
     return {"algorithm": ALGORITHM, "documents": count, "file": VAL_HASHES_FILE, "sha256": sha256_file(out)}
 
 
-def read_val_hashes(shard_dir: Path) -> dict[bytes, int]:
+def read_val_hashes(shard_dir: Path, recorded: str | None = None) -> dict[bytes, int]:
     """digest -> index of the first validation document with that digest, from ``val_hashes.txt``, after checking
-    the file against the sha256 the tokenize stage recorded for it in the shards' manifest (fail closed)."""
+    the file against ``recorded``, by default the sha256 the tokenize stage recorded for it in the shards' manifest
+    (fail closed)."""
     path = Path(shard_dir) / VAL_HASHES_FILE
     if not path.is_file():
         raise PgolfError(
             f"{path}: validation document hashes missing (shards written before the provenance check?); "
             "re-run `dvc repro tokenize`"
         )
-    recorded = shards.read_manifest(shard_dir).get("val_hashes", {}).get("sha256")
+    if recorded is None:
+        recorded = shards.read_manifest(shard_dir).get("val_hashes", {}).get("sha256")
     if recorded is None:
         raise PgolfError(f"{Path(shard_dir) / shards.MANIFEST_FILE}: records no sha256 of {VAL_HASHES_FILE}; "
                          f"{shards.REBUILD}")  # fmt: skip
@@ -191,13 +193,15 @@ def check_training_documents(
     return check_disjoint(shard_paths, read_val_hashes(shard_dir), bos_id, what=what, progress=progress)
 
 
-def check_once(shard_dir: Path, bos_id: int, *, progress: bool = False) -> dict:
-    """The tokenize stage's check of every training shard of ``shard_dir``, as the manifest's ``provenance`` entry:
-    a finding (the first validation document met in training, or shards the check cannot read) is recorded, not
+def check_once(shard_dir: Path, bos_id: int, val_hashes: dict, *, progress: bool = False) -> dict:
+    """The tokenize stage's check of every training shard of ``shard_dir`` against the hashes it just wrote
+    (``val_hashes``: their manifest entry, :func:`write_val_hashes`), as the manifest's ``provenance`` entry: a
+    finding (the first validation document met in training, or shards the check cannot read) is recorded, not
     raised, so the shards stay inspectable and every stage that reads them refuses them with the same message."""
     try:
-        report = check_training_documents(shard_dir, shards.shard_paths(shard_dir, "train"), bos_id, what="tokenize",
-                                          progress=progress)  # fmt: skip
+        hashes = read_val_hashes(shard_dir, val_hashes["sha256"])
+        report = check_disjoint(shards.shard_paths(shard_dir, "train"), hashes, bos_id, what="tokenize",
+                                progress=progress)  # fmt: skip
     except ProvenanceError as err:
         return {"algorithm": ALGORITHM, "passed": False, "finding": str(err).removeprefix("tokenize: ")}
     return {"algorithm": ALGORITHM, **report}

