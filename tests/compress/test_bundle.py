@@ -7,11 +7,10 @@ import sys
 import pytest
 
 from pgolf.compress.bundle import BUNDLE_FILE, build, bundle_files
-from tests.helpers.common import ROOT
+from tests.helpers.common import COMPRESS_EXTRAS, ROOT, needs
 from tests.helpers.config import bundle_cfg
 
-for _package in ("constriction", "zstandard", "python_minifier"):  # the ans and zstd codecs, minify
-    pytest.importorskip(_package)
+pytestmark = needs(*COMPRESS_EXTRAS)  # the ans and zstd codecs, minify
 
 
 _LOGITS = """

@@ -6,13 +6,9 @@ import struct
 import pytest
 
 from pgolf.compress import container
+from tests.helpers.common import COMPRESS_EXTRAS, needs
 
-for _package in (
-    "constriction",
-    "zstandard",
-    "python_minifier",
-):  # the ans and zstd codecs, minify (its former file's guards)
-    pytest.importorskip(_package)
+pytestmark = needs(*COMPRESS_EXTRAS)  # the ans and zstd codecs, minify
 
 
 def test_container_streams_round_trip_including_empty_ones():

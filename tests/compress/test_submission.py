@@ -11,10 +11,10 @@ from pgolf.compress.submission import check_identical
 from pgolf.model.gpt import GPT
 from pgolf.quant import formats
 from pgolf.quant.formats import load_quantized
+from tests.helpers.common import COMPRESS_EXTRAS, needs
 from tests.helpers.config import compress_cfg
 
-for _package in ("constriction", "zstandard", "python_minifier"):  # the ans and zstd codecs, minify
-    pytest.importorskip(_package)
+pytestmark = needs(*COMPRESS_EXTRAS)  # the ans and zstd codecs, minify
 
 
 def test_model_bin_restores_the_quantized_model_exactly(quant_dir, submission_dir):

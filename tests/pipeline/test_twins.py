@@ -23,13 +23,11 @@ import pytest
 import yaml
 
 from pgolf.config import read_params
-from tests.helpers.common import ROOT
+from tests.helpers.common import PIPELINE, ROOT, needs
 from tests.helpers.data import needs_sotu
 from tests.helpers.repo import scratch_repo
 
-pytestmark = needs_sotu
-for _package in ("dvc", "dvclive", "constriction", "zstandard", "python_minifier"):  # the whole pipeline
-    pytest.importorskip(_package)
+pytestmark = [needs_sotu, needs(*PIPELINE)]
 
 SEEDS = sorted(p.stem for p in (ROOT / "presets" / "cpu").glob("*.yaml"))
 TRAIN_STEPS = 6

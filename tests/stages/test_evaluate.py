@@ -13,16 +13,11 @@ import yaml
 
 from pgolf.config import parse_section, read_params
 from pgolf.quant.formats import load_quantized
-from tests.helpers.common import ROOT
+from tests.helpers.common import COMPRESS_EXTRAS, ROOT, needs
 from tests.helpers.compress import write_quant_dir, write_submission
 from tests.helpers.config import score_cfg
 
-for _package in (
-    "constriction",
-    "zstandard",
-    "python_minifier",
-):  # the ans and zstd codecs, minify (its former file's guards)
-    pytest.importorskip(_package)
+pytestmark = needs(*COMPRESS_EXTRAS)  # the ans and zstd codecs, minify
 
 
 @pytest.mark.slow

@@ -9,14 +9,9 @@ import pytest
 import yaml
 
 from pgolf.config import read_params
-from tests.helpers.common import ROOT
+from tests.helpers.common import COMPRESS_EXTRAS, ROOT, needs
 
-for _package in (
-    "constriction",
-    "zstandard",
-    "python_minifier",
-):  # the ans and zstd codecs, minify (its former file's guards)
-    pytest.importorskip(_package)
+pytestmark = needs(*COMPRESS_EXTRAS)  # the ans and zstd codecs, minify
 
 
 def _size_stage(tmp_path: Path, submission_dir: Path, limit: int, enforce: bool) -> tuple[int, str, dict]:
