@@ -87,7 +87,8 @@ def log_lines(seconds: dict[str, float]) -> list[str]:
     """The records' log lines, from what the stages wrote."""
     manifest = json.loads(Path("data/shards/manifest.json").read_text())
     modes = json.loads(Path("metrics/eval.json").read_text())["modes"]
-    reported = next((m for m in ("lora_ttt", "multi_phase", "chunk_sgd", "sliding") if m in modes), "plain")
+    # the summary's rule (pgolf.report.summary.reported_mode), not imported: reports are not in the counted program
+    reported = "lora_ttt" if "lora_ttt" in modes else list(modes)[-1]
     code, model = Path(PROGRAM_FILE).stat().st_size, Path("artifacts/submission/model.bin").stat().st_size
     score = modes[reported]
     lines = [f"train_shards: {manifest['fingerprint']['train_shards']}",

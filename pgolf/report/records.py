@@ -31,7 +31,7 @@ from pgolf.cli import Parser, run
 from pgolf.compress.bundle import BUNDLE_FILE, PROGRAM_FILE
 from pgolf.errors import PgolfError
 from pgolf.report import optional_import, package
-from pgolf.report.summary import on_budget_hardware
+from pgolf.report.summary import on_budget_hardware, reported_mode
 
 LOG_PATTERNS = ("metrics/*.json", "metrics/*.csv", "metrics/train/*.json", "metrics/train/plots/**/*.tsv")
 KEY_PARAMS = (
@@ -170,7 +170,7 @@ def reported_rung(ladder: dict[str, float]) -> str:
     """The reported score: phased LoRA TTT when it ran (the record's), else the ladder's last rung."""
     if not ladder:
         raise PgolfError(f"{SUMMARY_FILE} has an empty ladder; run `dvc repro summary` after evaluate")
-    return "lora_ttt" if "lora_ttt" in ladder else list(ladder)[-1]
+    return reported_mode(list(ladder))
 
 
 def failed_checks(summary: dict, mode: str) -> list[str]:
