@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+
+@dataclass
+class _Job:
+    """The process group's users in this process: nested :func:`init`/:func:`shutdown` pairs share one group (the
+    submission program holds it across its stages), and :func:`alone` hides it from a one-process stage."""
+
+    holders: int = 0
+    alone: bool = False
+
+
+_JOB = _Job()
 
 
 @dataclass(frozen=True)
@@ -44,8 +57,8 @@ class DistInfo:
 
 def dist_info() -> DistInfo:
     """Read torchrun's variables (defaults describe a single process) and pick the device."""
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = 0 if _JOB.alone else int(os.environ.get("RANK", "0"))
+    world = 1 if _JOB.alone else int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
@@ -79,28 +92,48 @@ def init(timeout_seconds: float | None = None) -> DistInfo:
         torch.cuda.set_device(info.device)
         torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls, as the record
         torch.backends.cudnn.allow_tf32 = True
-    if info.world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if info.device.type == "cuda" else "gloo"
-        timeout = None if timeout_seconds is None else timedelta(seconds=timeout_seconds)
-        dist.init_process_group(backend, device_id=info.device if backend == "nccl" else None, timeout=timeout)
+    if info.world_size > 1:
+        if not dist.is_initialized():
+            backend = "nccl" if info.device.type == "cuda" else "gloo"
+            timeout = None if timeout_seconds is None else timedelta(seconds=timeout_seconds)
+            dist.init_process_group(backend, device_id=info.device if backend == "nccl" else None, timeout=timeout)
+        _JOB.holders += 1
     return info
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+    """Wait for every rank; the last holder of the group (see :func:`init`) destroys it."""
+    if not active():
+        return
+    dist.barrier()
+    _JOB.holders -= 1
+    if _JOB.holders <= 0:
         dist.destroy_process_group()
+        _JOB.holders = 0
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Run a one-process stage on rank 0 while the job's process group lives (the submission program's export,
+    quantize, compress): inside, this process is rank 0 of 1, with no collectives, as when DVC starts the stage
+    with ``python``. The other ranks wait at the next :func:`barrier`."""
+    _JOB.alone = True
+    try:
+        yield
+    finally:
+        _JOB.alone = False
 
 
 def group_rank_world() -> tuple[int, int]:
-    """(rank, world_size) of the initialized default process group, or (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
+    """(rank, world_size) of the initialized default process group, or (0, 1) without one (or :func:`alone`)."""
+    if active():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def active() -> bool:
-    return dist.is_initialized() and dist.get_world_size() > 1
+    """Whether collectives run: a process group of more than one rank, not hidden by :func:`alone`."""
+    return not _JOB.alone and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def all_reduce_mean(tensors: list[torch.Tensor]) -> None:

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from pgolf.dist import lease_environment
+
 ROOT = Path(__file__).resolve().parents[1]
 """The folder holding the ``pgolf`` package (and ``stages/`` beside it in a checkout)."""
 CODE = ("pgolf", "stages")
@@ -104,3 +106,12 @@ def run_card(started: float, info: Devices | None = None) -> dict:
     ``info``: its process group and device (None for a stage that computes on the CPU only)."""
     return {"hardware": hardware(info), "versions": versions(), "commit": code_version(), "dirty": code_dirty(),
             "wall_seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+
+
+def take_lease(num_devices: int = 1) -> None:
+    """The device lease of a shared box (:func:`pgolf.lease.acquire`) when ``PGOLF_LEASE_DIR`` is set; imported
+    only then (the submission program, which never takes it, does not carry it)."""
+    if lease_environment().get("PGOLF_LEASE_DIR"):
+        from pgolf import lease
+
+        lease.acquire(num_devices)

@@ -10,14 +10,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf import artifacts, dist, lease, tensorio
+from pgolf import artifacts, dist, tensorio
 from pgolf.cli import parse_paths, run
 from pgolf.data import shards
 from pgolf.data.provenance import recorded_check
 from pgolf.files import write_json
 from pgolf.params import load_section
 from pgolf.quant.hessian import CalibrateConfig, calibration_windows, collect_hessians, reduce_hessians
-from pgolf.runcard import run_card
+from pgolf.runcard import run_card, take_lease
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def calibrate(cfg: CalibrateConfig, paths: Paths) -> dict:
 
 def main() -> None:
     paths = parse_paths(Paths, __doc__)
-    lease.acquire(1)  # a device of a shared box (PGOLF_LEASE_DIR), before anything touches CUDA
+    take_lease(1)  # a device of a shared box (PGOLF_LEASE_DIR), before anything touches CUDA
     summary = calibrate(load_section("calibrate", paths.params), paths)
     dist.print0(f"calibrate: {summary['matrices']} Hessians from {summary['tokens']:,} training tokens "
                 f"(looped={summary['looped']}) in {summary['seconds']:.1f}s -> {paths.out}")  # fmt: skip

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf import dist, lease
+from pgolf import dist
 from pgolf.cli import parse_paths, run
 from pgolf.compress import submission
 from pgolf.compress.container import MODEL_BIN
@@ -26,7 +26,7 @@ from pgolf.eval.modes import MODES, EvalConfig, context, enabled_modes, run_mode
 from pgolf.files import write_csv, write_json
 from pgolf.model.gpt import GPT
 from pgolf.params import load_section
-from pgolf.runcard import run_card
+from pgolf.runcard import run_card, take_lease
 from pgolf.score.bpb import ValData, load_val
 from pgolf.score.documents import Document
 from pgolf.score.scorer import ScoreConfig, document_set, scored_documents
@@ -133,7 +133,7 @@ def audit_failures(metrics: dict) -> list[str]:
 
 def main() -> None:
     paths = parse_paths(Paths, __doc__)
-    lease.acquire(1)  # a device of a shared box (PGOLF_LEASE_DIR), before anything touches CUDA
+    take_lease(1)  # a device of a shared box (PGOLF_LEASE_DIR), before anything touches CUDA
     score, cfg = load_section("score", paths.params), load_section("eval", paths.params)
     dist.init(load_section("train", paths.params).dist_timeout_seconds)  # the launch is train's (dvc.yaml)
     try:

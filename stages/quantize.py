@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf import artifacts, lease, tensorio
+from pgolf import artifacts, tensorio
 from pgolf.cli import parse_paths, run
 from pgolf.dist import dist_info
 from pgolf.files import write_csv, write_json
@@ -15,7 +15,7 @@ from pgolf.quant import formats
 from pgolf.quant.hessian import hessian_rows
 from pgolf.quant.policy import QuantizeConfig, decide
 from pgolf.quant.quantize import dequantized_model, quantize_state
-from pgolf.runcard import run_card
+from pgolf.runcard import run_card, take_lease
 from pgolf.score.scorer import Ladder, ScoreConfig
 
 
@@ -64,7 +64,7 @@ def quantize(cfg: QuantizeConfig, score: ScoreConfig, paths: Paths) -> dict:
 
 def main() -> None:
     paths = parse_paths(Paths, __doc__)
-    lease.acquire(1)  # a device of a shared box (PGOLF_LEASE_DIR), before anything touches CUDA
+    take_lease(1)  # a device of a shared box (PGOLF_LEASE_DIR), before anything touches CUDA
     cfg: QuantizeConfig = load_section("quantize", paths.params)
     metrics = quantize(cfg, load_section("score", paths.params), paths)
     print(f"quantize: {cfg.method} -> {paths.out}; dequantized val_bpb {metrics['dequantized']['val_bpb']:.4f}; "

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgolf import dist, lease, tensorio
+from pgolf import dist, tensorio
 from pgolf.artifacts import META_FILE, RAW_FILE, averaged_file, stored_config
 from pgolf.cli import parse_paths, run
 from pgolf.data import shards
@@ -20,7 +20,7 @@ from pgolf.data.provenance import recorded_check
 from pgolf.files import write_json
 from pgolf.model.config import ModelConfig, ModelParams
 from pgolf.params import load_section
-from pgolf.runcard import code_version, run_card
+from pgolf.runcard import code_version, run_card, take_lease
 from pgolf.score.scorer import Ladder, ScoreConfig
 from pgolf.train import loop
 from pgolf.train.config import TrainConfig
@@ -85,7 +85,7 @@ def train(params: ModelParams, cfg: TrainConfig, score: ScoreConfig, paths: Path
 
 def main() -> None:
     paths = parse_paths(Paths, __doc__)
-    lease.acquire(1)  # a device of a shared box (PGOLF_LEASE_DIR), before anything touches CUDA
+    take_lease(1)  # a device of a shared box (PGOLF_LEASE_DIR), before anything touches CUDA
     summary = train(load_section("model", paths.params), load_section("train", paths.params),
                     load_section("score", paths.params), paths)  # fmt: skip
     dist.print0(f"train: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['train_seconds']:.1f}s "

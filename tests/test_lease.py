@@ -208,4 +208,4 @@ def test_accelerator_stages_take_the_lease_before_anything_else(stage):
     tree = ast.parse((ROOT / "stages" / f"{stage}.py").read_text())
     main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
     calls = [ast.unparse(s) for s in main.body[:2]]
-    assert calls[0].startswith("paths = parse_paths(") and calls[1] == "lease.acquire(1)", calls
+    assert calls[0].startswith("paths = parse_paths(") and calls[1] == "take_lease(1)", calls

@@ -39,6 +39,7 @@ import torch.distributed as dist
 
 from pgolf.data import shards
 from pgolf.data import tokenizer as tok
+from pgolf.dist import active
 from pgolf.errors import PgolfError
 
 ByteCount = Literal["sidecar", "tokenizer_luts"]
@@ -75,7 +76,7 @@ class BpbTotals:
 
         Returns a new object, so the local sums are never reduced twice.
         """
-        if not (dist.is_available() and dist.is_initialized()):
+        if not active():
             return BpbTotals(self.nats, self.tokens, self.bytes)
         on_gpu = dist.get_backend() == "nccl"
         device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
