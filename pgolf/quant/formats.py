@@ -32,7 +32,6 @@ from torch import Tensor
 from pgolf import tensorio
 from pgolf.files import read_json, write_json
 from pgolf.quant.bits import MAX_BITS, MIN_BITS, check_bits
-from pgolf.quant.hadamard import unrotate_weight
 from pgolf.tensorio import torch_dtype
 
 MANIFEST_VERSION = 1
@@ -215,6 +214,8 @@ def dequantize(entry: Entry) -> Tensor:
             if entry.lqer is not None:
                 w = w + lowrank_dense(entry.lqer)
             if fmt.rotated:
+                from pgolf.quant.hadamard import unrotate_weight  # only quantize.hadamard rotates
+
                 w = unrotate_weight(w)
         case GateInt8Row():
             w = fmt.q.float() * fmt.scale.float()[:, None]

@@ -20,7 +20,7 @@ from pgolf import tensorio
 from pgolf.artifacts import build_model
 from pgolf.errors import PgolfError
 from pgolf.model.gpt import GPT
-from pgolf.quant import awq, formats, gptq, hadamard, lqer
+from pgolf.quant import formats, gptq, lqer
 from pgolf.quant.policy import Decision, QuantizeConfig
 
 
@@ -41,6 +41,8 @@ def quantization_domain(w: Tensor, h: Tensor, d: Decision, cfg: QuantizeConfig) 
     rotated = cfg.hadamard and d.kind != "embedding"
     w32 = w.float()
     if rotated:
+        from pgolf.quant import hadamard  # only quantize.hadamard runs it (the submission program carries it then)
+
         w32, h = hadamard.rotate_weight(w32), hadamard.rotate_hessian(h)
     return w32, h, rotated
 
@@ -110,6 +112,8 @@ def awq_candidates(
         if w.shape[1] < cfg.awq.group_size:
             continue
         w32, h, _ = quantization_domain(w, hessians[name], d, cfg)
+        from pgolf.quant import awq  # only quantize.awq runs it (the submission program carries it then)
+
         scores[name] = awq.group_scores(w32, awq.activation_rms(h, rows[name]), cfg.awq.group_size)
     return scores
 
@@ -124,6 +128,8 @@ def choose_awq_groups(
     if rows is None:
         raise ValueError("quantize.awq is on: the Hessians' row counts (pgolf.quant.hessian.hessian_rows) are needed")
     scores = awq_candidates(state, hessians, decisions, cfg, rows)
+    from pgolf.quant import awq
+
     return awq.starts_by_tensor(awq.select_groups(scores, cfg.awq.top_k, cfg.awq.scope), cfg.awq.group_size)
 
 

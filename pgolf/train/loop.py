@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,10 +38,8 @@ from pgolf.model.gpt import GPT
 from pgolf.optim.averaging import EMA, TightSWA
 from pgolf.optim.schedule import looping_active, lr_multiplier, momentum_at, progress
 from pgolf.score.scorer import Ladder
-from pgolf.train.checkpoint import save_checkpoint, try_resume
 from pgolf.train.config import TrainConfig
 from pgolf.train.loader import PackingLoader, Prefetcher
-from pgolf.train.qat import FakeQuant, install_fake_quant
 from pgolf.train.seq_schedule import active_seq_len, rewarm_factor, warmup_pairs
 from pgolf.train.step import (
     Optimizers,
@@ -52,6 +51,9 @@ from pgolf.train.step import (
     compile_warmup,
     train_step,
 )
+
+if TYPE_CHECKING:
+    from pgolf.train.qat import FakeQuant
 
 
 @dataclass
@@ -115,7 +117,11 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, shard_dir: Path, data_manife
         averager: EMA | TightSWA = EMA(model, cfg.averaging.ema_decay)
     else:
         averager = TightSWA(model, cfg.averaging.swa_every, cfg.averaging.swa_start_below_lr)
-    qat = install_fake_quant(model, cfg.qat.bits) if cfg.qat.enabled else None
+    qat = None
+    if cfg.qat.enabled:  # imported only then (the submission program carries QAT only then)
+        from pgolf.train.qat import install_fake_quant
+
+        qat = install_fake_quant(model, cfg.qat.bits)
     num_seq_lens = len({stage.seq_len for stage in cfg.seq_schedule} | {cfg.seq_len})
     forward = tc.compile_model(model, cfg.seq_len, num_seq_lens=num_seq_lens) if compiling else model
     return Run(model, opts, loader, averager, cfg, info, cfg.grad_accum(info.world_size),
@@ -332,6 +338,8 @@ def _one_step(run: Run, logger: Logger, val: Ladder | None, clock: Clock) -> boo
     logger.progress(frac, loss)
     if cfg.checkpoint_seconds and sig.since_save >= cfg.checkpoint_seconds:
         with clock.paused():
+            from pgolf.train.checkpoint import save_checkpoint  # only with train.checkpoint_seconds
+
             save_checkpoint(run, clock.resume_dir, logger.live_dir)
         clock.since_save = time.perf_counter()
     return True
@@ -359,7 +367,11 @@ def _log_val(run: Run, logger: Logger, val: Ladder, looped: bool) -> dict:
 def train(run: Run, *, val: Ladder | None, resume_dir: Path, live_dir: Path) -> dict:
     """Warm up, resume if possible, train until the budget is spent; returns the summary for meta.json."""
     warm_seconds = warmup(run)
-    resumed = try_resume(run, resume_dir, live_dir)
+    resumed = False
+    if run.cfg.checkpoint_seconds:  # no checkpoint is ever written without it
+        from pgolf.train.checkpoint import try_resume
+
+        resumed = try_resume(run, resume_dir, live_dir)
     logger = Logger(live_dir, resumed, run.info.is_main, total=100)
     graphs, clock = tc.graphs_compiled(), Clock(resume_dir)
     clock.start(run.state.train_seconds)

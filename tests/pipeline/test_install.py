@@ -132,7 +132,8 @@ def test_missing_optional_packages_are_named_with_the_pip_line(tmp_path):
     """Where an extra is needed, the error names its package and how to install it."""
     code = """
 from pgolf.data import sources
-from pgolf.data.hub import Hub, HubConfig
+from pgolf.data.hub import Hub
+from pgolf.data.sources import HubConfig
 from pgolf.report import plots, records, significance
 hub = HubConfig(repo="r/x", root="datasets", mirror="")
 calls = {
