@@ -11,8 +11,11 @@ back, then runs what ``dvc repro`` runs from the tokenizer on, each stage as its
 3. the lines the records' logs carry: ``val_tokens``, ``Code size``, ``Total submission size``, the reported
    ``val_bpb`` and each phase's seconds, on stdout and in ``train.log``.
 
-The counted code is ``train_gpt.py`` itself. One process only for now: under ``torchrun`` every rank would
-repeat the data steps (the pipeline, launched by DVC, is the multi-GPU path).
+The counted code is ``train_gpt.py`` itself (the bundle stage writes it: ``artifacts/submission/train_gpt.py``).
+Under ``torchrun --standalone --nproc_per_node=N train_gpt.py`` the ranks hold one process group for the whole
+job: train, calibrate and evaluate run on every rank (as ``dvc.yaml`` launches them), the other stages on rank 0
+alone (:func:`pgolf.dist.alone`) while the others wait at a barrier (``train.dist_timeout_seconds``).
+``--seed`` sets ``train.seed`` (the records' seeds: ``train_gpt.py --seed 1338``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from pgolf import dist
 from pgolf.cli import Parser
 from pgolf.compress.bundle import PROGRAM_FILE
 from pgolf.data import docs
@@ -37,6 +41,8 @@ LOG = "train.log"
 STAGES = ("tokenizer", "tokenize", "train", "export", "calibrate", "quantize", "compress", "evaluate")
 """What runs, in order: the stages of ``dvc.yaml`` after ``prepare`` (replaced by :func:`adopt`), before the
 report stages."""
+EVERY_RANK = ("train", "calibrate", "evaluate")
+"""The stages that run on every rank under torchrun; the others run on rank 0 alone."""
 _CHALLENGE_SHARD = re.compile(r"^fineweb_(train|val|val_bytes)_(\d{6})\.bin$")
 
 
@@ -72,14 +78,20 @@ def adopt(data: Path, tokenizer: Path, params: dict, out: Path = Path("data/docs
 
 
 def run_stage(name: str) -> float:
-    """One stage's ``main`` with its default paths and ``params.yaml``, as DVC runs it; returns its seconds."""
+    """One stage's ``main`` with its default paths and ``params.yaml``, as DVC runs it (on every rank, or on rank
+    0 alone: :data:`EVERY_RANK`); returns its seconds once every rank is through."""
     module = importlib.import_module(f"stages.{name}")
     argv, sys.argv = sys.argv, [f"stages/{name}.py"]
     start = time.perf_counter()
     try:
-        module.main()
+        if name in EVERY_RANK:
+            module.main()
+        elif dist.dist_info().is_main:
+            with dist.alone():
+                module.main()
     finally:
         sys.argv = argv
+    dist.barrier()
     return time.perf_counter() - start
 
 
@@ -105,11 +117,21 @@ def main(params_text: str, argv: list[str] | None = None) -> None:
     parser = Parser(description="The submission program: the challenge's files to a scored model.bin.")
     parser.add_argument("--data-path", help="the shard folder (default: ./data/datasets/<data.variant>)")
     parser.add_argument("--tokenizer-path", help="the tokenizer model (default: the one ./data/tokenizers/*.model)")
+    parser.add_argument("--seed", type=int, help="train.seed (default: the packaged run's)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    Path("params.yaml").write_text(params_text, encoding="utf-8")
     params = yaml.safe_load(params_text)
-    adopt(*challenge_files(params["data"]["variant"], args.data_path, args.tokenizer_path), params)
-    seconds = {name: run_stage(name) for name in STAGES}
-    lines = log_lines(seconds)
-    Path(LOG).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    if args.seed is not None:
+        params["train"]["seed"] = args.seed
+    info = dist.init(params["train"]["dist_timeout_seconds"])  # one group for the job, held across the stages
+    try:
+        if info.is_main:
+            Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+            adopt(*challenge_files(params["data"]["variant"], args.data_path, args.tokenizer_path), params)
+        dist.barrier()
+        seconds = {name: run_stage(name) for name in STAGES}
+    finally:
+        dist.shutdown()
+    if info.is_main:
+        lines = [f"seed: {params['train']['seed']}", f"world_size: {info.world_size}", *log_lines(seconds)]
+        Path(LOG).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print("\n".join(lines))

@@ -82,12 +82,12 @@ def quant_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def submission_dir(quant_dir, tmp_path_factory) -> Path:
     """model.bin (ans codec) and the code bundle of ``quant_dir``, as the compress and bundle stages write them."""
-    from pgolf.compress.bundle import BUNDLE_FILE
+    from pgolf.compress.bundle import PROGRAM_FILE
     from tests.helpers.compress import write_submission
 
     out = tmp_path_factory.mktemp("submission")
     metrics = write_submission(quant_dir, out, codec="ans")
-    assert metrics["model_bytes"] == (out / "model.bin").stat().st_size and (out / BUNDLE_FILE).stat().st_size
+    assert metrics["model_bytes"] == (out / "model.bin").stat().st_size and (out / PROGRAM_FILE).stat().st_size
     assert 1.0 <= metrics["integer_ratio_to_bound"] < 1.01
     return out
 

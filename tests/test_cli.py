@@ -48,7 +48,7 @@ BAD = {
     "calibrate": (("calibrate", "batches"), ("--export", NOWHERE)),
     "quantize": (("quantize", "damping"), ("--export", NOWHERE)),
     "compress": (("compress", "rest_shuffle"), ("--quant", NOWHERE)),
-    "bundle": (None, ("--out", "/proc/pgolf_code.py")),
+    "bundle": (None, ("--out", "/proc/train_gpt.py")),
     "size": (("artifact", "limit_bytes"), ("--submission", NOWHERE)),
     "evaluate": (("eval", "audit"), ("--submission", NOWHERE)),
     "summary": (("compliance", "train_budget_seconds"), ("--metrics-dir", NOWHERE)),

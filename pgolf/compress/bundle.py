@@ -1,39 +1,50 @@
-"""The code bundle: one self-extracting Python file whose bytes are the code bytes counted toward the limit.
+"""The submission program ``train_gpt.py``: one self-extracting Python file whose bytes are the counted code.
 
-The bundle holds, compressed, the sources of the whole program the challenge counts: every stage from training
-to evaluation (train, export, calibrate, quantize, compress, evaluate: the import closure of the entry scripts in
-:data:`ENTRIES`, package ``__init__`` files included), as the record's ``train_gpt.py`` holds its GPTQ and its
-compressor. Data preparation and tokenizer training stay outside, as in the challenge. ``python pgolf_code.py``
-in any directory writes those files back (``pgolf/...``, ``stages/...``) and nothing else; the stages then run
-from there (``python -m stages.evaluate``). Its shape is the challenge's two-line wrapper (``import lzma as
-L,base64 as B`` + ``exec(L.decompress(...))``, base85 text, the #1492/#2143 style; or brotli, the record's)
-around a small program that writes the files.
+It holds, compressed, the sources of the whole program the challenge counts: every stage from the tokenizer's
+adoption of the challenge's files to the evaluation (tokenizer, tokenize, train, export, calibrate, quantize,
+compress, evaluate: the import closure of the entry scripts in :data:`ENTRIES`, package ``__init__`` files
+included), as the record's ``train_gpt.py`` holds its GPTQ and its compressor; then the run's params and a call of
+``stages/program.py``. Data preparation and tokenizer training stay outside, as in the challenge. Started in any
+directory, it writes those files back (``pgolf/...``, ``stages/...``; each atomically, so torchrun's ranks can
+write the same files at once) and runs the stages (:mod:`stages.program`). Its shape is the challenge's two-line
+wrapper (``import lzma as L,base64 as B`` + ``exec(L.decompress(...))``, base85 text, the #1492/#2143 style; or
+brotli, the record's) around a small program that writes the files.
 
-Optional minification (python-minifier) drops docstrings and comments but keeps names and annotations (pydantic
-reads annotations at run time, so removing them would change behaviour).
+Only what the run's params use is packed: a module of :data:`SWITCHES` whose switch is off is left out, with
+everything only it imports (the modules that use it import it inside the function that needs it).
 
-Unlike the record, whose wrapper length was computed but never written, this
-file is real: the size stage counts the bytes of the file on disk, and a test runs it in an empty directory.
+Minification (python-minifier) drops docstrings and comments and renames function locals; it keeps global names,
+class attributes, arguments and annotations: pydantic builds each config section from its class's annotated
+attributes at run time, and the stages pass arguments by keyword.
+
+Unlike the record, whose wrapper length was computed but never written, this file is real: the bundle stage
+writes it, the size stage counts the bytes of the file on disk, and a test runs it in an empty directory.
 """
 
 from __future__ import annotations
 
 import ast
 import base64
+import copy
 import lzma
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import brotli
+import yaml
 from pydantic import Field
 
 from pgolf.config import Section
 from pgolf.errors import PgolfError
 
-BUNDLE_FILE = "pgolf_code.py"
 PROGRAM_FILE = "train_gpt.py"
-"""The submission program a records folder holds (:mod:`pgolf.report.package`, ``stages/program.py``)."""
+"""The counted code: what the bundle stage writes to ``artifacts/submission/`` and a records folder holds."""
 ENTRIES = (
+    "stages/program.py",
+    "stages/tokenizer.py",
+    "stages/tokenize.py",
     "stages/train.py",
     "stages/export.py",
     "stages/calibrate.py",
@@ -41,7 +52,7 @@ ENTRIES = (
     "stages/compress.py",
     "stages/evaluate.py",
 )
-"""The program's stages, training to evaluation, in the order they run."""
+"""The program's entry point and the stages it runs, in order (imported by name, so listed)."""
 PACKAGES = ("pgolf", "stages")
 
 _WRAPPERS = {
@@ -53,7 +64,7 @@ _WRITER = (
     "for p,s in F.items():\n"
     " d=os.path.dirname(p)\n"
     " if d:os.makedirs(d,exist_ok=True)\n"
-    " open(p,'w',encoding='utf-8').write(s)\n"
+    " t=f'{p}.{os.getpid()}';open(t,'w',encoding='utf-8').write(s);os.replace(t,p)\n"
 )
 
 
@@ -87,20 +98,59 @@ def imported_files(root: Path, path: Path) -> set[Path]:
     return found
 
 
-def import_closure(root: Path, scripts: tuple[str, ...] | list[str]) -> set[Path]:
-    """Every package file reachable by imports from ``scripts`` (relative to ``root``), scripts excluded."""
+def import_closure(root: Path, scripts: tuple[str, ...] | list[str], skip: frozenset[Path] = frozenset()) -> set[Path]:
+    """Every package file reachable by imports from ``scripts`` (relative to ``root``), scripts excluded, not
+    entering the files of ``skip``."""
     todo, seen = [root / s for s in scripts], set()
     while todo:
         for file in imported_files(root, todo.pop()):
-            if file not in seen:
+            if file not in seen and file not in skip:
                 seen.add(file)
                 todo.append(file)
     return seen
 
 
-def bundle_files(root: Path, entries: tuple[str, ...] = ENTRIES) -> list[str]:
-    """The relative paths packed: the entry scripts, their import closure and the packages' ``__init__`` files."""
-    files = {root / e for e in entries} | import_closure(root, entries)
+@dataclass(frozen=True)
+class Switch:
+    """A module the submission program carries only when the params use it; the modules that use it import it
+    inside the function that needs it."""
+
+    module: str
+    key: str | None
+    """The params key that decides (None: never in the program)."""
+    on: Callable[[object], bool] = bool
+
+
+SWITCHES = (
+    Switch("pgolf/quant/hadamard.py", "quantize.hadamard"),
+    Switch("pgolf/quant/awq.py", "quantize.awq.enabled"),
+    Switch("pgolf/train/qat.py", "train.qat.enabled"),
+    Switch("pgolf/train/checkpoint.py", "train.checkpoint_seconds", lambda seconds: seconds > 0),
+    Switch("pgolf/kernels/mlp.py", "model.fused_mlp", lambda mode: mode == "triton"),
+    Switch("pgolf/data/hub.py", None),  # the program adopts the challenge's files; it never downloads
+    Switch("pgolf/lease.py", None),  # the device lease of a shared box: the pipeline's, never a submission's
+)
+"""The modules the params switch on, and the key of each."""
+
+
+def _value(params: dict, key: str) -> object:
+    for part in key.split("."):
+        params = params[part]
+    return params
+
+
+def left_out(params: dict | None) -> list[str]:
+    """The modules of :data:`SWITCHES` that ``params`` leave out (None: the whole program, nothing)."""
+    if params is None:
+        return []
+    return [s.module for s in SWITCHES if s.key is None or not s.on(_value(params, s.key))]
+
+
+def bundle_files(root: Path, params: dict | None = None, entries: tuple[str, ...] = ENTRIES) -> list[str]:
+    """The relative paths packed for ``params`` (None: every switch on): the entry scripts, their import closure
+    without the switched-off modules, and the packages' ``__init__`` files."""
+    skip = frozenset(root / m for m in left_out(params))
+    files = {root / e for e in entries} | import_closure(root, entries, skip)
     for f in list(files):
         for parent in f.relative_to(root).parents:
             if str(parent) != "." and (init := root / parent / "__init__.py").is_file():
@@ -117,17 +167,17 @@ def _minify(source: str) -> str:
                          ) from None  # fmt: skip
     return python_minifier.minify(
         source, remove_annotations=False, remove_pass=False, remove_literal_statements=True,
-        combine_imports=True, hoist_literals=False, rename_locals=False, rename_globals=False,
+        combine_imports=True, hoist_literals=False, rename_locals=True, rename_globals=False,
         remove_object_base=False, convert_posargs_to_args=False, preserve_shebang=False,
         remove_asserts=False, remove_debug=False, remove_explicit_return_none=False,
     )  # fmt: skip
 
 
-def build(root: Path, cfg: BundleConfig, files: list[str] | None = None, then: str = "") -> str:
-    """The bundle's text for ``files`` (default :func:`bundle_files`) under ``root``; ``then``: Python run after
-    the files are written (a packaged program's entry point)."""
+def build(root: Path, cfg: BundleConfig, files: list[str], then: str = "") -> str:
+    """The bundle's text for ``files`` under ``root``; ``then``: Python run after the files are written (a
+    packaged program's entry point)."""
     sources = {}
-    for rel in files if files is not None else bundle_files(root):
+    for rel in files:
         text = (root / rel).read_text(encoding="utf-8")
         sources[rel] = _minify(text) if cfg.minify and text.strip() else text
     program = f"F={sources!r}\n{_WRITER}{then}".encode()
@@ -135,3 +185,22 @@ def build(root: Path, cfg: BundleConfig, files: list[str] | None = None, then: s
         brotli.compress(program, quality=11))  # fmt: skip
     head, tail = _WRAPPERS[cfg.codec]
     return head + base64.b85encode(packed).decode("ascii") + tail
+
+
+def packaged_params(params: dict, variant: str | None = None) -> dict:
+    """The run's params with the data taken from the challenge's layout (``fineweb_cached`` of ``variant``)."""
+    params = copy.deepcopy(params)
+    params["data"].update(source="fineweb_cached", variant=variant or params["data"]["variant"])
+    return params
+
+
+def program(params: dict, root: Path) -> str:
+    """The text of ``train_gpt.py`` for a run's ``params``: the bundle of what they use, then the entry point
+    (:func:`stages.program.main` of :func:`packaged_params`)."""
+    packaged = packaged_params(params)
+    text = yaml.safe_dump(packaged, sort_keys=False)
+    then = (
+        f"import importlib,sys\nimportlib.invalidate_caches()\nsys.path.insert(0,'')\n"
+        f"from pgolf.cli import run\nfrom stages.program import main\nrun(lambda:main({text!r}))\n"
+    )
+    return build(root, BundleConfig.model_validate(params["bundle"]), bundle_files(root, packaged), then=then)

@@ -28,9 +28,10 @@ from pathlib import Path
 import yaml
 
 from pgolf.cli import Parser, run
-from pgolf.compress.bundle import BUNDLE_FILE, PROGRAM_FILE
+from pgolf.compress.bundle import PROGRAM_FILE
 from pgolf.errors import PgolfError
 from pgolf.report import optional_import, package
+from pgolf.report.lineage import technique_table
 from pgolf.report.summary import on_budget_hardware, reported_mode
 
 LOG_PATTERNS = ("metrics/*.json", "metrics/*.csv", "metrics/train/*.json", "metrics/train/plots/**/*.tsv")
@@ -147,7 +148,7 @@ def collect(src: RunSource) -> dict:
     optional = {name: src.json(f"metrics/{name}.json") if src.exists(f"metrics/{name}.json") else {}
                 for name in ("eval", "train")}  # fmt: skip
     return {"params": yaml.safe_load(src.read_bytes("params.yaml")), "summary": read_summary(src), **optional,
-            "code": src.read_bytes(f"artifacts/submission/{BUNDLE_FILE}"), "rev": src.rev}  # fmt: skip
+            "code": src.read_bytes(f"artifacts/submission/{PROGRAM_FILE}"), "rev": src.rev}  # fmt: skip
 
 
 def one_configuration(infos: list[dict]) -> None:
@@ -290,8 +291,8 @@ def _reproduce(sub: dict, rev: str | None) -> list[str]:
     """The README's last section: the packaged program, or the pipeline at the runs' revisions."""
     seeds = ", ".join(map(str, sub["seeds"]))
     lines = ["## Reproduce", "", f"Seeds {seeds}. With the challenge's data beside it:", "", "```bash"]
-    lines += [f"python {PROGRAM_FILE}   # or: torchrun is not yet supported by the packaged program",
-              "cat train.log           # the lines of train_seed*.log", "```", "",
+    lines += [f"torchrun --standalone --nproc_per_node=8 {PROGRAM_FILE} --seed {sub['seeds'][0]}   # or: python "
+              f"{PROGRAM_FILE} (one process)", "cat train.log   # the lines of train_seed*.log", "```", "",
               "Or, in the pgolf repository:", "", "```bash"]  # fmt: skip
     lines += ["dvc repro"] if rev is None else [f"dvc exp apply {rev.split()[0]}  # or: git checkout; per seed",
                                                 "dvc repro"]  # fmt: skip
@@ -345,6 +346,14 @@ def readme(info: dict, sub: dict, rev: str | None) -> str:
     lines += [f"| {k} | {t[k]} |" for k in ("train_seconds", "calibrate_seconds")]
     lines += [f"| eval {m} (scoring + TTT) | {v} |" for m, v in t["eval_seconds"].items()]
     lines += [f"| eval {m} (strict: + decompression + warm-up) | {v} |" for m, v in t["eval_strict_seconds"].items()]
+    lines += [
+        "",
+        "## Techniques",
+        "",
+        "What the params turn on, and the pull requests each comes from (pgolf's notes; `—`: none named).",
+        "",
+        technique_table(info["params"]).rstrip("\n"),
+    ]
     lines += ["", "## Key parameters", "", "| key | value |", "|---|---|"]
     lines += [f"| `{k}` | `{v}` |" for k in KEY_PARAMS if (v := _get(info["params"], k)) is not None]
     lines += ["", "The full parameters are in `params.yaml`; the metrics and training curves in `logs/`.", ""]
@@ -370,8 +379,8 @@ def write_folder(srcs: list[RunSource], out: Path, meta: dict, force: bool = Fal
         raise PgolfError(f"{out} exists and is not empty; pass --force to overwrite")
     infos = [collect(src) for src in srcs]
     one_configuration(infos)
-    bundles = {info["rev"] or "the workspace's artifacts": info["code"] for info in infos}
-    program = package.checked_program(infos[0]["params"], bundles)
+    runs = {info["rev"] or "the workspace's artifacts": (info["params"], info["code"]) for info in infos}
+    program = package.checked_program(runs)
     sub = submission_json(infos, meta, len(program))
     revs = None if srcs[0].rev is None else " ".join(str(s.rev) for s in srcs)
     files = {

@@ -1,12 +1,16 @@
-"""pgolf.compress.bundle: the code bundle rebuilds a working package in an empty directory that scores model.bin
-identically, and every wrapper (lzma, brotli, minified or not) restores the sources."""
+"""pgolf.compress.bundle: the submission program rebuilds a working package in an empty directory that scores
+model.bin identically, every wrapper (lzma, brotli, minified or not) restores the sources, and the params decide
+which modules it carries (one test per switch)."""
 
+import copy
+import os
 import subprocess
 import sys
 
 import pytest
 
-from pgolf.compress.bundle import BUNDLE_FILE, build, bundle_files
+from pgolf.compress.bundle import PROGRAM_FILE, SWITCHES, build, bundle_files, left_out, packaged_params
+from pgolf.config import read_params
 from tests.helpers.common import COMPRESS_EXTRAS, ROOT, needs
 from tests.helpers.config import bundle_cfg
 
@@ -30,10 +34,10 @@ print(hashlib.sha256(logits.numpy().tobytes()).hexdigest())
 def test_bundle_rebuilds_sources_that_score_model_bin_identically(submission_dir, tmp_path):
     work = tmp_path / "empty"
     work.mkdir()
-    (work / BUNDLE_FILE).write_bytes((submission_dir / BUNDLE_FILE).read_bytes())
-    subprocess.run([sys.executable, BUNDLE_FILE], cwd=work, check=True)
-    restored = sorted(str(p.relative_to(work)) for p in work.rglob("*.py") if p.name != BUNDLE_FILE)
-    assert restored == bundle_files(ROOT)
+    (work / PROGRAM_FILE).write_bytes((submission_dir / PROGRAM_FILE).read_bytes())
+    subprocess.run([sys.executable, PROGRAM_FILE, "--help"], cwd=work, check=True, capture_output=True)
+    restored = sorted(str(p.relative_to(work)) for p in work.rglob("*.py") if p.name != PROGRAM_FILE)
+    assert restored == bundle_files(ROOT, packaged_params(read_params(ROOT / "params.yaml")))
     model_bin = str(submission_dir / "model.bin")
     runs = {}
     for where in (work, ROOT):
@@ -51,8 +55,8 @@ def test_every_bundle_wrapper_restores_the_sources(codec, minify, tmp_path):
     files = ["pgolf/__init__.py", "pgolf/compress/__init__.py", "pgolf/compress/container.py"]
     text = build(ROOT, bundle_cfg(codec=codec, minify=minify), files)
     assert text.startswith(f"import {codec} as L,base64 as B\nexec(L.decompress(B.b85decode(")
-    (tmp_path / BUNDLE_FILE).write_text(text)
-    subprocess.run([sys.executable, BUNDLE_FILE], cwd=tmp_path, check=True)
+    (tmp_path / PROGRAM_FILE).write_text(text)
+    subprocess.run([sys.executable, PROGRAM_FILE], cwd=tmp_path, check=True)
     for rel in files:
         restored = (tmp_path / rel).read_text()
         compile(restored, rel, "exec")
@@ -63,9 +67,73 @@ def test_the_counted_code_is_the_whole_program_from_training_to_evaluation():
     """Quantization and compression are part of the program the challenge counts (the record's train_gpt.py holds
     its GPTQ and its per-group compressor); data preparation and tokenizer training are not."""
     files = set(bundle_files(ROOT))
-    stages = {"train", "export", "calibrate", "quantize", "compress", "evaluate"}
+    stages = {"program", "tokenizer", "tokenize", "train", "export", "calibrate", "quantize", "compress", "evaluate"}
     assert {f"stages/{s}.py" for s in stages} <= files
     assert {"pgolf/quant/gptq.py", "pgolf/quant/hessian.py", "pgolf/quant/lqer.py", "pgolf/compress/pergroup.py"} <= (
         files
     )
-    assert not {"stages/prepare.py", "stages/tokenizer.py", "stages/tokenize.py", "stages/bundle.py"} & files
+    assert not {"stages/prepare.py", "stages/bundle.py", "stages/summary.py"} & files
+    assert not any(f.startswith("pgolf/report/") for f in files)
+
+
+def _with(params: dict, key: str, value: object) -> dict:
+    params = copy.deepcopy(params)
+    *path, last = key.split(".")
+    section = params
+    for part in path:
+        section = section[part]
+    section[last] = value
+    return params
+
+
+_ON_OFF = {  # a value of each switch's key that turns it on, and one that turns it off
+    "quantize.hadamard": (True, False),
+    "quantize.awq.enabled": (True, False),
+    "train.qat.enabled": (True, False),
+    "train.checkpoint_seconds": (30, 0),
+    "model.fused_mlp": ("triton", "compiled"),
+}
+
+
+@pytest.mark.parametrize("switch", SWITCHES, ids=lambda s: s.module)
+def test_each_switch_decides_whether_the_program_carries_its_module(switch):
+    """Off: the module and nothing else it alone imports is left out; on: it is carried. A module no params
+    switch on (the hub, the device lease) is never carried."""
+    params = packaged_params(read_params(ROOT / "params.yaml"))
+    if switch.key is None:
+        assert switch.module not in bundle_files(ROOT, params) and switch.module in bundle_files(ROOT)
+        return
+    on, off = _ON_OFF[switch.key]
+    assert switch.module in bundle_files(ROOT, _with(params, switch.key, on))
+    assert switch.module not in bundle_files(ROOT, _with(params, switch.key, off))
+    assert switch.module in left_out(_with(params, switch.key, off))
+
+
+def test_every_switch_has_a_test():
+    assert {s.key for s in SWITCHES} - {None} == set(_ON_OFF)
+
+
+_IMPORT_ALL = """
+import importlib, pathlib, sys
+sys.path.insert(0, "")
+for path in sorted(pathlib.Path(".").rglob("*.py")):
+    if path.name != "train_gpt.py":
+        importlib.import_module(".".join(path.with_suffix("").parts).removesuffix(".__init__"))
+print("imported")
+"""
+
+
+def test_the_program_with_every_switch_off_imports_without_the_modules_it_left_out(tmp_path):
+    """Every module the program carries imports with the switched-off ones absent: none of them is imported at
+    the top of a carried module (where one is, the packaged program would fail before it starts)."""
+    params = packaged_params(read_params(ROOT / "params.yaml"))
+    for key, (_, off) in _ON_OFF.items():
+        params = _with(params, key, off)
+    files = bundle_files(ROOT, params)
+    assert set(left_out(params)) == {s.module for s in SWITCHES}
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text((ROOT / rel).read_text())
+    out = subprocess.run([sys.executable, "-c", _IMPORT_ALL], cwd=tmp_path, capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "imported", out.stderr[-2000:]

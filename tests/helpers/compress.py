@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 
 from pgolf import tensorio
-from pgolf.compress.bundle import BUNDLE_FILE
+from pgolf.compress.bundle import PROGRAM_FILE
+from pgolf.config import read_params
 from pgolf.model.gpt import GPT
 from pgolf.quant import formats
 from pgolf.quant.policy import decide
 from pgolf.quant.quantize import quantize_state
 from tests.helpers.common import ROOT
-from tests.helpers.config import bundle_cfg, compress_cfg, model_cfg, quantize_cfg
+from tests.helpers.config import compress_cfg, model_cfg, quantize_cfg
 
 HAVE_LRZIP = shutil.which("lrzip") is not None
 
@@ -29,7 +30,7 @@ def write_submission(quant: Path, out: Path, **overrides) -> dict:
     metrics = compress_stage.compress(
         compress_cfg(**overrides), compress_stage.Paths(quant=quant, out=out, metrics=out.parent / "compress.json")
     )
-    bundle_stage.bundle(bundle_cfg(), bundle_stage.Paths(out=out / BUNDLE_FILE), ROOT)
+    bundle_stage.bundle(read_params(ROOT / "params.yaml"), bundle_stage.Paths(out=out / PROGRAM_FILE), ROOT)
     return metrics
 
 

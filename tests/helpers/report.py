@@ -10,7 +10,7 @@ import sys
 
 import yaml
 
-from pgolf.compress.bundle import BundleConfig, build, bundle_files
+from pgolf.compress.bundle import program
 from pgolf.config import read_params
 from tests.helpers.common import ROOT
 from tests.helpers.config import compliance_cfg
@@ -116,10 +116,12 @@ def records_summary() -> dict:
 
 
 @functools.cache
-def _bundle() -> str:
-    """This checkout's counted bundle (what a run scored with this code holds in artifacts/submission/)."""
-    cfg = BundleConfig.model_validate(read_params(ROOT / "params.yaml")["bundle"])
-    return build(ROOT, cfg, bundle_files(ROOT))
+def _program(seed: int) -> str:
+    """This checkout's counted program for params.yaml at ``seed`` (what a run scored with this code holds in
+    artifacts/submission/)."""
+    params = read_params(ROOT / "params.yaml")
+    params["train"]["seed"] = seed
+    return program(params, ROOT)
 
 
 def records_workspace(root, seed: int = 42, shift: float = 0.0, summary: dict | None = None):
@@ -138,5 +140,5 @@ def records_workspace(root, seed: int = 42, shift: float = 0.0, summary: dict | 
     (root / "metrics/quantize_tensors.csv").write_text("name,layer,rel_error\nw,0,0.1\n")
     (root / "metrics/train/plots/metrics/train/loss.tsv").write_text("step\tloss\n1\t7.0\n2\t6.0\n")
     (root / "artifacts/submission/model.bin").write_bytes(b"PGOLF\x00model")
-    (root / "artifacts/submission/pgolf_code.py").write_text(_bundle())
+    (root / "artifacts/submission/train_gpt.py").write_text(_program(seed))
     return root

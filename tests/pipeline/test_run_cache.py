@@ -35,12 +35,19 @@ def _set(tree: dict, path: tuple, value) -> None:
     tree[path[-1]] = value
 
 
+def sections(stage: dict, params: dict) -> list[str]:
+    """The params sections a stage depends on (``params.yaml:`` alone, the bundle's: all of them)."""
+    if stage["params"] == [{"params.yaml": None}]:
+        return list(params)
+    return stage["params"]
+
+
 def _run_cache_key(stage: dict, params: dict) -> str:
     """DVC's run-cache key of a stage (dvc.stage.cache), from a lock entry as DVC writes it."""
     from dvc.stage.cache import _get_cache_hash
 
     lock = {"cmd": stage["cmd"], "deps": [{"path": d, "md5": "0" * 32} for d in stage["deps"]],
-            "params": {"params.yaml": {s: copy.deepcopy(params[s]) for s in stage["params"]}},
+            "params": {"params.yaml": {s: copy.deepcopy(params[s]) for s in sections(stage, params)}},
             "outs": [{"path": next(iter(o)) if isinstance(o, dict) else o} for o in stage.get("outs", [])]}  # fmt: skip
     return _get_cache_hash(lock, key=True)
 
@@ -53,7 +60,7 @@ def test_every_params_key_changes_its_stages_run_cache_key(name):
     pytest.importorskip("dvc")
     params, stage = read_params(ROOT / "params.yaml"), DVC_STAGES[name]
     base = _run_cache_key(stage, params)
-    for section in stage["params"]:
+    for section in sections(stage, params):
         for path, value in _leaves(params[section]):
             changed = copy.deepcopy(params)
             _set(changed[section], path, _changed(value))

@@ -9,9 +9,8 @@ import re
 import brotli
 import yaml
 
-from pgolf.compress.bundle import ENTRIES, bundle_files
+from pgolf.compress.bundle import ENTRIES, bundle_files, packaged_params, program
 from pgolf.config import read_params
-from pgolf.report import package
 from tests.helpers.common import ROOT
 
 
@@ -21,12 +20,12 @@ def _program_source(text: str, codec: str) -> str:
 
 
 def test_train_gpt_holds_its_entry_every_stage_it_runs_and_the_params():
-    params = package.packaged_params(read_params(ROOT / "params.yaml"), "sp8192")
+    params = packaged_params(read_params(ROOT / "params.yaml"), "sp8192")
     assert params["data"]["source"] == "fineweb_cached" and params["data"]["variant"] == "sp8192"
-    files = set(bundle_files(ROOT, package.PACKAGED))
+    files = set(bundle_files(ROOT, params))
     assert {"stages/program.py", "stages/tokenizer.py", "stages/tokenize.py", *ENTRIES} <= files
     assert not {"stages/prepare.py", "stages/bundle.py", "stages/summary.py"} & files
-    source = _program_source(package.program(params), params["bundle"]["codec"])
-    run = source[source.index("from stages.program import main") :]
+    source = _program_source(program(params, ROOT), params["bundle"]["codec"])
+    run = source[source.rindex("from stages.program import main") :]
     assert yaml.safe_load(ast.literal_eval(run.split("main(", 1)[1].rsplit("))", 1)[0])) == params
     assert all(f"'{rel}':" in source for rel in files)

@@ -63,6 +63,7 @@ def test_records_folder(tmp_path):
     text = (out / "README.md").read_text()
     layers = f"`model.num_layers` | `{read_params(ROOT / 'params.yaml')['model']['num_layers']}`"
     assert "1.06000000" in text and layers in text and "python train_gpt.py" in text
+    assert "| Technique | Setting | From |" in text and "| LQER" in text and "#1855" in text
     assert "Compliant: **yes**" in text
     with pytest.raises(PgolfError, match="--force"):
         records.write_folder([records.RunSource(ws, None)], out, META)
@@ -95,8 +96,8 @@ def test_the_seeds_must_be_one_configuration_of_this_code(tmp_path):
     (other / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(PgolfError, match=r"params differ .* beyond train.seed \(sections model\)"):
         records.write_folder([records.RunSource(one, None), records.RunSource(other, None)], tmp_path / "o", META)
-    (one / "artifacts/submission/pgolf_code.py").write_text("exec('')\n")
-    with pytest.raises(PgolfError, match=r"pgolf_code.py is not this checkout's code; check out the commit"):
+    (one / "artifacts/submission/train_gpt.py").write_text("exec('')\n")
+    with pytest.raises(PgolfError, match=r"train_gpt.py is not this checkout's code; check out the commit"):
         records.write_folder([records.RunSource(one, None)], tmp_path / "o", META)
 
 
