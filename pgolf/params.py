@@ -28,7 +28,7 @@ SECTIONS: dict[str, str] = {
     "compress": "pgolf.compress.pergroup:CompressConfig",
     "bundle": "pgolf.compress.bundle:BundleConfig",
     "artifact": "pgolf.compress.size:SizeConfig",
-    "eval": "pgolf.eval.modes:EvalConfig",
+    "eval": "pgolf.eval.config:EvalConfig",
     "compliance": "pgolf.report.summary:ComplianceConfig",
 }
 """Every section of a params file, in params.yaml's order, with the model that validates it (``module:Class``,

@@ -80,7 +80,9 @@ def evaluate_mode(
             failures.append(f"{name}: the score-first audit failed: {detail['violations']} of "
                             f"{detail['checked']} scores changed when later tokens changed")  # fmt: skip
     if name == "lora_ttt" and cfg.lora_ttt.ngram_tilt.enabled:
-        for key, check in audit.ngram_audits(model, val, score, cfg).items():
+        from pgolf.eval.ngram_audit import ngram_audits  # the tilt's code: carried only when it is on
+
+        for key, check in ngram_audits(model, val, score, cfg).items():
             audits[key] = check.passed
             summary["audit"][key] = dataclasses.asdict(check)
             if not check.passed:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pgolf.config import ConfigError, Count, CountOrZero, Decay, NonNegative, Section
+from pgolf.eval.config import ChunkSgdConfig
 from pgolf.eval.sgd import chunk_spans, cosine_lr, sgd_step
 from pgolf.score.bpb import ValData
 from pgolf.score.documents import Document, Window
@@ -35,25 +35,6 @@ from pgolf.score.scores import (
     score_windows,
     set_trainable,
 )
-
-
-class ChunkSgdConfig(Section):
-    """#1492 score-first TTT: score a chunk (sliding windows), then SGD on all parameters over it."""
-
-    enabled: bool
-    chunk_tokens: Count  # #1492: 32768
-    seq_len: Count  # #1492: 2048 (scoring windows and training sequences)
-    stride: Count  # #1492: 64
-    batch_windows: Count  # #1492: 32
-    epochs: CountOrZero  # #1492: 3
-    lr: NonNegative  # #1492: 0.005
-    momentum: Decay  # #1492: 0.9
-    cosine: bool  # #1492: true (lr * (1 + cos(pi c / (n - 1))) / 2 across chunks)
-    grad_clip: NonNegative  # #1492: 1.0 (0 = off)
-
-    def model_post_init(self, _context: object) -> None:
-        if self.stride > self.seq_len:
-            raise ConfigError("eval.chunk_sgd.stride must not exceed eval.chunk_sgd.seq_len")
 
 
 def stream_of(val: ValData, docs: list[Document]) -> tuple[int, np.ndarray]:

@@ -49,93 +49,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from pgolf.config import (
     ConfigError,
-    Count,
-    Decay,
-    NonNegative,
-    Positive,
-    Section,
-    Seed,
-    raise_problems,
 )
 from pgolf.dist import to_device
-from pgolf.eval import ngram
-from pgolf.eval.ngram import NgramTilt, NgramTiltConfig
-from pgolf.eval.sgd import GlobalSgdConfig, train_stream
-from pgolf.model.layers import Site
+from pgolf.eval.config import LoraTttConfig
+from pgolf.eval.sgd import train_stream
 from pgolf.model.lora import BatchedLoRA
 from pgolf.score.bpb import BpbTotals, ValData
 from pgolf.score.compile import MIN_SCORED, MIN_WIDTH, EvalForward, Shape, warmup, warmup_shapes
 from pgolf.score.documents import Document, chunk_window, num_chunks
 from pgolf.score.scores import EvalContext, ModeResult, Scores, model_device, set_trainable
 
-
-class ShortChunk(Section):
-    """One step of the short-document chunk schedule: batches whose longest document has at most ``max_len``
-    tokens are scored and adapted in chunks of ``chunk_size`` targets."""
-
-    max_len: Count  # a document's length: its BOS through the next document's BOS (num_targets + 1)
-    chunk_size: Count
-
-
-class LoraTttConfig(Section):
-    """params.yaml ``eval.lora_ttt``: the record's phased score-first TTT, per-document batched LoRA plus global
-    SGD on scored prefixes, with the frontier's knobs (module docstring)."""
-
-    enabled: bool
-    rank: Count  # record: TTT_LORA_RANK = 80
-    alpha: Positive  # record: TTT_LORA_ALPHA = 144 (scale alpha / rank = 1.8)
-    lr: NonNegative  # record: TTT_LORA_LR = 1e-4 (AdamW, constant)
-    local_lr_mult: NonNegative  # record: 1.0 ; #1953/#2014: 0.75, #2060: 0.80 (per-document AdamW lr = lr * this)
-    beta1: Decay  # record: 0.0
-    beta2: Decay  # record: 0.99
-    eps: Positive  # record: 1e-10
-    weight_decay: NonNegative  # record: 0.5 (decoupled)
-    chunk_size: Count  # record: TTT_CHUNK_SIZE = 48 (batches beyond every short_chunks entry)
-    short_chunks: list[ShortChunk]  # record: [] ; #2014: 256 -> 8, 2000 -> 24 (max_len -> chunk_size)
-    context: Count  # record: TTT_EVAL_SEQ_LEN = 2048 (own-document tokens a chunk's window reaches back)
-    batch_docs: Count  # record: TTT_BATCH_SIZE = 64
-    warm_start_a: bool  # record: TTT_WARM_START_A = 1 (keep A from the slot's previous document)
-    sites: list[Site] = Field(min_length=1)  # record: [q, k, v, o, mlp, head]
-    phases: list[Count]  # record: [833, 1666, 2500] (prefix document counts; PHASED_TTT_PREFIX_DOCS=2500, 3 phases)
-    seed: Seed  # random A of fresh adapters (the record: unseeded)
-    asym_logit: bool  # record: false ; #1923/#1945/#2014/#2135: true (learnable caps sp, sn, trained by global SGD)
-    ngram_tilt: NgramTiltConfig
-    global_sgd: GlobalSgdConfig
-
-    def model_post_init(self, _context: object) -> None:
-        problems = self._short_chunk_problems()
-        if self.context < self.chunk_size:
-            problems.append("eval.lora_ttt.context must be at least eval.lora_ttt.chunk_size")
-        if self.phases != sorted(set(self.phases)):
-            problems.append(f"eval.lora_ttt.phases must be increasing document counts (got {self.phases})")
-        if len(set(self.sites)) != len(self.sites):
-            problems.append(f"eval.lora_ttt.sites has duplicates: {self.sites}")
-        raise_problems(problems)
-
-    def _short_chunk_problems(self) -> list[str]:
-        limits = [s.max_len for s in self.short_chunks]
-        problems = []
-        if any(a >= b for a, b in zip(limits, limits[1:], strict=False)):
-            problems.append(f"eval.lora_ttt.short_chunks: max_len must be increasing (got {limits})")
-        for i, step in enumerate(self.short_chunks):
-            if step.chunk_size > self.context:
-                problems.append(f"eval.lora_ttt.short_chunks[{i}].chunk_size must lie in 1..eval.lora_ttt.context "
-                                f"({self.context}) (got {step.chunk_size})")  # fmt: skip
-        return problems
-
-    def batch_chunk_size(self, longest: int) -> int:
-        """The chunk size of a batch whose longest document has ``longest`` tokens (BOS through the next BOS):
-        the first ``short_chunks`` entry with ``max_len >= longest``, else ``chunk_size``."""
-        return next((s.chunk_size for s in self.short_chunks if s.max_len >= longest), self.chunk_size)
+if TYPE_CHECKING:
+    from pgolf.eval.ngram import NgramTilt, Steps
 
 
 def doc_queue(docs: list[Document], batch_docs: int) -> list[list[Document]]:
@@ -204,7 +138,7 @@ def logit_cap_for(model: nn.Module, cfg: LoraTttConfig) -> AsymSoftcap | None:
     return cap
 
 
-def scoring_steps(queue: list[list[Document]], cfg: LoraTttConfig) -> ngram.Steps:
+def scoring_steps(queue: list[list[Document]], cfg: LoraTttConfig) -> Steps:
     """The pass's scoring order, the same on every rank and for any world size: the batches in queue order, each
     batch's chunk steps in order, one step = chunk c of every document of the batch (its target stream positions
     and their documents' BOS positions). On one rank it is exactly the order of the recorder's scoring steps."""
@@ -333,6 +267,8 @@ def evaluate_lora_ttt(
     start = time.perf_counter()
     seconds, phases = {"sgd": 0.0}, []
     if cfg.ngram_tilt.enabled:  # reads validation tokens: inside the timer
+        from pgolf.eval.ngram import NgramTilt  # the tilt's code: carried only when it is on
+
         ttt.tilt = NgramTilt(val, scoring_steps(queue, cfg), cfg.ngram_tilt, model_device(model))
         seconds["ngram_hints"] = time.perf_counter() - start
     bar = tqdm(total=sum(d.num_targets for b in mine for d in b), desc="lora_ttt (scored targets)", unit="tok",

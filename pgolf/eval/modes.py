@@ -9,69 +9,55 @@ the figures compare with each other and with every rung of the ladder), the mode
 forward and warms it up on random tokens, never validation data, before its timer starts
 (:mod:`pgolf.score.compile`).
 
-A new mode: its function and its config section in a module of this package, one line in :data:`MODES`, one field
-in :class:`EvalConfig` (and its keys in params.yaml and the presets).
+A new mode: its function in a module of this package, its config section in :mod:`pgolf.eval.config` (one field
+in its ``EvalConfig``, its keys in params.yaml and the presets), one line in :data:`MODES` and one switch in
+``pgolf.compress.bundle.SWITCHES``.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field
 from torch import nn
 
 from pgolf.config import Section
-from pgolf.eval.chunk_sgd import ChunkSgdConfig, evaluate_chunk_sgd
-from pgolf.eval.lora_ttt import LoraTttConfig, evaluate_lora_ttt
-from pgolf.eval.multi_phase import MultiPhaseConfig, evaluate_multi_phase
-from pgolf.eval.sliding import SlidingConfig, evaluate_sliding
+from pgolf.eval.config import AuditConfig, EvalConfig  # noqa: F401  (the section's classes, importable from here)
 from pgolf.score.bpb import ValData
 from pgolf.score.compile import backend_for
 from pgolf.score.documents import Document
-from pgolf.score.scorer import ScoreConfig, score_model
+from pgolf.score.scorer import ScoreConfig
 from pgolf.score.scores import EvalContext, ModeResult, TokenRecorder, eval_context, model_device
+
+ModeFn = Callable[[nn.Module, ValData, list[Document], Any, EvalContext], ModeResult]
 
 
 @dataclass(frozen=True)
 class Mode:
-    """An evaluation mode: the function that runs it, and whether it adapts the model while scoring (test-time
-    training: it gets the score-first audit)."""
+    """An evaluation mode: the function that runs it (``module:function``, imported when the mode runs: the
+    submission program carries only the modes its params turn on), and whether it adapts the model while scoring
+    (test-time training: it gets the score-first audit)."""
 
-    run: Callable[[nn.Module, ValData, list[Document], Any, EvalContext], ModeResult]
+    function: str
     ttt: bool
+
+    @property
+    def run(self) -> ModeFn:
+        module, name = self.function.split(":")
+        return getattr(importlib.import_module(module), name)
 
 
 MODES: dict[str, Mode] = {
-    "plain": Mode(score_model, ttt=False),
-    "sliding": Mode(evaluate_sliding, ttt=False),
-    "lora_ttt": Mode(evaluate_lora_ttt, ttt=True),
-    "chunk_sgd": Mode(evaluate_chunk_sgd, ttt=True),
-    "multi_phase": Mode(evaluate_multi_phase, ttt=True),
+    "plain": Mode("pgolf.score.scorer:score_model", ttt=False),
+    "sliding": Mode("pgolf.eval.sliding:evaluate_sliding", ttt=False),
+    "lora_ttt": Mode("pgolf.eval.lora_ttt:evaluate_lora_ttt", ttt=True),
+    "chunk_sgd": Mode("pgolf.eval.chunk_sgd:evaluate_chunk_sgd", ttt=True),
+    "multi_phase": Mode("pgolf.eval.multi_phase:evaluate_multi_phase", ttt=True),
 }
 """Every mode by name, in the order the evaluate stage runs them."""
-
-
-class AuditConfig(Section):
-    """The stage's own audits (the bytes audit always runs when the val text is available)."""
-
-    score_first: bool  # perturbation audit of every TTT mode
-    docs: int = Field(ge=1)  # documents of the audit runs (the first ones)
-
-
-class EvalConfig(Section):
-    """params.yaml ``eval``: the modes beyond the plain score (which is the ``score`` section's), all on the
-    ``score`` section's documents, and the stage's audits."""
-
-    progress: bool  # tqdm bars on rank 0
-    compile: bool  # record: true. torch.compile the scoring/TTT forward, warmed up before the timer (CUDA only)
-    sliding: SlidingConfig
-    lora_ttt: LoraTttConfig
-    chunk_sgd: ChunkSgdConfig
-    multi_phase: MultiPhaseConfig
-    audit: AuditConfig
 
 
 def mode_config(name: str, score: ScoreConfig, cfg: EvalConfig) -> Section:

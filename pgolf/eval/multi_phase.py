@@ -16,9 +16,9 @@ import time
 
 from torch import nn
 
-from pgolf.config import ConfigError, Count, Decay, NonNegative, Section
 from pgolf.eval.chunk_sgd import stream_of
-from pgolf.eval.sgd import GlobalSgdConfig, train_stream
+from pgolf.eval.config import MultiPhaseConfig
+from pgolf.eval.sgd import train_stream
 from pgolf.score.bpb import BpbTotals, ValData
 from pgolf.score.documents import Document
 from pgolf.score.scorer import document_windows, fixed_model_forward
@@ -29,30 +29,6 @@ from pgolf.score.scores import (
     model_device,
     score_windows,
 )
-
-
-class MultiPhaseConfig(Section):
-    """#1802 multi-phase global TTT: score, train on everything, re-score. NOT compliant (re-scores trained
-    tokens); kept as a measured counter-example."""
-
-    enabled: bool
-    seq_len: Count  # #1802: 2048
-    stride: Count  # #1802: 64
-    batch_windows: Count  # #1802: 32
-    passes: Count  # #1802: 2 training passes (MP_TTT_PHASES = 3 scoring phases)
-    chunk_tokens: Count  # #1802: 32768 (one SGD step per chunk, no last-chunk guard)
-    lr: NonNegative  # #1802: MP_TTT_LR = 0.015
-    momentum: Decay  # #1802: 0.9
-    grad_clip: NonNegative  # #1802: 1.0
-
-    def model_post_init(self, _context: object) -> None:
-        if self.stride > self.seq_len:
-            raise ConfigError("eval.multi_phase.stride must not exceed eval.multi_phase.seq_len")
-
-    def sgd(self) -> GlobalSgdConfig:
-        """One training pass over every chunk, as global SGD runs it."""
-        return GlobalSgdConfig(lr=self.lr, momentum=self.momentum, epochs=1, chunk_tokens=self.chunk_tokens,
-                               seq_len=self.seq_len, grad_clip=self.grad_clip)  # fmt: skip
 
 
 def evaluate_multi_phase(

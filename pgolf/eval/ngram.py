@@ -54,31 +54,19 @@ References: Issue #1017 (the conditions C1-C4); the tilt's lineage: PRs #1145, #
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import Field
 from torch import Tensor
 
-from pgolf.config import Count, Fraction, Section
 from pgolf.dist import group_rank_world, to_device
+from pgolf.eval.config import NgramTiltConfig
 from pgolf.score.bpb import BpbTotals, ValData
 from pgolf.score.documents import Rows
 from pgolf.score.scores import Scores
 
 Steps = list[tuple[np.ndarray, np.ndarray]]  # scoring order: (target stream positions, their documents' BOS positions)
-
-
-class NgramTiltConfig(Section):
-    """params.yaml ``eval.lora_ttt.ngram_tilt``: the tilt of LoRA TTT's scores. Only the token expert exists; no
-    key turns on the frontier code's target-gated channels (within-word, word-start, agreement), which break C1."""
-
-    enabled: bool  # record: false ; #2135: true (NGRAM_TILT_ENABLED)
-    order: Count  # #2135: TOKEN_ORDER = 16 (the context is the previous order - 1 tokens of the document)
-    threshold: Fraction  # #2135: TOKEN_THRESHOLD = 0.8 (tilt where the hint's confidence >= this)
-    boost: Annotated[float, Field(ge=0.0, le=50.0)]  # #2135: TOKEN_BOOST = 2.625 (beta)
 
 
 def _splitmix64(count: int) -> list[int]:

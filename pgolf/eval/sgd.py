@@ -27,25 +27,13 @@ import torch
 from torch import nn
 
 from pgolf import dist as pdist
-from pgolf.config import Count, CountOrZero, Decay, NonNegative, Section
 from pgolf.dist import autocast, to_device
+from pgolf.eval.config import GlobalSgdConfig
 from pgolf.score.documents import PAD_ID
 from pgolf.score.scores import EvalContext, set_trainable
 from pgolf.segments import window_cu_seqlens
 
 Span = tuple[int, int]  # [lo, hi) target indices of a stream
-
-
-class GlobalSgdConfig(Section):
-    """Full-parameter SGD over a token stream, in chunks, with a cosine lr across chunks (``eval.lora_ttt.global_sgd``;
-    #1802's multi-phase passes use the same schedule with their own values)."""
-
-    lr: NonNegative  # record: GLOBAL_TTT_LR = 1e-3
-    momentum: Decay  # record: 0.9
-    epochs: CountOrZero  # record: GLOBAL_TTT_EPOCHS = 1
-    chunk_tokens: Count  # record: GLOBAL_TTT_CHUNK_TOKENS = 32768
-    seq_len: Count  # record: 2048 (training sequences; attention also stops at documents)
-    grad_clip: NonNegative  # record: GLOBAL_TTT_GRAD_CLIP = 1.0 (0 = off)
 
 
 def chunk_spans(num_targets: int, chunk_tokens: int) -> list[Span]:

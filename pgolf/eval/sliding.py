@@ -14,24 +14,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from pgolf.config import ConfigError, Count, Section
+from pgolf.eval.config import SlidingConfig
 from pgolf.score.bpb import ValData
 from pgolf.score.documents import Document
 from pgolf.score.scorer import document_windows, score_fixed
 from pgolf.score.scores import EvalContext, ModeResult
-
-
-class SlidingConfig(Section):
-    """#1492 sliding window, confined to each document: windows of ``seq_len`` advancing by ``stride``."""
-
-    enabled: bool
-    seq_len: Count  # #1492: 2048
-    stride: Count  # #1492: 64 (every scored token but the first window's has >= seq_len - stride of context)
-    batch_windows: Count  # #1492: 32
-
-    def model_post_init(self, _context: object) -> None:
-        if self.stride > self.seq_len:
-            raise ConfigError(f"eval.sliding.stride ({self.stride}) must not exceed eval.sliding.seq_len")
 
 
 def evaluate_sliding(

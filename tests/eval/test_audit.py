@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf.eval import audit, ngram
+from pgolf.eval import ngram, ngram_audit
 from pgolf.eval.audit import COMPLIANT, UNAUDITED, VIOLATED, compliance_status, score_first_audit
 from pgolf.score.documents import split_documents
 from tests.eval.ngram_oracle import TokenNgram
@@ -91,10 +91,10 @@ def stream_order(tokens: np.ndarray, steps: list, order: int):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_causality_audit_passes_for_scoring_order_hints_and_fails_for_leaky_ones(seed):
     tokens, steps = random_steps(seed)
-    result = audit.causality_audit(tokens, steps, 3, seed=seed)
+    result = ngram_audit.causality_audit(tokens, steps, 3, seed=seed)
     assert result.passed and result.checked > 0, result.message
     for leaky in (update_before_lookup, stream_order):
-        result = audit.causality_audit(tokens, steps, 3, seed=seed, hints=leaky)
+        result = ngram_audit.causality_audit(tokens, steps, 3, seed=seed, hints=leaky)
         assert not result.passed and result.violations > 0, leaky.__name__
 
 
@@ -119,23 +119,22 @@ def test_normalization_audit_passes_for_the_tilt_and_fails_for_target_gated_scor
     log_probs, hint, _ = tilt_case(rows=16, vocab=11, dtype=torch.float32)
     conf = torch.linspace(0.5, 1.0, 16)
     beta = torch.from_numpy(ngram.tilt_boost(hint.numpy(), conf.numpy(), 0.8, 2.625))
-    result = audit.normalization_audit(log_probs, hint, beta)
+    result = ngram_audit.normalization_audit(log_probs, hint, beta)
     assert result.passed and result.checked == 16, result.message  # float32 log-probs: mass within ~1e-7
     expected = {target_gated: "C2", boundary_gated: "C2", neighbour_gated: "other targets"}
     for scorer, reason in expected.items():
-        result = audit.normalization_audit(log_probs, hint, beta, scorer)
+        result = ngram_audit.normalization_audit(log_probs, hint, beta, scorer)
         assert not result.passed and reason in result.message, scorer.__name__
 
 
 def test_the_stage_audits_pass_for_the_tilt_and_fail_for_a_target_gated_scorer(texts, monkeypatch):
-    from pgolf.eval import audit
 
     val, model, cfg = text_val(texts), tiny_model(), tilt_cfg()
-    checks = audit.ngram_audits(model, val, score_cfg(), cfg)
+    checks = ngram_audit.ngram_audits(model, val, score_cfg(), cfg)
     assert all(c.passed for c in checks.values()), {k: c.message for k, c in checks.items()}
 
     def gated(nats, log_p_hint, targets, hints, beta):  # #1967: tilt only where the target is the hint
         beta = torch.where(targets == hints, beta, 0.0)
         return ngram.tilted_nats(nats, log_p_hint, targets == hints, beta)
 
-    assert not audit.ngram_audits(model, val, score_cfg(), cfg, scorer=gated)["ngram_normalization"].passed
+    assert not ngram_audit.ngram_audits(model, val, score_cfg(), cfg, scorer=gated)["ngram_normalization"].passed

@@ -109,3 +109,12 @@ def test_two_process_gloo_gives_the_single_process_totals(tmp_path):
             want = single[name].totals
             assert (tokens, num_bytes) == (want.tokens, want.bytes), name
             assert math.isclose(nats, want.nats, rel_tol=1e-5), (name, nats, want.nats)
+
+
+def test_every_mode_names_a_function_that_exists():
+    """The registry names each mode's function by module path (imported when it runs): a typo fails here, not in
+    the middle of an evaluation."""
+    from pgolf.eval.modes import MODES
+
+    assert all(callable(mode.run) for mode in MODES.values())
+    assert MODES["lora_ttt"].run.__name__ == "evaluate_lora_ttt" and MODES["lora_ttt"].ttt
