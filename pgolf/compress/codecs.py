@@ -208,6 +208,24 @@ CODECS: dict[str, type] = {"raw": Raw, "brotli": Brotli, "lzma": Lzma, "zstd": Z
 CodecName = Literal[tuple(CODECS)]  # type: ignore[valid-type]
 
 
+class AnsConfig(Section):
+    """``compress.ans``: the range coder of :mod:`pgolf.compress.entropy` (its config lives here, with the
+    others, so that the coder is imported only when ``compress.codec: ans``)."""
+
+    context: Literal["none", "row_class"]
+    classes: int = Field(ge=1, le=255, description="row classes of context=row_class")
+
+
+def order0_entropy_bits(symbols: np.ndarray) -> float:
+    """The zeroth-order (empirical i.i.d.) entropy of ``symbols`` in bits: n * H(p_hat)."""
+    flat = np.asarray(symbols).reshape(-1)
+    if flat.size == 0:
+        return 0.0
+    _, counts = np.unique(flat, return_counts=True)
+    p = counts / flat.size
+    return float(-(counts * np.log2(p)).sum())
+
+
 class CodecsConfig(Section):
     """The settings of every byte codec (only the chosen ones are used)."""
 

@@ -26,13 +26,10 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Literal
 
 import numpy as np
-from pydantic import Field
 
-from pgolf.compress.codecs import CodecError, optional_module
-from pgolf.config import Section
+from pgolf.compress.codecs import AnsConfig, CodecError, optional_module
 
 VERSION = 1
 CONTEXTS = ("none", "row_class")
@@ -42,21 +39,6 @@ _HEADER = struct.Struct("<BBBbB")
 def _constriction() -> ModuleType:
     """The range coder's library, imported on first use: decoding a model.bin of another codec does not need it."""
     return optional_module("constriction", "constriction", "the ans codec")
-
-
-class AnsConfig(Section):
-    context: Literal["none", "row_class"]
-    classes: int = Field(ge=1, le=255, description="row classes of context=row_class")
-
-
-def order0_entropy_bits(symbols: np.ndarray) -> float:
-    """The zeroth-order (empirical i.i.d.) entropy of ``symbols`` in bits: n * H(p_hat)."""
-    flat = np.asarray(symbols).reshape(-1)
-    if flat.size == 0:
-        return 0.0
-    _, counts = np.unique(flat, return_counts=True)
-    p = counts / flat.size
-    return float(-(counts * np.log2(p)).sum())
 
 
 def _varints(values: np.ndarray) -> bytes:

@@ -34,8 +34,17 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from pgolf.compress import entropy, parallel
-from pgolf.compress.codecs import CodecError, CodecName, CodecsConfig, make_codec, shuffle, unshuffle
+from pgolf.compress import parallel
+from pgolf.compress.codecs import (
+    AnsConfig,
+    CodecError,
+    CodecName,
+    CodecsConfig,
+    make_codec,
+    order0_entropy_bits,
+    shuffle,
+    unshuffle,
+)
 from pgolf.compress.simsort import inverse, similarity_order, torch_threads
 from pgolf.quant import formats
 from pgolf.tensorio import dtype_name, torch_dtype
@@ -53,7 +62,7 @@ class CompressConfig(CodecsConfig):
     simsort: list[str] = Field(description="group keys whose rows are reordered (role grouping only)")
     transpose: bool = Field(description="byte codecs see matrices column by column")
     rest_shuffle: int = Field(ge=0, le=8, description="byte-shuffle stride of the rest stream (0: none)")
-    ans: entropy.AnsConfig
+    ans: AnsConfig
 
 
 @dataclass
@@ -115,9 +124,11 @@ def _encode_group(name: str, mats: list[formats.QuantizedMatrix], sort: bool, cf
             perms.append(order)
             q = q[torch.from_numpy(order)]
         arrays.append(q.numpy())
-    bits = entropy.order0_entropy_bits(np.concatenate([a.reshape(-1) for a in arrays]))
+    bits = order0_entropy_bits(np.concatenate([a.reshape(-1) for a in arrays]))
     raw = sum(a.size for a in arrays)
     if cfg.codec == "ans":
+        from pgolf.compress import entropy  # the range coder: carried only with compress.codec: ans
+
         return _timed(name, "ans", raw, bits, lambda: entropy.encode(arrays, cfg.ans)), perms
     blob = b"".join((a.T if cfg.transpose else a).tobytes() for a in arrays)
     codec = make_codec(cfg.codec, cfg)
@@ -173,6 +184,8 @@ def _decode_group(group: dict, data: bytes, layout: dict, shapes: dict[str, tupl
                   cfg: CodecsConfig) -> list[np.ndarray]:  # fmt: skip
     tensor_shapes = [shapes[n] for n in group["tensors"]]
     if layout["codec"] == "ans":
+        from pgolf.compress import entropy
+
         return entropy.decode(data, tensor_shapes)
     blob = make_codec(layout["codec"], cfg).decompress(data)
     if len(blob) != sum(r * c for r, c in tensor_shapes):
