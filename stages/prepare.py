@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pgolf.cli import parse_paths, run
 from pgolf.data import docs
-from pgolf.data.sources import SOURCES, DataConfig
+from pgolf.data.prepare import SOURCES
+from pgolf.data.sources import DataConfig
 from pgolf.files import fresh_dir
 from pgolf.params import load_section
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.cli import parse_paths, run
-from pgolf.data import docs, encode, fingerprint, provenance
+from pgolf.data import docs, fingerprint, provenance
 from pgolf.data import tokenizer as tok
-from pgolf.data.sources import DataConfig
+from pgolf.data.sources import DataConfig, adopt_cached
 from pgolf.files import fresh_dir
 from pgolf.params import load_section
 
@@ -33,8 +33,10 @@ def tokenize(cfg: DataConfig, paths: Paths) -> dict:
     source = docs.read_manifest(paths.docs)
     out = fresh_dir(paths.out)
     if source["source"] == "fineweb_cached":
-        splits = encode.adopt_cached(paths.docs, meta, out)
+        splits = adopt_cached(paths.docs, meta, out)
     else:
+        from pgolf.data import encode  # encoding documents is data preparation: not in the submission program
+
         workers = max(1, os.cpu_count() or 1)
         splits = {s: encode.encode_split(s, paths.docs, paths.tokenizer, out, cfg.shard_tokens, workers)
                   for s in ("val", "train")}  # fmt: skip

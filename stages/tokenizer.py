@@ -29,7 +29,9 @@ def build_tokenizer(cfg: tok.TokenizerConfig, paths: Paths, num_threads: int = 1
         meta = {"origin": f"adopted: {source['repo']} {source['variant']}", "caseops": source["caseops"]}
     else:
         texts = (doc.text for doc in docs.read_docs(paths.docs, "train"))
-        model = tok.train(texts, cfg, num_threads)
+        from pgolf.data.tokenizer_train import train  # data preparation: not in the submission program
+
+        model = train(texts, cfg, num_threads)
         meta = {"origin": "trained on train.jsonl", "caseops": cfg.caseops, "options": cfg.model_dump()}
     tok.save(paths.out, model, meta)
     return tok.read_meta(paths.out)

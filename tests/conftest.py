@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pgolf.data.docs import Doc
-from pgolf.data.sources import paragraph_docs, read_speeches, sotu_files
+from pgolf.data.prepare import paragraph_docs, read_speeches, sotu_files
 from tests.helpers.config import data_cfg, tokenizer_cfg
 from tests.helpers.data import (
     EDGE_DOCS,

@@ -32,7 +32,6 @@ from tqdm import tqdm
 
 from pgolf.data import caseops, docs, shards
 from pgolf.data import tokenizer as tok
-from pgolf.data.sources import CACHED_SHARD_DIR, link_or_copy
 
 BATCH_DOCS = 256
 
@@ -142,27 +141,4 @@ def encode_split(split: str, docs_dir: Path, tokenizer_dir: Path, out: Path, sha
         summary["sidecar_bytes"] = nbytes
     if check:
         summary["roundtrip_failures"] = failures
-    return summary
-
-
-def adopt_cached(docs_dir: Path, meta: dict, out: Path) -> dict:
-    """Link the published shards into ``out`` after checking format, vocabulary, BOS and sidecar alignment."""
-    src = docs_dir / CACHED_SHARD_DIR
-    summary: dict = {}
-    for kind in shards.KINDS:
-        paths = shards.shard_paths(src, kind)
-        vocab = None if kind == "val_bytes" else meta["vocab_size"]
-        for index, path in enumerate(tqdm(paths, desc=f"verify {kind}", unit="shard")):
-            values = shards.read_shard(path, vocab_size=vocab, mmap=True)
-            # Documents straddle shards; only a split's first shard must open with BOS.
-            if index == 0 and kind != "val_bytes" and values.size and values[0] != meta["bos_id"]:
-                raise shards.ShardError(f"{path}: does not start with BOS id {meta['bos_id']}")
-            link_or_copy(path, out / path.name)
-        if paths:
-            summary[kind] = {"tokens": sum(shards.read_header(p) for p in paths), "shards": [p.name for p in paths]}
-    if "val" not in summary or "train" not in summary:
-        raise shards.ShardError(f"{src}: the published variant needs both train and val shards")
-    if "val_bytes" in summary:
-        _, counts = shards.load_val_with_bytes(out, vocab_size=meta["vocab_size"])
-        summary["val"]["sidecar_bytes"] = int(counts.sum(dtype=np.int64))
     return summary

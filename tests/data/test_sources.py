@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from pgolf.data import sources
+from pgolf.data import prepare as sources  # the sources of the prepare stage
 from tests.helpers.config import data_cfg
 from tests.helpers.data import needs_sotu
 

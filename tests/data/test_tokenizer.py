@@ -4,7 +4,7 @@ sidecar on a lossless tokenizer)."""
 import pytest
 
 from pgolf.config import ConfigError
-from pgolf.data import caseops, shards
+from pgolf.data import caseops, shards, tokenizer_train
 from pgolf.data import tokenizer as tok
 from pgolf.errors import PgolfError
 from tests.helpers.config import tokenizer_cfg
@@ -13,11 +13,11 @@ from tests.helpers.config import tokenizer_cfg
 def test_training_sentences_cut_cap_and_transform():
     cfg = tokenizer_cfg(caseops=True, max_sentence_bytes=64, max_train_chars=500)
     docs = ["Line One\n" * 30, "Second DOC " * 40]
-    sentences = list(tok.training_sentences(docs, cfg))
+    sentences = list(tokenizer_train.training_sentences(docs, cfg))
     assert all(len(s.encode()) <= 64 for s in sentences)
     assert sum(len(s) for s in sentences) == 500
     assert caseops.TITLE in sentences[0] and sentences[0].endswith("\n")
-    uncapped = list(tok.training_sentences(docs, tokenizer_cfg(max_sentence_bytes=64)))
+    uncapped = list(tokenizer_train.training_sentences(docs, tokenizer_cfg(max_sentence_bytes=64)))
     assert "".join(uncapped) == "".join(docs)
 
 

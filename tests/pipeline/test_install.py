@@ -131,7 +131,7 @@ def test_gpu_tests_collect_without_optional_packages(tmp_path):
 def test_missing_optional_packages_are_named_with_the_pip_line(tmp_path):
     """Where an extra is needed, the error names its package and how to install it."""
     code = """
-from pgolf.data import sources
+from pgolf.data import prepare as sources
 from pgolf.data.hub import Hub
 from pgolf.data.sources import HubConfig
 from pgolf.report import plots, records, significance

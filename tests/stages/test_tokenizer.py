@@ -8,6 +8,7 @@ import yaml
 
 from pgolf.config import read_params
 from pgolf.data import tokenizer as tok
+from pgolf.data import tokenizer_train
 from pgolf.data.docs import Doc
 from tests.helpers.common import ROOT
 from tests.helpers.config import tokenizer_cfg
@@ -40,7 +41,7 @@ def test_build_reads_only_train_documents(tmp_path, speeches, monkeypatch):
         seen.extend(texts)
         raise RuntimeError("stop")
 
-    monkeypatch.setattr(tok, "train", spy)
+    monkeypatch.setattr(tokenizer_train, "train", spy)
     corpus = write_corpus(tmp_path / "docs", [Doc("t/0", "train text")], [Doc("v/0", "val text")])
     with pytest.raises(RuntimeError, match="stop"):
         build_tokenizer(tokenizer_cfg(), tmp_path / "tok", corpus, 1)
