@@ -23,7 +23,7 @@ def bundle(params: dict, paths: Paths, root: Path = ROOT) -> tuple[int, int]:
     """Write the submission program of ``params`` to ``paths.out``; returns (source files, bytes)."""
     code = program(params, root)
     paths.out.parent.mkdir(parents=True, exist_ok=True)
-    paths.out.write_text(code, encoding="ascii")
+    paths.out.write_bytes(code.encode("latin-1"))  # ASCII unless bundle.text: latin1
     return len(bundle_files(root, packaged_params(params))), len(code)
 
 

@@ -27,7 +27,7 @@ def checked_program(runs: dict[str, tuple[dict, bytes]], root: Path = ROOT) -> s
     with: ``runs`` (where -> (the run's params, the train_gpt.py it counted)) rebuilt from these sources, byte for
     byte."""
     for where, (params, counted) in runs.items():
-        if program(params, root).encode("ascii") != counted:
+        if program(params, root).encode("latin-1") != counted:
             raise PgolfError(f"{where}: its {PROGRAM_FILE} is not this checkout's code; check out the commit "
                              "the run was trained at (metrics/train.json: commit), so that train_gpt.py is the "
                              "code that ran")  # fmt: skip
@@ -52,7 +52,7 @@ def write(out: Path, params: dict) -> int:
     """Write ``out/train_gpt.py``; returns its bytes."""
     out.mkdir(parents=True, exist_ok=True)
     text = program(params, ROOT)
-    (out / PROGRAM_FILE).write_text(text, encoding="ascii")
+    (out / PROGRAM_FILE).write_bytes(text.encode("latin-1"))  # ASCII unless bundle.text: latin1
     return len(text)
 
 

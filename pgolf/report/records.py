@@ -387,7 +387,7 @@ def write_folder(srcs: list[RunSource], out: Path, meta: dict, force: bool = Fal
         "submission.json": (json.dumps(sub, indent=2) + "\n").encode(),
         "README.md": readme(infos[0], sub, revs).encode(),
         "params.yaml": srcs[0].read_bytes("params.yaml"),
-        PROGRAM_FILE: program.encode("ascii"),
+        PROGRAM_FILE: program.encode("latin-1"),
         "requirements.txt": package.requirements(infos[0]["params"]).encode(),
         "model.bin": srcs[0].read_bytes("artifacts/submission/model.bin"),
     }

@@ -30,8 +30,15 @@ def write_submission(quant: Path, out: Path, **overrides) -> dict:
     metrics = compress_stage.compress(
         compress_cfg(**overrides), compress_stage.Paths(quant=quant, out=out, metrics=out.parent / "compress.json")
     )
-    bundle_stage.bundle(read_params(ROOT / "params.yaml"), bundle_stage.Paths(out=out / PROGRAM_FILE), ROOT)
+    bundle_stage.bundle(submission_params(**overrides), bundle_stage.Paths(out=out / PROGRAM_FILE), ROOT)
     return metrics
+
+
+def submission_params(**compress: object) -> dict:
+    """params.yaml with ``compress`` overrides (the program carries the coder the params select)."""
+    params = read_params(ROOT / "params.yaml")
+    params["compress"].update(compress)
+    return params
 
 
 def write_quant_dir(out: Path, **model_overrides) -> Path:

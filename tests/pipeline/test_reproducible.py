@@ -78,15 +78,18 @@ def test_two_runs_of_the_default_give_the_same_bytes(built, first_run, tmp_path)
     assert first == second and len(first) == 5  # raw, ema, meta.json, hessians, model.bin
 
 
-def _packaged_run(built, first_run, folder: Path, command: list[str], **train) -> tuple[dict, int, Path]:
-    """The first run's params packaged into ``folder`` (``train`` overrides), its shards and tokenizer laid out as
-    the challenge lays them out, the program run there by ``command``: (those params, the code bytes, model.bin)."""
+def _packaged_run(
+    built, first_run, folder: Path, command: list[str], modes: tuple[str, ...] = (), **train
+) -> tuple[dict, int, Path]:
+    """The first run's params packaged into ``folder`` (``train`` overrides; the evaluation ``modes`` on, the
+    others off), its shards and tokenizer laid out as the challenge lays them out, the program run there by
+    ``command``: (those params, the code bytes, model.bin)."""
     _, tokenizer, shards = built
     _, params, _ = first_run
     packaged = packaged_params(yaml.safe_load(params.read_text()), "sp_test")
     packaged["train"].update(train)
     for mode in ("sliding", "lora_ttt", "chunk_sgd", "multi_phase"):  # the plain score is the model.bin rung
-        packaged["eval"][mode]["enabled"] = False
+        packaged["eval"][mode]["enabled"] = mode in modes
     code_bytes = package.write(folder, packaged)
     data = folder / "data" / "datasets" / "sp_test"
     data.mkdir(parents=True)
@@ -137,6 +140,7 @@ def test_the_packaged_program_runs_under_torchrun_on_two_ranks(built, first_run,
         first_run,
         folder,
         [*torchrun, "--seed", str(seed)],
+        modes=("sliding",),  # a mode the program imports by name when it runs, its documents spread over the ranks
         seed=seed + 1,
         grad_clip_scope="global",
         micro_batch_tokens=1024,
@@ -148,4 +152,7 @@ def test_the_packaged_program_runs_under_torchrun_on_two_ranks(built, first_run,
     pipeline = json.loads((run / "quantize.json").read_text())["dequantized"]["val_bpb"]
     two = json.loads((folder / "metrics" / "quantize.json").read_text())["dequantized"]["val_bpb"]
     assert abs(two - pipeline) < 2e-3, (two, pipeline)
-    assert json.loads((folder / "metrics" / "eval.json").read_text())["modes"]["plain"]["val_bpb"] == two
+    modes = json.loads((folder / "metrics" / "eval.json").read_text())["modes"]
+    assert modes["plain"]["val_bpb"] == two and abs(modes["sliding"]["val_bpb"] - two) < 0.05
+    assert log[-1].startswith("final sliding ") and (folder / "pgolf" / "eval" / "sliding.py").is_file()
+    assert not (folder / "pgolf" / "eval" / "lora_ttt.py").exists()  # a mode that is off is not carried
