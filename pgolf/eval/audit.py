@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from pgolf.data.docs import read_docs
+from pgolf.dist import active, all_max, all_reduce_sum, dist_info
 from pgolf.eval.modes import EvalConfig, context, run_mode
 from pgolf.model.gpt import GPT
 from pgolf.score.bpb import BpbTotals, ValData
@@ -90,18 +92,36 @@ def score_first_audit(
     seed: int = 0,
 ) -> AuditResult:
     """Run a mode (``run(val, recorder)`` on a fresh model each call) on ``val`` and on a copy perturbed after
-    ``cut`` in ``doc``; the protected targets (:func:`protected_positions`) must keep their scores."""
+    ``cut`` in ``doc``; the protected targets (:func:`protected_positions`) must keep their scores.
+
+    Under torchrun the mode spreads the documents over the ranks and each rank records its own scores (and its own
+    scoring steps): the rank that scored ``doc`` checks it and the targets it scored before it; the counts are
+    summed and the largest change taken over the ranks, so every rank returns the same result."""
     before, after = TokenRecorder(len(val.tokens)), TokenRecorder(len(val.tokens))
     result = run(val, before)
     run(perturb_document(val, doc, cut, vocab_size, seed), after)
-    positions = protected_positions(before, doc, cut)
-    if positions.size == 0 or np.isnan(before.nats[positions]).any():
-        raise ValueError("the audited mode did not score the protected targets (is the document among the scored?)")
+    scored_here = bool((before.counts[doc.start + 1 : doc.end] > 0).any())
+    positions = protected_positions(before, doc, cut) if scored_here else np.zeros(0, dtype=np.int64)
+    if scored_here and (positions.size == 0 or np.isnan(before.nats[positions]).any()):
+        raise ValueError("the audited mode did not score the protected targets of the document it scored")
     diff = np.abs(before.nats[positions] - after.nats[positions])
     bad = positions[diff > atol]
-    message = "ok" if bad.size == 0 else f"{bad.size} scores changed, first at stream position {int(bad[0])}"
-    return AuditResult(f"score_first/{result.name}", bad.size == 0, int(positions.size), int(bad.size),
-                       float(diff.max()), message)  # fmt: skip
+    checked, violations, worst = _over_ranks(positions.size, bad.size, float(diff.max(initial=0.0)))
+    if checked == 0:
+        raise ValueError("the audited mode did not score the protected targets (is the document among the scored?)")
+    message = "ok" if violations == 0 else f"{violations} scores changed" + (
+        f", first at stream position {int(bad[0])}" if bad.size else " (on another rank)")  # fmt: skip
+    return AuditResult(f"score_first/{result.name}", violations == 0, checked, violations, worst, message)
+
+
+def _over_ranks(checked: int, violations: int, worst: float) -> tuple[int, int, float]:
+    """(checked, violations) summed and ``worst`` maxed over the ranks; as given without a process group."""
+    if not active():
+        return checked, violations, worst
+    device = dist_info().device
+    counts = torch.tensor([checked, violations], dtype=torch.float64, device=device)
+    all_reduce_sum([counts])
+    return int(counts[0].item()), int(counts[1].item()), all_max(worst, device)
 
 
 COMPLIANT, UNAUDITED, VIOLATED = "compliant", "unaudited", "violated"

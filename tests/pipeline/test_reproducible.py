@@ -140,7 +140,7 @@ def test_the_packaged_program_runs_under_torchrun_on_two_ranks(built, first_run,
         first_run,
         folder,
         [*torchrun, "--seed", str(seed)],
-        modes=("sliding",),  # a mode the program imports by name when it runs, its documents spread over the ranks
+        modes=("sliding", "lora_ttt"),  # modes the program imports by name when they run, documents over the ranks
         seed=seed + 1,
         grad_clip_scope="global",
         micro_batch_tokens=1024,
@@ -153,6 +153,9 @@ def test_the_packaged_program_runs_under_torchrun_on_two_ranks(built, first_run,
     two = json.loads((folder / "metrics" / "quantize.json").read_text())["dequantized"]["val_bpb"]
     assert abs(two - pipeline) < 2e-3, (two, pipeline)
     modes = json.loads((folder / "metrics" / "eval.json").read_text())["modes"]
-    assert modes["plain"]["val_bpb"] == two and abs(modes["sliding"]["val_bpb"] - two) < 0.05
-    assert log[-1].startswith("final sliding ") and (folder / "pgolf" / "eval" / "sliding.py").is_file()
-    assert not (folder / "pgolf" / "eval" / "lora_ttt.py").exists()  # a mode that is off is not carried
+    assert modes["plain"]["val_bpb"] == two
+    assert abs(modes["sliding"]["val_bpb"] - two) < 0.05 and modes["lora_ttt"]["val_bpb"] < two  # TTT adapts
+    first = modes["lora_ttt"]["audit"]["score_first"]  # the audited document is one rank's: checked there, summed
+    assert first["passed"] and first["checked"] > 0
+    assert log[-1].startswith("final lora_ttt ") and (folder / "pgolf" / "eval" / "lora_ttt.py").is_file()
+    assert not (folder / "pgolf" / "eval" / "chunk_sgd.py").exists()  # a mode that is off is not carried
