@@ -13,9 +13,11 @@ brotli, the record's) around a small program that writes the files.
 Only what the run's params use is packed: a module of :data:`SWITCHES` whose switch is off is left out, with
 everything only it imports (the modules that use it import it inside the function that needs it).
 
-Minification (python-minifier) drops docstrings and comments and renames function locals; it keeps global names,
-class attributes, arguments and annotations: pydantic builds each config section from its class's annotated
-attributes at run time, and the stages pass arguments by keyword.
+Minification (python-minifier) drops docstrings and comments, renames function locals and drops the annotations of
+arguments, returns and variables; it keeps global names, class attributes, argument names and class attribute
+annotations: pydantic builds each config section (and ``dataclasses`` each dataclass) from its class's annotated
+attributes at run time, the stages pass arguments by keyword, and ``torch.library.custom_op`` reads an op's schema
+from its function's annotations (a file defining one keeps them all).
 
 Unlike the record, whose wrapper length was computed but never written, this file is real: the bundle stage
 writes it, the size stage counts the bytes of the file on disk, and a test runs it in an empty directory.
@@ -187,8 +189,15 @@ def _minify(source: str) -> str:
         raise PgolfError("the python-minifier package is not installed (needed by bundle.minify: true): "
                          "install it with `pip install python-minifier`, or set `bundle.minify: false`"
                          ) from None  # fmt: skip
+    # Class attribute annotations are the fields of pydantic sections and dataclasses: kept. Arguments', returns'
+    # and variables' annotations are read by nothing at run time but torch.library.custom_op (an op's schema).
+    strip = "custom_op(" not in source
+    annotations = python_minifier.RemoveAnnotationsOptions(
+        remove_variable_annotations=strip, remove_return_annotations=strip, remove_argument_annotations=strip,
+        remove_class_attribute_annotations=False,
+    )  # fmt: skip
     return python_minifier.minify(
-        source, remove_annotations=False, remove_pass=False, remove_literal_statements=True,
+        source, remove_annotations=annotations, remove_pass=False, remove_literal_statements=True,
         combine_imports=True, hoist_literals=False, rename_locals=True, rename_globals=False,
         remove_object_base=False, convert_posargs_to_args=False, preserve_shebang=False,
         remove_asserts=False, remove_debug=False, remove_explicit_return_none=False,
@@ -227,9 +236,14 @@ def program(params: dict, root: Path) -> str:
     """The text of ``train_gpt.py`` for a run's ``params``: the bundle of what they use, then the entry point
     (:func:`stages.program.main` of :func:`packaged_params`)."""
     packaged = packaged_params(params)
+    cfg = BundleConfig.model_validate(params["bundle"])
+    return build(root, cfg, bundle_files(root, packaged), then=entry_point(packaged))
+
+
+def entry_point(packaged: dict) -> str:
+    """What the program runs once its files are written: :func:`stages.program.main` of the packaged params."""
     text = yaml.safe_dump(packaged, sort_keys=False)
-    then = (
+    return (
         f"import importlib,sys\nimportlib.invalidate_caches()\nsys.path.insert(0,'')\n"
         f"from pgolf.cli import run\nfrom stages.program import main\nrun(lambda:main({text!r}))\n"
     )
-    return build(root, BundleConfig.model_validate(params["bundle"]), bundle_files(root, packaged), then=then)
