@@ -5,9 +5,10 @@ writes) for params.yaml and every preset, and what each part of one program cost
     python bench/code_bytes.py --parts presets/record_1855.yaml # + the cost of each part of that program
 
 The levers, each on top of the one before: ``whole`` (every module any params may carry, docstrings and comments
-stripped, names kept), ``selected`` (only the modules these params switch on: ``pgolf.compress.bundle.SWITCHES``),
-``locals renamed`` (python-minifier renames function locals: the shipped setting), ``latin1`` (``bundle.text:
-latin1``: the compressed bytes in a latin-1 literal instead of base85). The params' own ``bundle.codec`` is used
+stripped, names and annotations kept), ``selected`` (only the modules these params switch on:
+``pgolf.compress.bundle.SWITCHES``), ``+ locals renamed, annotations dropped`` (the shipped minification:
+:func:`pgolf.compress.bundle._minify`), ``latin1`` (``bundle.text: latin1``: the compressed bytes in a latin-1
+literal instead of base85). The params' own ``bundle.codec`` is used
 throughout. A part's cost is the program's bytes minus the bytes of the same program without that part's files
 (compression shares context across files, so the costs do not add up exactly to the total).
 """
@@ -114,7 +115,8 @@ def main() -> None:
     args = parser.parse_args()
     today = datetime.date.today().isoformat()
     lines = [f"## {today} counted code: train_gpt.py lever by lever (bytes; python bench/code_bytes.py)", "",
-             "| params | whole | selected | locals renamed (shipped) | latin1 |", "|---|---|---|---|---|"]  # fmt: skip
+             "| params | whole | selected | + locals renamed, annotations dropped (shipped) | latin1 |",
+             "|---|---|---|---|---|"]  # fmt: skip
     for path in PARAMS:
         row = levers(path)
         lines.append(f"| {path} | " + " | ".join(f"{v:,}" for v in row.values()) + " |")
