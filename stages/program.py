@@ -8,8 +8,9 @@ back, then runs what ``dvc repro`` runs from the tokenizer on, each stage as its
    val,val_bytes}_*.bin`` and the one ``./data/tokenizers/*.model`` (or ``--data-path``, ``--tokenizer-path``);
 2. tokenizer, tokenize (the shards' checks, the provenance check, the data fingerprint), train, export,
    calibrate, quantize, compress, evaluate, writing ``artifacts/`` and ``metrics/`` as the pipeline does;
-3. the lines the records' logs carry: ``val_tokens``, ``Code size``, ``Total submission size``, the reported
-   ``val_bpb`` and each phase's seconds, on stdout and in ``train.log``.
+3. ``final_model.bin`` (the records' name for the artifact) and the lines the records' logs carry:
+   ``val_tokens``, ``Code size``, ``Total submission size``, the reported ``val_bpb`` and each phase's seconds, on
+   stdout and in ``train.log``.
 
 The counted code is ``train_gpt.py`` itself (the bundle stage writes it: ``artifacts/submission/train_gpt.py``).
 Under ``torchrun --standalone --nproc_per_node=N train_gpt.py`` the ranks hold one process group for the whole
@@ -37,6 +38,9 @@ from pgolf.errors import PgolfError
 from pgolf.files import fresh_dir
 
 LOG = "train.log"
+FINAL_MODEL = "final_model.bin"
+"""The artifact under the records' name (``final_model.*``), beside the program: ``artifacts/submission/model.bin``
+linked (or copied)."""
 STAGES = ("tokenizer", "tokenize", "train", "export", "calibrate", "quantize", "compress", "evaluate")
 """What runs, in order: the stages of ``dvc.yaml`` after ``prepare`` (replaced by :func:`adopt`), before the
 report stages."""
@@ -132,6 +136,8 @@ def main(params_text: str, argv: list[str] | None = None) -> None:
     finally:
         dist.shutdown()
     if info.is_main:
+        Path(FINAL_MODEL).unlink(missing_ok=True)
+        link_or_copy(Path("artifacts/submission/model.bin"), Path(FINAL_MODEL))
         lines = [f"seed: {params['train']['seed']}", f"world_size: {info.world_size}", *log_lines(seconds)]
         Path(LOG).write_text("\n".join(lines) + "\n", encoding="utf-8")
         print("\n".join(lines))

@@ -114,6 +114,7 @@ def test_the_packaged_program_gives_the_pipelines_model_bin_and_val_bpb(built, f
     folder = tmp_path / "records"
     _, code_bytes, model_bin = _packaged_run(built, first_run, folder, [sys.executable, "train_gpt.py"])
     assert hashlib.sha256(model_bin.read_bytes()).hexdigest() == first["submission/model.bin"]
+    assert (folder / "final_model.bin").read_bytes() == model_bin.read_bytes()  # the records' name, beside it
     pipeline = json.loads((run / "quantize.json").read_text())["dequantized"]["val_bpb"]
     assert json.loads((folder / "metrics" / "quantize.json").read_text())["dequantized"]["val_bpb"] == pipeline
     assert json.loads((folder / "metrics" / "eval.json").read_text())["modes"]["plain"]["val_bpb"] == pipeline
