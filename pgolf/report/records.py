@@ -290,9 +290,11 @@ def _compliance_rows(c: dict) -> list[str]:
 def _reproduce(sub: dict, rev: str | None) -> list[str]:
     """The README's last section: the packaged program, or the pipeline at the runs' revisions."""
     seeds = ", ".join(map(str, sub["seeds"]))
-    lines = ["## Reproduce", "", f"Seeds {seeds}. With the challenge's data beside it:", "", "```bash"]
-    lines += [f"torchrun --standalone --nproc_per_node=8 {PROGRAM_FILE} --seed {sub['seeds'][0]}   # or: python "
-              f"{PROGRAM_FILE} (one process)", "cat train.log   # the lines of train_seed*.log", "```", "",
+    lines = ["## Reproduce", "", f"Seeds {seeds}. With the challenge's data beside it, per seed (N: the devices):", "",
+             "```bash"]  # fmt: skip
+    lines += [f"torchrun --standalone --nproc_per_node=N {PROGRAM_FILE} --seed {seed}   # or: python {PROGRAM_FILE} "
+              f"--seed {seed}" for seed in sub["seeds"]]  # fmt: skip
+    lines += ["cat train.log   # the lines of train_seed<seed>.log; final_model.bin is the artifact", "```", "",
               "Or, in the pgolf repository:", "", "```bash"]  # fmt: skip
     lines += ["dvc repro"] if rev is None else [f"dvc exp apply {rev.split()[0]}  # or: git checkout; per seed",
                                                 "dvc repro"]  # fmt: skip
@@ -301,7 +303,8 @@ def _reproduce(sub: dict, rev: str | None) -> list[str]:
         "```",
         "",
         f"`{PROGRAM_FILE}` unpacks itself (`pgolf/`, `stages/`) and runs every stage from the tokenizer's adoption to "
-        "the evaluation in one process; its bytes are the counted code.",
+        "the evaluation in one job (train, calibrate and evaluate on every rank under torchrun); its bytes are the "
+        "counted code.",
         "",
     ]
 

@@ -84,6 +84,8 @@ def test_three_seeds_give_their_mean_and_sample_std_and_the_largest_artifact(tmp
     assert sub["seeds"] == [1, 2, 3] and [r["val_bpb"] for r in sub["seed_results"].values()] == bpbs
     assert sub["val_bpb"] == round(statistics.fmean(bpbs), 8) and sub["val_bpb_std"] == round(statistics.stdev(bpbs), 8)
     assert sub["bytes_total"] == 15_880_000 + 99_000 and sub["compliant"]
+    reproduce = "\n".join(records._reproduce(sub, "a b c"))
+    assert all(f"train_gpt.py --seed {seed}" in reproduce for seed in (1, 2, 3))  # one command per seed
 
 
 def test_the_seeds_must_be_one_configuration_of_this_code(tmp_path):
