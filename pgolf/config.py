@@ -63,6 +63,22 @@ VocabSize = Annotated[int, Field(gt=0, le=65536)]
 S = TypeVar("S", bound=Section)
 
 
+_MISSING: Any = object()
+
+
+def dotted(tree: dict, key: str, default: Any = _MISSING) -> Any:
+    """The value at a dotted ``key`` of nested dicts (``"eval.lora_ttt.rank"``); where a part is missing,
+    ``default`` when given, else a KeyError naming the key."""
+    value: Any = tree
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            if default is _MISSING:
+                raise KeyError(f"params have no {key!r}")
+            return default
+        value = value[part]
+    return value
+
+
 def raise_problems(problems: list[str]) -> None:
     """One ConfigError holding every problem line, if there is any."""
     if problems:

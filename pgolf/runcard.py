@@ -23,9 +23,8 @@ import platform
 import subprocess
 import time
 from pathlib import Path
-from typing import Protocol
 
-from pgolf.dist import lease_environment
+from pgolf.dist import DistInfo, lease_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 """The folder holding the ``pgolf`` package (and ``stages/`` beside it in a checkout)."""
@@ -35,17 +34,6 @@ PACKAGES = {"torch": "torch", "triton": "triton", "flash_attn_3": "flash_attn_3"
 """Version key -> the distribution whose version it is."""
 FA3_MODULE = "flash_attn_interface"
 """The module FlashAttention-3 installs (what :mod:`pgolf.model.attention` imports)."""
-
-
-class Devices(Protocol):
-    """What the run card reads of a stage's :class:`pgolf.dist.DistInfo` (not imported: a CPU-only stage's deps stay
-    without :mod:`pgolf.dist`)."""
-
-    @property
-    def device_name(self) -> str: ...
-
-    @property
-    def world_size(self) -> int: ...
 
 
 def _git(*args: str) -> str | None:
@@ -94,14 +82,14 @@ def versions() -> dict[str, str | None]:
             "triton": found["triton"], "flash_attn_3": found["flash_attn_3"], "dvc": found["dvc"]}  # fmt: skip
 
 
-def hardware(info: Devices | None = None) -> dict:
+def hardware(info: DistInfo | None = None) -> dict:
     """The device the stage computed on and how many (``info``'s; the CPU, once, without one) and the CPU count."""
     if info is None:
         return {"device": "cpu", "devices": 1, "cpus": os.cpu_count()}
     return {"device": info.device_name, "devices": info.world_size, "cpus": os.cpu_count()}
 
 
-def run_card(started: float, info: Devices | None = None) -> dict:
+def run_card(started: float, info: DistInfo | None = None) -> dict:
     """The stage's run card (see the module docstring); ``started``: ``time.perf_counter()`` when its work began,
     ``info``: its process group and device (None for a stage that computes on the CPU only)."""
     return {"hardware": hardware(info), "versions": versions(), "commit": code_version(), "dirty": code_dirty(),

@@ -35,6 +35,7 @@ from pgolf.cli import Parser
 from pgolf.data import docs
 from pgolf.data.sources import CACHED_TOKENIZER_FILE, link_or_copy, link_shards
 from pgolf.errors import PgolfError
+from pgolf.eval.reported import reported_mode
 from pgolf.files import fresh_dir
 
 LOG = "train.log"
@@ -102,8 +103,7 @@ def log_lines(seconds: dict[str, float]) -> list[str]:
     """The records' log lines, from what the stages wrote."""
     manifest = json.loads(Path("data/shards/manifest.json").read_text())
     modes = json.loads(Path("metrics/eval.json").read_text())["modes"]
-    # the summary's rule (pgolf.report.summary.reported_mode), not imported: reports are not in the counted program
-    reported = "lora_ttt" if "lora_ttt" in modes else list(modes)[-1]
+    reported = reported_mode(list(modes))
     code = Path(sys.argv[0]).stat().st_size  # the file that runs: train_gpt.py, the counted code
     model = Path("artifacts/submission/model.bin").stat().st_size
     score = modes[reported]

@@ -20,7 +20,7 @@ from pgolf.data.provenance import recorded_check
 from pgolf.files import write_json
 from pgolf.model.config import ModelConfig, ModelParams
 from pgolf.params import load_section
-from pgolf.runcard import code_version, run_card, take_lease
+from pgolf.runcard import run_card, take_lease
 from pgolf.score.scorer import Ladder, ScoreConfig
 from pgolf.train import loop
 from pgolf.train.config import TrainConfig
@@ -71,9 +71,9 @@ def train(params: ModelParams, cfg: TrainConfig, score: ScoreConfig, paths: Path
         run_ = loop.setup(model_cfg, cfg, paths.shards, manifest, info)
         ladder = Ladder.load(score, paths.shards, paths.tokenizer, model_cfg.bos_id)
         summary = loop.train(run_, val=ladder, resume_dir=paths.resume, live_dir=paths.live)
+        card = run_card(started, info)
         summary.update(hardware=info.hardware, provenance=provenance, final_val_documents=ladder.documents,
-                       data_fingerprint=manifest.get("fingerprint"), commit=code_version(),
-                       run=run_card(started, info))  # fmt: skip
+                       data_fingerprint=manifest.get("fingerprint"), commit=card["commit"], run=card)  # fmt: skip
         if info.is_main:
             write_weights(run_, paths.out, summary)
             write_json(paths.metrics, summary)

@@ -38,7 +38,7 @@ import brotli
 import yaml
 from pydantic import Field
 
-from pgolf.config import Section
+from pgolf.config import Section, dotted
 from pgolf.errors import PgolfError
 
 PROGRAM_FILE = "train_gpt.py"
@@ -155,15 +155,9 @@ SWITCHES = (
 """The modules the params switch on, and the key of each."""
 
 
-def _value(params: dict, key: str) -> object:
-    for part in key.split("."):
-        params = params[part]
-    return params
-
-
 def left_out(params: dict | None) -> list[str]:
     """The modules of :data:`SWITCHES` that ``params`` leave out (None: any params, only the never-carried ones)."""
-    return [s.module for s in SWITCHES if s.key is None or (params is not None and not s.on(_value(params, s.key)))]
+    return [s.module for s in SWITCHES if s.key is None or (params is not None and not s.on(dotted(params, s.key)))]
 
 
 def bundle_files(root: Path, params: dict | None = None, entries: tuple[str, ...] = ENTRIES) -> list[str]:

@@ -190,3 +190,5 @@ def prepare_fineweb_cached(cfg: DataConfig, out: Path) -> dict:
 
 
 SOURCES = {"sotu": prepare_sotu, "fineweb": prepare_fineweb, "fineweb_cached": prepare_fineweb_cached}
+"""Each ``data.source`` and the function that writes its documents (or shards) into a folder and returns the
+manifest."""

@@ -2,9 +2,8 @@
 
 Several record runs trained on shards that held 80% of the validation documents (Issue #2127),
 and nothing in their logs showed it. Here the tokenize stage records a content hash of every validation document
-(``val_hashes.txt`` next to the shards, summarised in the shards manifest under ``val_hashes``), and the stages
-that read training shards call :func:`check_training_documents`, which fails on the first training document whose
-hash is a validation document's.
+(``val_hashes.txt`` next to the shards, summarised in the shards manifest under ``val_hashes``), and
+:func:`check_training_documents` fails on the first training document whose hash is a validation document's.
 
 The tokenize stage also runs the check once, over every training shard, and records its finding in the manifest
 (``provenance``). The stages that read training shards then trust that finding for the files the manifest's
@@ -187,10 +186,12 @@ def check_disjoint(
 
 
 def check_training_documents(
-    shard_dir: Path, shard_paths: list[Path], bos_id: int, *, what: str, progress: bool = False
-) -> dict:
-    """:func:`check_disjoint` of ``shard_paths`` against the validation hashes recorded in ``shard_dir``."""
-    return check_disjoint(shard_paths, read_val_hashes(shard_dir), bos_id, what=what, progress=progress)
+    shard_dir: Path, shard_paths: list[Path], bos_id: int, *, what: str, progress: bool = False,
+    recorded: str | None = None,
+) -> dict:  # fmt: skip
+    """:func:`check_disjoint` of ``shard_paths`` against the validation hashes recorded in ``shard_dir`` (checked
+    against their file's sha256 ``recorded``, when given)."""
+    return check_disjoint(shard_paths, read_val_hashes(shard_dir, recorded), bos_id, what=what, progress=progress)
 
 
 def check_once(shard_dir: Path, bos_id: int, val_hashes: dict, *, progress: bool = False) -> dict:
@@ -199,9 +200,8 @@ def check_once(shard_dir: Path, bos_id: int, val_hashes: dict, *, progress: bool
     finding (the first validation document met in training, or shards the check cannot read) is recorded, not
     raised, so the shards stay inspectable and every stage that reads them refuses them with the same message."""
     try:
-        hashes = read_val_hashes(shard_dir, val_hashes["sha256"])
-        report = check_disjoint(shards.shard_paths(shard_dir, "train"), hashes, bos_id, what="tokenize",
-                                progress=progress)  # fmt: skip
+        report = check_training_documents(shard_dir, shards.shard_paths(shard_dir, "train"), bos_id, what="tokenize",
+                                          progress=progress, recorded=val_hashes["sha256"])  # fmt: skip
     except ProvenanceError as err:
         return {"algorithm": ALGORITHM, "passed": False, "finding": str(err).removeprefix("tokenize: ")}
     return {"algorithm": ALGORITHM, **report}

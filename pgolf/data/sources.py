@@ -60,15 +60,6 @@ class SourceError(PgolfError, ValueError):
     """Source files that are missing, altered or inconsistent."""
 
 
-# ---------------------------------------------------------------------------------------------- sotu
-
-
-# ---------------------------------------------------------------------------------------------- fineweb
-
-
-# ---------------------------------------------------------------------------------------------- fineweb_cached
-
-
 def link_or_copy(src: Path, dst: Path) -> None:
     """Hard-link ``src`` to ``dst`` (no copy of multi-GB shards), copying across file systems."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -87,10 +78,6 @@ def link_shards(files: Iterable[tuple[str, int, Path]], out: Path) -> dict[str, 
         link_or_copy(path, dst)
         counts[kind] += shards.read_header(dst)
     return counts
-
-
-"""Each ``data.source`` and the function that writes its documents (or shards) into a folder and returns the
-manifest."""
 
 
 def adopt_cached(docs_dir: Path, meta: dict, out: Path) -> dict:

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from pgolf.data.docs import read_docs
 from pgolf.dist import active, all_max, all_reduce_sum, dist_info
-from pgolf.eval.modes import EvalConfig, context, run_mode
+from pgolf.eval.config import EvalConfig
+from pgolf.eval.modes import context, run_mode
 from pgolf.model.gpt import GPT
 from pgolf.score.bpb import BpbTotals, ValData
 from pgolf.score.documents import Document

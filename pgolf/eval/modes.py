@@ -25,7 +25,7 @@ from typing import Any
 from torch import nn
 
 from pgolf.config import Section
-from pgolf.eval.config import AuditConfig, EvalConfig  # noqa: F401  (the section's classes, importable from here)
+from pgolf.eval.config import EvalConfig
 from pgolf.score.bpb import ValData
 from pgolf.score.compile import backend_for
 from pgolf.score.documents import Document

@@ -35,11 +35,11 @@ online dict tables the tests hold as the reference); it reads validation tokens,
 Legality kept, and the audits that check it:
 
 * C1 (a position's distribution depends only on what precedes it) and C3 (score before update):
-  :func:`pgolf.eval.audit.causality_audit` changes one scored token and recomputes all hints; the hints of every
+  :func:`pgolf.eval.ngram_audit.causality_audit` changes one scored token and recomputes all hints; the hints of every
   target scored at the same or an earlier step, and of the document's own targets up to that token, must not
   change (except the document's targets after it, whose context holds the changed token: C1 allows that).
 * C2 (full normalized distribution) and the C1 side of the tilt itself:
-  :func:`pgolf.eval.audit.normalization_audit` scores every candidate target through the mode's scorer and checks
+  :func:`pgolf.eval.ngram_audit.normalization_audit` scores every candidate target through the mode's scorer and checks
   that the implied distribution sums to 1, equals the target-free tilt, and does not move when the other
   positions' targets change.
 * C4 (each token scored once): :func:`precompute_hints` refuses a position that two steps score.
@@ -57,10 +57,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
-from pgolf.dist import group_rank_world, to_device
+from pgolf.dist import all_reduce_max, group_rank_world, to_device
 from pgolf.eval.config import NgramTiltConfig
 from pgolf.score.bpb import BpbTotals, ValData
 from pgolf.score.documents import Rows
@@ -267,14 +266,14 @@ def precompute_hints(
 def shared_hints(tokens: np.ndarray, steps: Steps, order: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """:func:`precompute_hints` of the whole stream, each rank of the process group computing one share of the
     context keys (at the validation set's 47.85M targets the table pass is 8 s of the 19 s on one CPU thread)
-    and one max all-reduce putting them together; without a group, the whole pass here."""
+    and a max all-reduce of each of the two arrays putting them together; without a group, the whole pass here."""
     rank, world = group_rank_world()
     hint, confidence = precompute_hints(tokens, steps, order, share=(rank, world))
     if world == 1:
         return hint, confidence
     parts = [torch.from_numpy(a).to(device) for a in (hint, confidence)]
     for part in parts:  # -1 / 0.0 are the smallest values: every other rank's entry at a position is one of them
-        dist.all_reduce(part, op=dist.ReduceOp.MAX)
+        all_reduce_max(part)
     return parts[0].cpu().numpy(), parts[1].cpu().numpy()
 
 
@@ -328,7 +327,7 @@ class NgramTilt:
     def __init__(self, val: ValData, steps: Steps, cfg: NgramTiltConfig, device: torch.device,
                  scorer: Callable[..., Tensor] = tilted_scores) -> None:  # fmt: skip
         """``scorer``: what the tilted nats come from; the stage's normalization audit scores every candidate target
-        through the same default (:func:`pgolf.eval.audit.ngram_audits`)."""
+        through the same default (:func:`pgolf.eval.ngram_audit.ngram_audits`)."""
         self.cfg, self.scorer = cfg, scorer
         self.hint, self.confidence = shared_hints(val.tokens, steps, cfg.order, device)
         self.beta = tilt_boost(self.hint, self.confidence, cfg.threshold, cfg.boost)

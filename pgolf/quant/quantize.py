@@ -104,6 +104,8 @@ def awq_candidates(
     """AWQ-lite group scores of every candidate, in state order: GPTQ matrices with more than ``awq.min_elements``
     elements, fewer bits than ``awq.bits``, activation statistics (an entry in ``rows``, the Hessians' row counts)
     and at least one full group; scored in the quantization domain."""
+    from pgolf.quant import awq  # only quantize.awq runs it (the submission program carries it then)
+
     scores = {}
     for name, w in state.items():
         d = decisions[name]
@@ -112,8 +114,6 @@ def awq_candidates(
         if w.shape[1] < cfg.awq.group_size:
             continue
         w32, h, _ = quantization_domain(w, hessians[name], d, cfg)
-        from pgolf.quant import awq  # only quantize.awq runs it (the submission program carries it then)
-
         scores[name] = awq.group_scores(w32, awq.activation_rms(h, rows[name]), cfg.awq.group_size)
     return scores
 

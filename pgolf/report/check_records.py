@@ -34,11 +34,11 @@ from pathlib import Path
 from typing import Literal
 
 from pgolf.cli import Parser, run
+from pgolf.compress.size import LIMIT_BYTES as ARTIFACT_LIMIT
 from pgolf.errors import PgolfError
+from pgolf.report.significance import MIN_SEEDS
 
-ARTIFACT_LIMIT = 16_000_000  # bytes, decimal (challenge README)
 BUDGET_SECONDS = 600.0
-MIN_SEEDS = 3
 SUBMISSION = "submission.json"
 Number = (int, Decimal)
 

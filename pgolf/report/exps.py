@@ -143,7 +143,7 @@ def _short_rev(rev: str) -> str:
 
 
 def _bpb(v: object) -> str:
-    return f"{v:.4f}" if isinstance(v, int | float) and not isinstance(v, bool) else "-"
+    return _number(v, 4)
 
 
 def _bytes(v: object) -> str:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pgolf.config import dotted as get  # the value at a dotted key; a missing key is a KeyError naming it
+
 STAGES = ("model", "train", "quantize", "compress", "eval")
 RECORD = "#1855 (record)"
 NONE = "—"
@@ -25,16 +27,6 @@ QUANT_KINDS = ("embedding", "q", "k", "v", "o", "up", "down")
 HEADER = "| Technique | Setting | From |\n|---|---|---|"
 
 Predicate = Callable[[dict], bool]
-
-
-def get(params: dict, key: str) -> Any:
-    """The value at a dotted key (``"eval.lora_ttt.rank"``); a missing key is a KeyError naming it."""
-    value: Any = params
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise KeyError(f"params have no {key!r}")
-        value = value[part]
-    return value
 
 
 def _show(value: Any) -> str:

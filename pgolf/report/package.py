@@ -22,16 +22,15 @@ from pgolf.errors import PgolfError
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def checked_program(runs: dict[str, tuple[dict, bytes]], root: Path = ROOT) -> str:
-    """The program of the first run, after checking that this checkout's code is the code each run was scored
-    with: ``runs`` (where -> (the run's params, the train_gpt.py it counted)) rebuilt from these sources, byte for
-    byte."""
+def checked_program(runs: dict[str, tuple[dict, bytes]]) -> bytes:
+    """The first run's train_gpt.py, after checking that this checkout's code is the code each run was scored with:
+    ``runs`` (where -> (the run's params, the train_gpt.py it counted)) rebuilt from these sources, byte for byte."""
     for where, (params, counted) in runs.items():
-        if program(params, root).encode("latin-1") != counted:
+        if program(params, ROOT).encode("latin-1") != counted:
             raise PgolfError(f"{where}: its {PROGRAM_FILE} is not this checkout's code; check out the commit "
                              "the run was trained at (metrics/train.json: commit), so that train_gpt.py is the "
                              "code that ran")  # fmt: skip
-    return program(next(iter(runs.values()))[0], root)
+    return next(iter(runs.values()))[1]
 
 
 REQUIREMENTS = {"brotli": "brotli>=1.1", "zstd": "zstandard>=0.22", "ans": "constriction>=0.4"}

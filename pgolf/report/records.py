@@ -29,10 +29,12 @@ import yaml
 
 from pgolf.cli import Parser, run
 from pgolf.compress.bundle import PROGRAM_FILE
+from pgolf.config import dotted
 from pgolf.errors import PgolfError
+from pgolf.eval.reported import reported_mode
 from pgolf.report import optional_import, package
 from pgolf.report.lineage import technique_table
-from pgolf.report.summary import on_budget_hardware, reported_mode
+from pgolf.report.summary import on_budget_hardware
 
 LOG_PATTERNS = ("metrics/*.json", "metrics/*.csv", "metrics/train/*.json", "metrics/train/plots/**/*.tsv")
 KEY_PARAMS = (
@@ -116,12 +118,8 @@ class RunSource:
         return json.loads(self.read_bytes(rel))
 
 
-def _get(d: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
+def _get(tree: dict, key: str):
+    return dotted(tree, key, None)
 
 
 def read_summary(src: RunSource) -> dict:
@@ -147,7 +145,8 @@ def collect(src: RunSource) -> dict:
     counted code (the bundle it was scored with)."""
     optional = {name: src.json(f"metrics/{name}.json") if src.exists(f"metrics/{name}.json") else {}
                 for name in ("eval", "train")}  # fmt: skip
-    return {"params": yaml.safe_load(src.read_bytes("params.yaml")), "summary": read_summary(src), **optional,
+    params = src.read_bytes("params.yaml")
+    return {"params": yaml.safe_load(params), "params_bytes": params, "summary": read_summary(src), **optional,
             "code": src.read_bytes(f"artifacts/submission/{PROGRAM_FILE}"), "rev": src.rev}  # fmt: skip
 
 
@@ -389,8 +388,8 @@ def write_folder(srcs: list[RunSource], out: Path, meta: dict, force: bool = Fal
     files = {
         "submission.json": (json.dumps(sub, indent=2) + "\n").encode(),
         "README.md": readme(infos[0], sub, revs).encode(),
-        "params.yaml": srcs[0].read_bytes("params.yaml"),
-        PROGRAM_FILE: program.encode("latin-1"),
+        "params.yaml": infos[0]["params_bytes"],
+        PROGRAM_FILE: program,
         "requirements.txt": package.requirements(infos[0]["params"]).encode(),
         "model.bin": srcs[0].read_bytes("artifacts/submission/model.bin"),
     }

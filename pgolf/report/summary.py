@@ -36,15 +36,8 @@ from pathlib import Path
 
 from pgolf.config import NonNegative, Positive, Section
 from pgolf.errors import PgolfError
+from pgolf.eval.reported import reported_mode
 from pgolf.files import read_json
-
-REPORTED_MODE = "lora_ttt"
-
-
-def reported_mode(names: list[str]) -> str:
-    """The score a run reports among ``names`` (in ladder order): phased LoRA TTT when it ran (the record's), else
-    the last."""
-    return REPORTED_MODE if REPORTED_MODE in names else names[-1]
 
 
 class ComplianceConfig(Section):
@@ -163,14 +156,9 @@ def ladder_rows(summary: dict) -> list[dict]:
 
 def build(cfg: ComplianceConfig, metrics: Path) -> dict:
     """metrics/summary.json's content from the stages' metrics files in ``metrics``."""
-    export = read_json(metrics / "export.json", "export")
-    quantize = read_json(metrics / "quantize.json", "quantize")
-    evaluate = read_json(metrics / "eval.json", "evaluate")
-    size = read_json(metrics / "size.json", "size")
-    train = read_json(metrics / "train.json", "train")
-    calibrate = read_json(metrics / "calibrate.json", "calibrate")
-    loaded = {"train": train, "export": export, "calibrate": calibrate, "quantize": quantize, "size": size,
-              "evaluate": evaluate, "compress": read_json(metrics / "compress.json", "compress")}  # fmt: skip
+    loaded = {stage: read_json(metrics / file, stage) for stage, file in STAGE_METRICS.items()}
+    train, export, calibrate, quantize = loaded["train"], loaded["export"], loaded["calibrate"], loaded["quantize"]
+    evaluate, size = loaded["evaluate"], loaded["size"]
     docs = _same_documents({"metrics/train.json": train["final_val_documents"],
                             "metrics/export.json": export["documents"],
                             "metrics/quantize.json": quantize["documents"],
